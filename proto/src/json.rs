@@ -1,0 +1,171 @@
+//! The JSON form of tickets: `{"cutout": {"dataset": ..., "objectId": ..., ...}}`.
+//!
+//! Field names are the public contract (see the README). Unknown fields are refused rather
+//! than ignored, so that a typo (`"objectid"`) is an error and not a silently different query.
+//! Ids may be JSON numbers or strings (JavaScript clients cannot hold 64-bit integers).
+
+use serde::Deserialize;
+
+use crate::{Command, CutoutTicket, StampFormat, StampKind, TicketError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum JsonTicket {
+    Cutout(JsonCutout),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JsonCutout {
+    dataset: Option<String>,
+    #[serde(rename = "objectId")]
+    object_id: Option<String>,
+    #[serde(rename = "objectIds")]
+    object_ids: Option<Vec<String>>,
+    candid: Option<Id>,
+    candids: Option<Vec<Id>>,
+    #[serde(rename = "diaSourceId")]
+    dia_source_id: Option<Id>,
+    #[serde(rename = "diaSourceIds")]
+    dia_source_ids: Option<Vec<Id>>,
+    kind: Option<String>,
+    format: Option<String>,
+    all: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Id {
+    Int(i64),
+    Str(String),
+}
+
+impl Id {
+    fn get(self, field: &str) -> Result<i64, TicketError> {
+        match self {
+            Id::Int(v) => Ok(v),
+            Id::Str(s) => s.trim().parse().map_err(|_| {
+                TicketError::Cutout(format!("`{field}` value {s:?} is not a 64-bit integer"))
+            }),
+        }
+    }
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Command, TicketError> {
+    let t: JsonTicket = serde_json::from_slice(bytes).map_err(|e| {
+        TicketError::Json(format!(
+            "{e}; expected {{\"cutout\": {{\"dataset\", \"objectId\" | \"objectIds\" | \"candid\" | \"candids\" | \"diaSourceId\" | \"diaSourceIds\", \"kind\", \"format\", \"all\"}}}}"
+        ))
+    })?;
+    match t {
+        JsonTicket::Cutout(c) => c.into_ticket()?.validate().map(Command::Cutout),
+    }
+}
+
+fn one_or_many<T>(one: Option<T>, many: Option<Vec<T>>, names: &str) -> Result<Vec<T>, TicketError> {
+    match (one, many) {
+        (Some(_), Some(_)) => Err(TicketError::Cutout(format!("give either {names}, not both"))),
+        (Some(v), None) => Ok(vec![v]),
+        (None, Some(v)) => Ok(v),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+fn ids(one: Option<Id>, many: Option<Vec<Id>>, field: &str, names: &str) -> Result<Vec<i64>, TicketError> {
+    one_or_many(one, many, names)?.into_iter().map(|i| i.get(field)).collect()
+}
+
+impl JsonCutout {
+    fn into_ticket(self) -> Result<CutoutTicket, TicketError> {
+        let kind = match self.kind.as_deref() {
+            None => StampKind::All,
+            Some(k) => parse_kind(k)?,
+        };
+        let format = match self.format.as_deref() {
+            None => StampFormat::Fits,
+            Some(f) => parse_format(f)?,
+        };
+        Ok(CutoutTicket {
+            dataset: self.dataset.unwrap_or_default(),
+            object_ids: one_or_many(self.object_id, self.object_ids, "`objectId` or `objectIds`")?,
+            candids: ids(self.candid, self.candids, "candid", "`candid` or `candids`")?,
+            dia_source_ids: ids(
+                self.dia_source_id,
+                self.dia_source_ids,
+                "diaSourceId",
+                "`diaSourceId` or `diaSourceIds`",
+            )?,
+            kind: kind as i32,
+            format: format as i32,
+            all: self.all.unwrap_or(false),
+        })
+    }
+}
+
+/// `Science`, `Template`, `Difference` or `All` (case-insensitive).
+pub fn parse_kind(k: &str) -> Result<StampKind, TicketError> {
+    match k.to_ascii_lowercase().as_str() {
+        "all" => Ok(StampKind::All),
+        "science" => Ok(StampKind::Science),
+        "template" => Ok(StampKind::Template),
+        "difference" => Ok(StampKind::Difference),
+        _ => Err(TicketError::Cutout(format!(
+            "unknown kind {k:?}; expected one of Science, Template, Difference, All"
+        ))),
+    }
+}
+
+/// `fits`, `gzip` or `array` (case-insensitive).
+pub fn parse_format(f: &str) -> Result<StampFormat, TicketError> {
+    match f.to_ascii_lowercase().as_str() {
+        "fits" => Ok(StampFormat::Fits),
+        "gzip" => Ok(StampFormat::Gzip),
+        "array" => Ok(StampFormat::Array),
+        _ => Err(TicketError::Cutout(format!(
+            "unknown format {f:?}; expected one of fits, gzip, array"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{decode_command, Command, Selector, StampFormat, StampKind, TicketError};
+
+    fn cut(s: &str) -> Result<crate::CutoutRequest, TicketError> {
+        decode_command(s.as_bytes()).map(|Command::Cutout(c)| c)
+    }
+
+    #[test]
+    fn the_readme_examples_decode() {
+        let c = cut(r#"{"cutout": {"dataset": "ztf", "objectId": "ZTF20aabaesm", "kind": "Science", "format": "array"}}"#).unwrap();
+        assert_eq!(c.kind, StampKind::Science);
+        assert_eq!(c.format, StampFormat::Array);
+        assert_eq!(
+            c.selector,
+            Selector::Objects { object_ids: vec!["ZTF20aabaesm".into()], all: false }
+        );
+        let c = cut(r#" {"cutout": {"dataset": "ztf", "candids": [1095578115815010001, "1095578115915010048"]}}"#).unwrap();
+        assert_eq!(c.kind, StampKind::All);
+        assert_eq!(c.format, StampFormat::Fits);
+        assert_eq!(
+            c.selector,
+            Selector::Candids { candids: vec![1095578115815010001, 1095578115915010048], object_id: None }
+        );
+        let c = cut(r#"{"cutout": {"dataset": "lsst", "diaSourceId": 42, "format": "gzip", "kind": "difference"}}"#).unwrap();
+        assert_eq!(c.selector, Selector::DiaSources { ids: vec![42] });
+    }
+
+    #[test]
+    fn bad_json_says_what_is_wrong() {
+        let e = |s: &str| cut(s).unwrap_err().to_string();
+        assert!(e("{not json").contains("not valid JSON"));
+        assert!(e(r#"{"cutouts": {}}"#).contains("unknown variant"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "objectid": "x"}}"#).contains("unknown field `objectid`"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "objectId": "x", "kind": "Sci"}}"#).contains("Science, Template, Difference, All"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "objectId": "x", "format": "png"}}"#).contains("fits, gzip, array"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "objectId": "x", "objectIds": ["y"]}}"#).contains("not both"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "candid": "12ab"}}"#).contains("not a 64-bit integer"));
+        assert!(e(r#"{"cutout": {"objectId": "x"}}"#).contains("`dataset` is required"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "candid": 1.5}}"#).contains("not valid JSON"));
+    }
+}

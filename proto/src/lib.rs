@@ -1,0 +1,304 @@
+//! Ticket and command types of astroflight.
+//!
+//! Everything a client can put in a Flight `Ticket` or `FlightDescriptor.cmd` is defined here,
+//! once, in two encodings: protobuf (`astroflight.proto`, prost types in [`ticket`]) and JSON
+//! (`{"cutout": {...}}`). [`decode_command`] is the single entry point the server uses: it turns
+//! raw bytes into a validated [`Command`], or a [`TicketError`] whose message says what was wrong
+//! and what is accepted.
+
+pub mod json;
+pub mod ticket;
+
+pub use ticket::{CutoutTicket, StampFormat, StampKind, Ticket};
+
+/// Most ids one cutout ticket may name; larger pulls belong to alert queries.
+pub const MAX_IDS_PER_TICKET: usize = 100_000;
+
+/// A request decoded from a ticket, validated and ready to plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Cutout(CutoutRequest),
+}
+
+/// Which alerts a cutout request names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selector {
+    /// ZTF objects: the latest alert of each, or all of them.
+    Objects { object_ids: Vec<String>, all: bool },
+    /// ZTF alerts by candid; `object_id` (only with a single candid) must own the alert.
+    Candids {
+        candids: Vec<i64>,
+        object_id: Option<String>,
+    },
+    /// Rubin alerts by diaSourceId.
+    DiaSources { ids: Vec<i64> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CutoutRequest {
+    pub dataset: String,
+    pub selector: Selector,
+    pub kind: StampKind,
+    pub format: StampFormat,
+}
+
+impl StampKind {
+    /// The stamp kinds this request asks for, in output order.
+    pub fn expand(self) -> &'static [StampKind] {
+        match self {
+            StampKind::All => &[StampKind::Science, StampKind::Template, StampKind::Difference],
+            StampKind::Science => &[StampKind::Science],
+            StampKind::Template => &[StampKind::Template],
+            StampKind::Difference => &[StampKind::Difference],
+        }
+    }
+
+    /// The name used in JSON tickets, in the `kind` result column and in lake column names
+    /// (`cutout{Name}`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StampKind::All => "All",
+            StampKind::Science => "Science",
+            StampKind::Template => "Template",
+            StampKind::Difference => "Difference",
+        }
+    }
+}
+
+impl StampFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            StampFormat::Fits => "fits",
+            StampFormat::Gzip => "gzip",
+            StampFormat::Array => "array",
+        }
+    }
+}
+
+/// Why a ticket was refused. Every variant is the client's fault (INVALID_ARGUMENT).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TicketError {
+    #[error("ticket is empty; expected JSON such as {{\"cutout\": {{\"dataset\": \"ztf\", \"objectId\": \"ZTF20aabaesm\"}}}} or an astroflight.v1.Ticket protobuf")]
+    Empty,
+    #[error("ticket is not valid JSON: {0}")]
+    Json(String),
+    #[error("ticket is neither JSON (must start with '{{') nor a valid astroflight.v1.Ticket protobuf: {0}")]
+    Protobuf(String),
+    #[error("invalid cutout ticket: {0}")]
+    Cutout(String),
+}
+
+/// Decode a ticket or command: JSON when the first non-blank byte is `{`, protobuf otherwise.
+pub fn decode_command(bytes: &[u8]) -> Result<Command, TicketError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => Err(TicketError::Empty),
+        Some(b'{') => json::decode(bytes),
+        Some(_) => {
+            let ticket = <Ticket as prost::Message>::decode(bytes)
+                .map_err(|e| TicketError::Protobuf(e.to_string()))?;
+            match ticket.kind {
+                Some(ticket::Kind::Cutout(c)) => c.validate().map(Command::Cutout),
+                None => Err(TicketError::Protobuf(
+                    "the ticket names no command (field 1 `cutout` is the only kind so far)".into(),
+                )),
+            }
+        }
+    }
+}
+
+impl CutoutTicket {
+    /// Check the selector rules and build the typed request.
+    pub fn validate(self) -> Result<CutoutRequest, TicketError> {
+        let bad = |m: &str| Err(TicketError::Cutout(m.to_string()));
+        if self.dataset.is_empty() {
+            return bad("`dataset` is required");
+        }
+        let kind = StampKind::try_from(self.kind)
+            .map_err(|_| TicketError::Cutout(format!("unknown kind {}", self.kind)))?;
+        let format = StampFormat::try_from(self.format)
+            .map_err(|_| TicketError::Cutout(format!("unknown format {}", self.format)))?;
+        let n_obj = self.object_ids.len();
+        let n_cand = self.candids.len();
+        let n_dia = self.dia_source_ids.len();
+        let selector = match (n_obj > 0, n_cand > 0, n_dia > 0) {
+            (true, false, false) => {
+                if self.object_ids.iter().any(|o| o.is_empty()) {
+                    return bad("an objectId is empty");
+                }
+                Selector::Objects {
+                    object_ids: self.object_ids,
+                    all: self.all,
+                }
+            }
+            (false, true, false) => Selector::Candids {
+                candids: self.candids,
+                object_id: None,
+            },
+            (true, true, false) => {
+                if n_obj != 1 || n_cand != 1 {
+                    return bad("objectId and candid may be combined only as one objectId with one candid (that alert of that object)");
+                }
+                let object_id = self.object_ids.into_iter().next();
+                Selector::Candids {
+                    candids: self.candids,
+                    object_id,
+                }
+            }
+            (false, false, true) => Selector::DiaSources {
+                ids: self.dia_source_ids,
+            },
+            (false, false, false) => {
+                return bad("name the alerts with one of objectId, objectIds, candid, candids, diaSourceId, diaSourceIds")
+            }
+            _ => return bad("ZTF ids (objectId/candid) and Rubin ids (diaSourceId) cannot be mixed in one ticket"),
+        };
+        if self.all && !matches!(selector, Selector::Objects { .. }) {
+            return bad("`all` applies to objectId/objectIds only");
+        }
+        let n = n_obj.max(n_cand).max(n_dia);
+        if n > MAX_IDS_PER_TICKET {
+            return Err(TicketError::Cutout(format!(
+                "{n} ids in one ticket; at most {MAX_IDS_PER_TICKET} are accepted"
+            )));
+        }
+        Ok(CutoutRequest {
+            dataset: self.dataset,
+            selector,
+            kind,
+            format,
+        })
+    }
+}
+
+impl CutoutRequest {
+    /// The protobuf form of this request (what `decode_command` reads back).
+    pub fn to_ticket(&self) -> Ticket {
+        let mut t = CutoutTicket {
+            dataset: self.dataset.clone(),
+            kind: self.kind as i32,
+            format: self.format as i32,
+            ..Default::default()
+        };
+        match &self.selector {
+            Selector::Objects { object_ids, all } => {
+                t.object_ids = object_ids.clone();
+                t.all = *all;
+            }
+            Selector::Candids { candids, object_id } => {
+                t.candids = candids.clone();
+                t.object_ids = object_id.iter().cloned().collect();
+            }
+            Selector::DiaSources { ids } => t.dia_source_ids = ids.clone(),
+        }
+        Ticket {
+            kind: Some(ticket::Kind::Cutout(t)),
+        }
+    }
+
+    /// Encoded protobuf bytes, ready for a Flight `Ticket`.
+    pub fn encode(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&self.to_ticket())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(selector: Selector) -> CutoutRequest {
+        CutoutRequest {
+            dataset: "ztf".into(),
+            selector,
+            kind: StampKind::Science,
+            format: StampFormat::Array,
+        }
+    }
+
+    #[test]
+    fn protobuf_round_trip() {
+        for sel in [
+            Selector::Objects {
+                object_ids: vec!["ZTF20aabaesm".into()],
+                all: true,
+            },
+            Selector::Candids {
+                candids: vec![1095578115815010001],
+                object_id: Some("ZTF20aabaesm".into()),
+            },
+            Selector::DiaSources {
+                ids: vec![-5, 1 << 60],
+            },
+        ] {
+            let r = req(sel);
+            assert_eq!(decode_command(&r.encode()).unwrap(), Command::Cutout(r));
+        }
+    }
+
+    #[test]
+    fn empty_and_garbage_are_refused() {
+        assert_eq!(decode_command(b"  "), Err(TicketError::Empty));
+        assert!(matches!(
+            decode_command(&[0xff, 0xff, 0xff]),
+            Err(TicketError::Protobuf(_))
+        ));
+        // A valid protobuf message (an unknown field 2) that names no command.
+        assert!(matches!(
+            decode_command(&[0x10, 0x01]),
+            Err(TicketError::Protobuf(m)) if m.contains("no command")
+        ));
+    }
+
+    #[test]
+    fn selector_rules() {
+        let t = |f: fn(&mut CutoutTicket)| {
+            let mut c = CutoutTicket {
+                dataset: "ztf".into(),
+                ..Default::default()
+            };
+            f(&mut c);
+            c.validate()
+        };
+        assert!(t(|_| {}).is_err());
+        assert!(t(|c| c.dataset.clear()).is_err());
+        assert!(t(|c| {
+            c.candids = vec![1];
+            c.dia_source_ids = vec![2]
+        })
+        .is_err());
+        assert!(t(|c| {
+            c.candids = vec![1, 2];
+            c.object_ids = vec!["a".into()]
+        })
+        .is_err());
+        assert!(t(|c| {
+            c.candids = vec![1];
+            c.all = true
+        })
+        .is_err());
+        assert!(t(|c| c.kind = 9).is_err());
+        assert!(t(|c| c.object_ids = vec![String::new()]).is_err());
+        assert!(t(|c| c.candids = vec![0; MAX_IDS_PER_TICKET + 1]).is_err());
+    }
+
+    /// Pins the wire encoding to `astroflight.proto` (field numbers and types), so that a
+    /// client generated from the .proto file and these hand-written prost types agree.
+    #[test]
+    fn wire_format_matches_proto_file() {
+        let r = CutoutRequest {
+            dataset: "z".into(),
+            selector: Selector::Candids {
+                candids: vec![1],
+                object_id: Some("o".into()),
+            },
+            kind: StampKind::Template,
+            format: StampFormat::Gzip,
+        };
+        // Ticket.cutout (1, len 13) { dataset(1)="z", object_ids(2)="o", candids(3) packed [1],
+        // kind(5)=2, format(6)=1 }
+        let expect: Vec<u8> = vec![
+            0x0a, 13, 0x0a, 1, b'z', 0x12, 1, b'o', 0x1a, 1, 1, 0x28, 2, 0x30, 1,
+        ];
+        assert_eq!(r.encode(), expect);
+    }
+}
