@@ -46,7 +46,11 @@ impl StampKind {
     /// The stamp kinds this request asks for, in output order.
     pub fn expand(self) -> &'static [StampKind] {
         match self {
-            StampKind::All => &[StampKind::Science, StampKind::Template, StampKind::Difference],
+            StampKind::All => &[
+                StampKind::Science,
+                StampKind::Template,
+                StampKind::Difference,
+            ],
             StampKind::Science => &[StampKind::Science],
             StampKind::Template => &[StampKind::Template],
             StampKind::Difference => &[StampKind::Difference],

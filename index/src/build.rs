@@ -1,0 +1,576 @@
+//! The incremental index builder.
+//!
+//! One run: repair what a killed run left, list the dataset's parquet files, skip the files
+//! whose size and etag (or modification time) are those of the catalog, read the footer and the
+//! id columns of new and changed files, and drop the files that are gone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore};
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::ProjectionMask;
+use tracing::{info, warn};
+
+use crate::keys::{self, RowIds};
+use crate::reader::StoreReader;
+use crate::{DatasetIndex, FileEntry, IndexError, Result, SurveyKind};
+
+/// What one build did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BuildStats {
+    /// Parquet files found under the root.
+    pub listed: usize,
+    /// Files read and (re)indexed.
+    pub indexed: usize,
+    /// Files whose catalog entry was still current.
+    pub unchanged: usize,
+    /// Catalog entries dropped (file deleted or changed).
+    pub removed: usize,
+    /// Uncommitted files left by a killed run, cleaned.
+    pub repaired: usize,
+    /// Alerts written.
+    pub rows: u64,
+    /// Rows skipped because an id was null.
+    pub null_ids: u64,
+    /// Files that could not be indexed, with the reason; the rest of the index is intact.
+    pub failed: Vec<(String, String)>,
+}
+
+pub struct IndexBuilder {
+    store: Arc<dyn ObjectStore>,
+    prefix: Option<Path>,
+    kind: SurveyKind,
+    index: DatasetIndex,
+    concurrency: usize,
+}
+
+/// The id columns of one file, in row order.
+struct FileIds {
+    meta: ObjectMeta,
+    row_groups: Vec<u64>,
+    rows: Vec<(u32, u32, RowIds, f64)>,
+    null_ids: u64,
+}
+
+/// True for the data files of a Spark-written lake: `*.parquet`, outside hidden or
+/// temporary folders (`_temporary/`, `.spark-staging`), not markers or checksums.
+pub fn is_data_file(path: &Path) -> bool {
+    let mut parts = path.parts().peekable();
+    while let Some(p) = parts.next() {
+        let p = p.as_ref();
+        if p.starts_with('_') || p.starts_with('.') {
+            return false;
+        }
+        if parts.peek().is_none() {
+            return p.ends_with(".parquet");
+        }
+    }
+    false
+}
+
+impl IndexBuilder {
+    /// `prefix` is the dataset root inside `store` (None for the store's root).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: Option<Path>,
+        kind: SurveyKind,
+        index: DatasetIndex,
+    ) -> Self {
+        IndexBuilder {
+            store,
+            prefix,
+            kind,
+            index,
+            concurrency: 4,
+        }
+    }
+
+    /// How many files are read at once (remote stores gain from more).
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    pub async fn run(&self) -> Result<BuildStats> {
+        let mut stats = BuildStats {
+            repaired: self.blocking(|ix| repair(&ix)).await?,
+            ..Default::default()
+        };
+
+        let listing: Vec<ObjectMeta> = self
+            .store
+            .list(self.prefix.as_ref())
+            .try_filter(|m| futures::future::ready(is_data_file(&m.location)))
+            .try_collect()
+            .await
+            .map_err(|source| IndexError::Storage {
+                path: self
+                    .prefix
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                source,
+            })?;
+        stats.listed = listing.len();
+
+        let catalog: HashMap<String, FileEntry> = self
+            .index
+            .files()?
+            .into_iter()
+            .map(|f| (f.path.clone(), f))
+            .collect();
+        let listed: HashSet<&str> = listing.iter().map(|m| m.location.as_ref()).collect();
+        let gone: Vec<FileEntry> = catalog
+            .values()
+            .filter(|f| !listed.contains(f.path.as_str()))
+            .cloned()
+            .collect();
+        for f in gone {
+            info!(path = %f.path, "dropping deleted file from the index");
+            self.blocking(move |ix| remove_file(&ix, f.file_id)).await?;
+            stats.removed += 1;
+        }
+
+        let mut todo = Vec::new();
+        for meta in listing {
+            match catalog.get(meta.location.as_ref()) {
+                Some(old) if old.same_version(&meta) => stats.unchanged += 1,
+                old => todo.push((meta, old.map(|o| o.file_id))),
+            }
+        }
+
+        let mut reads = futures::stream::iter(todo.into_iter().map(|(meta, old)| async move {
+            let path = meta.location.to_string();
+            (path, old, self.read_ids(meta).await)
+        }))
+        .buffer_unordered(self.concurrency);
+
+        while let Some((path, old, read)) = reads.next().await {
+            let ids = match read {
+                Ok(ids) => ids,
+                Err(e) => {
+                    // The previous version (if any) stays indexed: the server checks the
+                    // file's version before it trusts a location.
+                    warn!(%path, error = %e, "cannot index file");
+                    stats.failed.push((path, e.to_string()));
+                    continue;
+                }
+            };
+            if let Some(old_id) = old {
+                self.blocking(move |ix| remove_file(&ix, old_id)).await?;
+                stats.removed += 1;
+            }
+            stats.rows += ids.rows.len() as u64;
+            stats.null_ids += ids.null_ids;
+            self.blocking(move |ix| write_file(&ix, ids)).await?;
+            stats.indexed += 1;
+        }
+        self.blocking(|ix| Ok(ix.db.flush().map(|_| ())?)).await?;
+        info!(dataset = %self.index.name(), ?stats, "index build done");
+        Ok(stats)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(DatasetIndex) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let ix = self.index.clone();
+        tokio::task::spawn_blocking(move || f(ix))
+            .await
+            .map_err(|e| IndexError::Corrupt(format!("index task failed: {e}")))?
+    }
+
+    async fn read_ids(&self, meta: ObjectMeta) -> Result<FileIds> {
+        let path = meta.location.to_string();
+        let file_err = |message: String| IndexError::File {
+            path: path.clone(),
+            message,
+        };
+        let reader = StoreReader::new(self.store.clone(), meta.location.clone(), meta.size);
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| storage_or_file(&path, e))?;
+        let md = builder.metadata().clone();
+        let schema = md.file_metadata().schema_descr();
+        let wanted: &[&str] = match self.kind {
+            SurveyKind::Ztf => &["objectId", "candid", "candidate.jd"],
+            SurveyKind::Lsst => &[
+                "diaSource.diaSourceId",
+                "diaSource.diaObjectId",
+                "diaSource.midpointMjdTai",
+            ],
+        };
+        let mut leaves = Vec::new();
+        for w in wanted {
+            let i = (0..schema.num_columns())
+                .find(|&i| schema.column(i).path().string() == *w)
+                .ok_or_else(|| {
+                    file_err(format!(
+                        "no column `{w}`: not a {} alert file",
+                        self.kind.name()
+                    ))
+                })?;
+            leaves.push(i);
+        }
+        let mask = ProjectionMask::leaves(schema, leaves);
+        let row_groups: Vec<u64> = md
+            .row_groups()
+            .iter()
+            .map(|rg| rg.num_rows() as u64)
+            .collect();
+        let mut stream = builder
+            .with_projection(mask)
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| file_err(e.to_string()))?;
+
+        // Rows arrive in file order; map the running row number to (row group, row).
+        let mut out = FileIds {
+            meta,
+            rows: Vec::with_capacity(row_groups.iter().sum::<u64>() as usize),
+            row_groups: row_groups.clone(),
+            null_ids: 0,
+        };
+        let (mut rg, mut row_in_rg) = (0usize, 0u64);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| storage_or_file(&path, e))?;
+            let cols = IdColumns::new(&batch, self.kind).map_err(file_err)?;
+            for i in 0..batch.num_rows() {
+                while rg < row_groups.len() && row_in_rg >= row_groups[rg] {
+                    rg += 1;
+                    row_in_rg = 0;
+                }
+                match cols.row(i) {
+                    Some((ids, t)) => out.rows.push((rg as u32, row_in_rg as u32, ids, t)),
+                    None => out.null_ids += 1,
+                }
+                row_in_rg += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn storage_or_file(path: &str, e: parquet::errors::ParquetError) -> IndexError {
+    match e {
+        parquet::errors::ParquetError::External(inner) => {
+            match inner.downcast::<object_store::Error>() {
+                Ok(source) => IndexError::Storage {
+                    path: path.to_string(),
+                    source: *source,
+                },
+                Err(other) => IndexError::File {
+                    path: path.to_string(),
+                    message: other.to_string(),
+                },
+            }
+        }
+        other => IndexError::File {
+            path: path.to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// The id columns of a batch, typed.
+enum IdColumns {
+    Ztf {
+        object_id: Arc<dyn Array>,
+        candid: Arc<dyn Array>,
+        jd: Arc<dyn Array>,
+    },
+    Lsst {
+        source: Arc<dyn Array>,
+        object: Arc<dyn Array>,
+        mjd: Arc<dyn Array>,
+    },
+}
+
+fn child(
+    batch: &RecordBatch,
+    strukt: &str,
+    field: &str,
+    ty: &DataType,
+) -> Result<Arc<dyn Array>, String> {
+    let s = batch
+        .column_by_name(strukt)
+        .ok_or_else(|| format!("missing column {strukt}"))?;
+    let s = s
+        .as_struct_opt()
+        .ok_or_else(|| format!("column {strukt} is not a struct"))?;
+    let c = s
+        .column_by_name(field)
+        .ok_or_else(|| format!("missing column {strukt}.{field}"))?;
+    cast(c, ty, &format!("{strukt}.{field}"))
+}
+
+fn top(batch: &RecordBatch, name: &str, ty: &DataType) -> Result<Arc<dyn Array>, String> {
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| format!("missing column {name}"))?;
+    cast(c, ty, name)
+}
+
+fn cast(c: &Arc<dyn Array>, ty: &DataType, name: &str) -> Result<Arc<dyn Array>, String> {
+    if c.data_type() == ty {
+        return Ok(c.clone());
+    }
+    arrow::compute::cast(c, ty).map_err(|e| {
+        format!(
+            "column {name} has type {} (expected {ty}): {e}",
+            c.data_type()
+        )
+    })
+}
+
+impl IdColumns {
+    fn new(batch: &RecordBatch, kind: SurveyKind) -> Result<Self, String> {
+        Ok(match kind {
+            SurveyKind::Ztf => IdColumns::Ztf {
+                object_id: top(batch, "objectId", &DataType::Utf8)?,
+                candid: top(batch, "candid", &DataType::Int64)?,
+                jd: child(batch, "candidate", "jd", &DataType::Float64)?,
+            },
+            SurveyKind::Lsst => IdColumns::Lsst {
+                source: child(batch, "diaSource", "diaSourceId", &DataType::Int64)?,
+                object: child(batch, "diaSource", "diaObjectId", &DataType::Int64)?,
+                mjd: child(batch, "diaSource", "midpointMjdTai", &DataType::Float64)?,
+            },
+        })
+    }
+
+    /// The ids of row `i` and its time, or None when an id is null (or an objectId holds a NUL,
+    /// which the key layout cannot hold). A null time indexes as NaN (oldest).
+    fn row(&self, i: usize) -> Option<(RowIds, f64)> {
+        let time = |a: &Arc<dyn Array>| {
+            if a.is_null(i) {
+                f64::NAN
+            } else {
+                a.as_primitive::<Float64Type>().value(i)
+            }
+        };
+        match self {
+            IdColumns::Ztf {
+                object_id,
+                candid,
+                jd,
+            } => {
+                if object_id.is_null(i) || candid.is_null(i) {
+                    return None;
+                }
+                let oid = object_id.as_string::<i32>().value(i);
+                if oid.is_empty() || oid.contains('\0') {
+                    return None;
+                }
+                Some((
+                    RowIds::Ztf {
+                        candid: candid.as_primitive::<Int64Type>().value(i),
+                        object_id: oid.to_string(),
+                    },
+                    time(jd),
+                ))
+            }
+            IdColumns::Lsst {
+                source,
+                object,
+                mjd,
+            } => {
+                if source.is_null(i) {
+                    return None;
+                }
+                // A source with no diaObject (a solar system source) still gets its own entry.
+                let obj = if object.is_null(i) {
+                    0
+                } else {
+                    object.as_primitive::<Int64Type>().value(i)
+                };
+                Some((
+                    RowIds::Lsst {
+                        dia_source_id: source.as_primitive::<Int64Type>().value(i),
+                        dia_object_id: obj,
+                    },
+                    time(mjd),
+                ))
+            }
+        }
+    }
+}
+
+/// Write one file's rows, flush, then its commit record.
+fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
+    let file_id = ix.db.generate_id()?;
+    let (mut a, mut b, mut byfile) = (
+        sled::Batch::default(),
+        sled::Batch::default(),
+        sled::Batch::default(),
+    );
+    for (n, (rg, row, rid, t)) in ids.rows.iter().enumerate() {
+        match rid {
+            RowIds::Ztf { candid, object_id } => {
+                a.insert(
+                    keys::obj_key(object_id, *candid, file_id),
+                    keys::obj_value(*rg, *row, *t),
+                );
+                b.insert(
+                    &keys::id_file_key(*candid, file_id)[..],
+                    keys::candid_value(*rg, *row, *t, object_id),
+                );
+            }
+            RowIds::Lsst {
+                dia_source_id,
+                dia_object_id,
+            } => {
+                a.insert(
+                    &keys::id_file_key(*dia_source_id, file_id)[..],
+                    keys::dia_value(*rg, *row, *t, *dia_object_id),
+                );
+                b.insert(
+                    &keys::diaobj_key(*dia_object_id, *dia_source_id, file_id)[..],
+                    keys::obj_value(*rg, *row, *t),
+                );
+            }
+        }
+        byfile.insert(
+            &keys::byfile_key(file_id, n as u64)[..],
+            keys::byfile_value(rid),
+        );
+    }
+    // byfile first: if we die after it, repair() knows what to remove.
+    ix.byfile.apply_batch(byfile)?;
+    match ids.rows.first().map(|r| &r.2) {
+        Some(RowIds::Ztf { .. }) => {
+            ix.obj.apply_batch(a)?;
+            ix.candid.apply_batch(b)?;
+        }
+        Some(RowIds::Lsst { .. }) => {
+            ix.dia.apply_batch(a)?;
+            ix.diaobj.apply_batch(b)?;
+        }
+        None => {}
+    }
+    ix.db.flush()?;
+    let entry = FileEntry {
+        file_id,
+        path: ids.meta.location.to_string(),
+        size: ids.meta.size,
+        e_tag: ids.meta.e_tag.clone(),
+        last_modified_ms: ids.meta.last_modified.timestamp_millis(),
+        row_groups: ids.row_groups,
+    };
+    ix.files
+        .insert(file_id.to_be_bytes(), keys::encode_file_entry(&entry))?;
+    Ok(())
+}
+
+/// Drop a file: its commit record first (readers stop seeing it at once), then its rows.
+pub(crate) fn remove_file(ix: &DatasetIndex, file_id: u64) -> Result<()> {
+    ix.files.remove(file_id.to_be_bytes())?;
+    ix.db.flush()?;
+    remove_rows(ix, file_id)
+}
+
+fn remove_rows(ix: &DatasetIndex, file_id: u64) -> Result<()> {
+    let prefix = file_id.to_be_bytes();
+    let mut done = sled::Batch::default();
+    let (mut a, mut b) = (sled::Batch::default(), sled::Batch::default());
+    let mut ztf = None;
+    for kv in ix.byfile.scan_prefix(prefix) {
+        let (k, v) = kv?;
+        match keys::decode_byfile_value(&v)? {
+            RowIds::Ztf { candid, object_id } => {
+                ztf = Some(true);
+                a.remove(keys::obj_key(&object_id, candid, file_id));
+                b.remove(&keys::id_file_key(candid, file_id)[..]);
+            }
+            RowIds::Lsst {
+                dia_source_id,
+                dia_object_id,
+            } => {
+                ztf = Some(false);
+                a.remove(&keys::id_file_key(dia_source_id, file_id)[..]);
+                b.remove(&keys::diaobj_key(dia_object_id, dia_source_id, file_id)[..]);
+            }
+        }
+        done.remove(k);
+    }
+    match ztf {
+        Some(true) => {
+            ix.obj.apply_batch(a)?;
+            ix.candid.apply_batch(b)?;
+        }
+        Some(false) => {
+            ix.dia.apply_batch(a)?;
+            ix.diaobj.apply_batch(b)?;
+        }
+        None => {}
+    }
+    ix.byfile.apply_batch(done)?;
+    Ok(())
+}
+
+/// Remove the rows of files that have rows but no commit record (a killed build).
+pub(crate) fn repair(ix: &DatasetIndex) -> Result<usize> {
+    let mut repaired = 0;
+    let mut from = [0u8; 8];
+    loop {
+        let Some(kv) = ix.byfile.range(from..).next() else {
+            break;
+        };
+        let (k, _) = kv?;
+        let file_id = keys::u64_at(&k, 0)?;
+        if !ix.files.contains_key(file_id.to_be_bytes())? {
+            warn!(dataset = %ix.name(), file_id, "removing rows of a file a killed build left uncommitted");
+            remove_rows(ix, file_id)?;
+            repaired += 1;
+        }
+        match file_id.checked_add(1) {
+            Some(next) => from = next.to_be_bytes(),
+            None => break,
+        }
+    }
+    if repaired > 0 {
+        ix.db.flush()?;
+    }
+    Ok(repaired)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// Write a file's rows without the commit record, as a build killed before it would.
+    pub(crate) fn write_uncommitted(
+        ix: &DatasetIndex,
+        path: &str,
+        rows: Vec<(u32, u32, RowIds, f64)>,
+    ) -> Result<u64> {
+        let meta = ObjectMeta {
+            location: Path::from(path),
+            last_modified: Default::default(),
+            size: 1,
+            e_tag: None,
+            version: None,
+        };
+        let ids = FileIds {
+            meta,
+            row_groups: vec![rows.len() as u64],
+            rows,
+            null_ids: 0,
+        };
+        write_file(ix, ids)?;
+        // Take the commit record back out: what a crash between rows and commit leaves.
+        let id = ix
+            .files()?
+            .into_iter()
+            .find(|f| f.path == path)
+            .map(|f| f.file_id)
+            .expect("just written");
+        ix.files.remove(id.to_be_bytes())?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,236 @@
+//! Builder and lookup tests over small parquet files written in a temporary directory.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, StructArray};
+use arrow::datatypes::{DataType, Field, Fields, Schema};
+use object_store::local::LocalFileSystem;
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+
+use crate::build::test_support::write_uncommitted;
+use crate::keys::RowIds;
+use crate::*;
+
+/// Write a minimal ZTF-shaped file: (objectId, candid, jd) rows, `rg_rows` rows per row group.
+fn write_ztf(dir: &std::path::Path, name: &str, rows: &[(&str, i64, f64)], rg_rows: usize) {
+    let cand = Fields::from(vec![Field::new("jd", DataType::Float64, false)]);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("objectId", DataType::Utf8, true),
+        Field::new("candid", DataType::Int64, true),
+        Field::new("candidate", DataType::Struct(cand.clone()), true),
+    ]));
+    let jd: ArrayRef = Arc::new(Float64Array::from(
+        rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(StructArray::new(cand, vec![jd], None)),
+        ],
+    )
+    .unwrap();
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rg_rows))
+        .build();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+async fn build(dir: &std::path::Path, ix: &DatasetIndex) -> BuildStats {
+    let store = Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap());
+    IndexBuilder::new(store, None, SurveyKind::Ztf, ix.clone())
+        .run()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn build_lookup_and_rebuild_incrementally() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_ztf(
+        d,
+        "year=2020/month=01/day=01/a.parquet",
+        &[
+            ("ZTF1", 10, 1.0),
+            ("ZTF2", 11, 1.5),
+            ("ZTF1", 12, 3.0),
+            ("ZTF3", 13, 1.0),
+        ],
+        3,
+    );
+    write_ztf(
+        d,
+        "year=2020/month=01/day=02/b.parquet",
+        &[("ZTF1", 20, 2.0)],
+        100,
+    );
+    // Not data: Spark's marker, a temporary folder, a checksum.
+    std::fs::write(d.join("year=2020/_SUCCESS"), b"").unwrap();
+    write_ztf(d, "_temporary/0/x.parquet", &[("ZTF9", 99, 1.0)], 10);
+    std::fs::write(d.join("year=2020/month=01/day=02/.b.parquet.crc"), b"x").unwrap();
+
+    let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
+    let s = build(d, &ix).await;
+    assert_eq!((s.listed, s.indexed, s.rows, s.unchanged), (2, 2, 5, 0));
+    assert!(s.failed.is_empty());
+
+    let all = ix.object_alerts("ZTF1").unwrap();
+    assert_eq!(
+        all.iter().map(|h| h.candid).collect::<Vec<_>>(),
+        vec![10, 20, 12]
+    );
+    let latest = ix.latest_alert("ZTF1").unwrap().unwrap();
+    assert_eq!((latest.candid, latest.jd), (12, 3.0));
+    // Third row of a.parquet's row groups of 3: row group 0, row 2.
+    assert_eq!((latest.location.row_group, latest.location.row), (0, 2));
+    let h = ix.candid(13).unwrap().unwrap();
+    assert_eq!(
+        (h.object_id.as_str(), h.location.row_group, h.location.row),
+        ("ZTF3", 1, 0)
+    );
+    let f = ix.file(h.location.file_id).unwrap().unwrap();
+    assert_eq!(f.path, "year=2020/month=01/day=01/a.parquet");
+    assert_eq!(f.row_groups, vec![3, 1]);
+    assert!(ix.candid(99).unwrap().is_none());
+    assert!(
+        ix.object_alerts("ZTF").unwrap().is_empty(),
+        "prefix of another objectId"
+    );
+
+    // Nothing changed: nothing read.
+    let s = build(d, &ix).await;
+    assert_eq!((s.indexed, s.unchanged, s.removed), (0, 2, 0));
+
+    // Change one file, delete the other.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write_ztf(
+        d,
+        "year=2020/month=01/day=01/a.parquet",
+        &[("ZTF4", 40, 4.0)],
+        10,
+    );
+    std::fs::remove_file(d.join("year=2020/month=01/day=02/b.parquet")).unwrap();
+    let s = build(d, &ix).await;
+    assert_eq!((s.indexed, s.unchanged, s.removed, s.rows), (1, 0, 2, 1));
+    assert!(ix.object_alerts("ZTF1").unwrap().is_empty());
+    assert!(ix.candid(20).unwrap().is_none());
+    assert_eq!(ix.candid(40).unwrap().unwrap().object_id, "ZTF4");
+    assert_eq!(ix.files().unwrap().len(), 1);
+    assert_eq!(ix.alert_count().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn the_same_alert_in_two_files_is_found_once_and_survives_losing_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_ztf(
+        d,
+        "raw/a.parquet",
+        &[("ZTF1", 10, 1.0), ("ZTF1", 11, 2.0)],
+        10,
+    );
+    write_ztf(d, "science/b.parquet", &[("ZTF1", 10, 1.0)], 10);
+    let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
+    build(d, &ix).await;
+    assert_eq!(
+        ix.object_alerts("ZTF1")
+            .unwrap()
+            .iter()
+            .map(|h| h.candid)
+            .collect::<Vec<_>>(),
+        vec![10, 11]
+    );
+    std::fs::remove_file(d.join("raw/a.parquet")).unwrap();
+    build(d, &ix).await;
+    let h = ix.candid(10).unwrap().unwrap();
+    assert_eq!(
+        ix.file(h.location.file_id).unwrap().unwrap().path,
+        "science/b.parquet"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_build_is_invisible_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ztf(dir.path(), "a.parquet", &[("ZTF1", 10, 1.0)], 10);
+    let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
+    let ghost = write_uncommitted(
+        &ix,
+        "b.parquet",
+        vec![(
+            0,
+            0,
+            RowIds::Ztf {
+                candid: 77,
+                object_id: "ZTF7".into(),
+            },
+            1.0,
+        )],
+    )
+    .unwrap();
+    // Readers never see the uncommitted file's rows.
+    assert!(ix.candid(77).unwrap().is_none());
+    assert!(ix.object_alerts("ZTF7").unwrap().is_empty());
+    let s = build(dir.path(), &ix).await;
+    assert_eq!((s.repaired, s.indexed), (1, 1));
+    assert_eq!(ix.byfile.scan_prefix(ghost.to_be_bytes()).count(), 0);
+    assert_eq!(ix.obj.scan_prefix(b"ZTF7").count(), 0);
+    assert!(ix.candid(10).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_corrupt_file_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ztf(dir.path(), "good.parquet", &[("ZTF1", 10, 1.0)], 10);
+    std::fs::write(
+        dir.path().join("bad.parquet"),
+        b"this is not parquet at all",
+    )
+    .unwrap();
+    // A parquet file that is not an alert file.
+    let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+    let mut w = ArrowWriter::try_new(
+        std::fs::File::create(dir.path().join("other.parquet")).unwrap(),
+        schema.clone(),
+        None,
+    )
+    .unwrap();
+    w.write(&RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap())
+        .unwrap();
+    w.close().unwrap();
+
+    let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
+    let s = build(dir.path(), &ix).await;
+    assert_eq!(s.indexed, 1);
+    let mut failed: Vec<_> = s.failed.iter().map(|(p, _)| p.as_str()).collect();
+    failed.sort();
+    assert_eq!(failed, vec!["bad.parquet", "other.parquet"]);
+    assert!(
+        s.failed
+            .iter()
+            .any(|(_, m)| m.contains("no column `objectId`")),
+        "{:?}",
+        s.failed
+    );
+    assert!(ix.candid(10).unwrap().is_some());
+}
+
+#[test]
+fn dataset_names_are_checked() {
+    let ix = Index::temporary().unwrap();
+    assert!(ix.dataset("ztf-2020_raw").is_ok());
+    assert!(ix.dataset("../x").is_err());
+    assert!(ix.dataset("").is_err());
+}
