@@ -1,1 +1,3 @@
-
+pub mod fits;
+pub mod gen;
+pub mod testdata;

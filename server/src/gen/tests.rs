@@ -1,0 +1,214 @@
+use std::fs::File;
+
+use arrow::array::{Array, AsArray};
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::file::metadata::PageIndexPolicy;
+
+use super::*;
+use crate::testdata::shared_data_or_skip;
+
+fn small(survey: SurveyKind, dir: &Path, page_index: bool) -> Vec<GeneratedFile> {
+    generate(&GenOptions {
+        survey,
+        out: dir.to_path_buf(),
+        nights: 2,
+        files_per_night: 1,
+        alerts_per_file: 150,
+        page_index,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn open(path: &Path) -> ParquetRecordBatchReaderBuilder<File> {
+    let opts = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    ParquetRecordBatchReaderBuilder::try_new_with_options(File::open(path).unwrap(), opts).unwrap()
+}
+
+#[test]
+fn ztf_files_are_spark_like_with_valid_distinct_stamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = small(SurveyKind::Ztf, dir.path(), true);
+    assert_eq!(files.len(), 2);
+    let rel = files[0]
+        .path
+        .strip_prefix(dir.path())
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        rel.starts_with("year=2020/month=01/day=01/part-00000-"),
+        "{rel}"
+    );
+    assert!(rel.ends_with(".c000.snappy.parquet"));
+
+    let b = open(&files[0].path);
+    let md = b.metadata().clone();
+    assert_eq!(md.num_row_groups(), 1);
+    assert_eq!(md.row_group(0).num_rows(), 150);
+    // The embedded schema is what was written (field names, types, nullability).
+    assert_eq!(
+        schema::strip_schema(b.schema()),
+        schema::parse(schema::ZTF_RAW)
+    );
+    // Offset index present; the stamp column is cut into ~1 MB pages.
+    let sd = md.file_metadata().schema_descr();
+    let col = (0..sd.num_columns())
+        .find(|&i| sd.column(i).path().string() == "cutoutScience.stampData")
+        .unwrap();
+    let oi = md.offset_index().expect("offset index");
+    let pages = &oi[0][col].page_locations;
+    assert!(pages.len() >= 2, "{} pages", pages.len());
+    for p in &pages[..pages.len() - 1] {
+        assert!(
+            (900_000..1_400_000).contains(&p.compressed_page_size),
+            "page of {} bytes",
+            p.compressed_page_size
+        );
+    }
+
+    let batch = b.build().unwrap().next().unwrap().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for kind in STAMP_KINDS {
+        let s = batch
+            .column_by_name(&format!("cutout{kind}"))
+            .unwrap()
+            .as_struct();
+        let data = s.column_by_name("stampData").unwrap().as_binary::<i32>();
+        for i in 0..data.len() {
+            let bytes = data.value(i);
+            assert!(fits::is_gzip(bytes));
+            let img = fits::decode_image(bytes).unwrap();
+            assert_eq!((img.width, img.height), (63, 63));
+            assert!(seen.insert(bytes.to_vec()), "stamps are distinct");
+        }
+    }
+    // Ids are unique; some objects have several alerts across the lake.
+    let cand = batch
+        .column_by_name("candid")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    let uniq: std::collections::HashSet<i64> = cand.values().iter().copied().collect();
+    assert_eq!(uniq.len(), 150);
+}
+
+#[test]
+fn old_parquet_mr_layout_has_no_page_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = small(SurveyKind::Ztf, dir.path(), false);
+    let b = open(&files[0].path);
+    assert!(b.metadata().offset_index().is_none());
+}
+
+#[test]
+fn lsst_files_follow_the_rubin_schema_with_plain_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = small(SurveyKind::Lsst, dir.path(), true);
+    let b = open(&files[0].path);
+    assert_eq!(
+        schema::strip_schema(b.schema()),
+        schema::parse(schema::LSST_V9_0)
+    );
+    let batch = b.build().unwrap().next().unwrap().unwrap();
+    let stamps = batch
+        .column_by_name("cutoutDifference")
+        .unwrap()
+        .as_binary::<i32>();
+    let img = fits::decode_image(stamps.value(0)).unwrap();
+    assert!(!fits::is_gzip(stamps.value(0)));
+    assert_eq!((img.width, img.height), (51, 51));
+    let top = batch
+        .column_by_name("diaSourceId")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    let nested = batch
+        .column_by_name("diaSource")
+        .unwrap()
+        .as_struct()
+        .column_by_name("diaSourceId")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .clone();
+    assert_eq!(top.values(), nested.values());
+
+    let dir10 = tempfile::tempdir().unwrap();
+    let f10 = generate(&GenOptions {
+        survey: SurveyKind::Lsst,
+        out: dir10.path().into(),
+        nights: 1,
+        files_per_night: 1,
+        alerts_per_file: 5,
+        lsst_schema: LsstSchema::V10_0,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        schema::strip_schema(open(&f10[0].path).schema()),
+        schema::parse(schema::LSST_V10_0)
+    );
+}
+
+#[test]
+fn generation_is_deterministic() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let opts = |d: &Path| GenOptions {
+        out: d.into(),
+        nights: 1,
+        files_per_night: 2,
+        alerts_per_file: 20,
+        ..Default::default()
+    };
+    let fa = generate(&opts(a.path())).unwrap();
+    let fb = generate(&opts(b.path())).unwrap();
+    for (x, y) in fa.iter().zip(&fb) {
+        assert_eq!(
+            x.path.strip_prefix(a.path()).unwrap(),
+            y.path.strip_prefix(b.path()).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(&x.path).unwrap(),
+            std::fs::read(&y.path).unwrap()
+        );
+    }
+}
+
+#[test]
+fn dates_and_object_ids() {
+    assert_eq!(civil_from_jd(2458849.5), (2020, 1, 1));
+    assert_eq!(civil_from_jd(2458849.5 + 31.0), (2020, 2, 1));
+    assert_eq!(civil_from_jd(2451544.5), (2000, 1, 1));
+    let ids: std::collections::HashSet<String> = (0..20_000).map(ztf_object_id).collect();
+    assert_eq!(ids.len(), 20_000);
+    assert!(ids.iter().all(|i| i.len() == 12 && i.starts_with("ZTF")));
+}
+
+#[test]
+fn embedded_schemas_match_the_real_files() {
+    let Some(data) = shared_data_or_skip("embedded_schemas_match_the_real_files") else {
+        return;
+    };
+    let raw = std::fs::read_dir(data.join("ztf/parquet/online/raw/20200101"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    for (file, json) in [
+        (raw, schema::ZTF_RAW),
+        (
+            data.join("lsst/schema/lsst.v9_0.parquet"),
+            schema::LSST_V9_0,
+        ),
+        (
+            data.join("lsst/schema/lsst.v10_0.parquet"),
+            schema::LSST_V10_0,
+        ),
+    ] {
+        assert_eq!(
+            schema::strip_schema(open(&file).schema()),
+            schema::parse(json),
+            "{}",
+            file.display()
+        );
+    }
+}
