@@ -1,0 +1,122 @@
+//! [`App`]: the server, built from a [`Config`], bound to its address, ready to run.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::flight::AstroFlight;
+use crate::lake::Lake;
+
+pub struct App {
+    addr: SocketAddr,
+    lake: Arc<Lake>,
+    listener: TcpListener,
+}
+
+/// Stops a running server (dropping it stops the server too).
+pub struct StopHandle(Option<oneshot::Sender<()>>);
+
+impl StopHandle {
+    pub fn stop(mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl App {
+    /// Open the lake, index it if the config says so, and bind the listen address
+    /// (port 0 picks a free port: see [`App::local_addr`]).
+    pub async fn build(config: Config) -> Result<App> {
+        let lake = Arc::new(Lake::open(&config)?);
+        if config.index_on_start {
+            for (name, s) in lake.reindex().await? {
+                for (path, err) in &s.failed {
+                    tracing::warn!(dataset = %name, %path, %err, "file not indexed");
+                }
+            }
+        }
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(App {
+            addr,
+            lake,
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn lake(&self) -> &Arc<Lake> {
+        &self.lake
+    }
+
+    /// Serve until ctrl-c / SIGTERM.
+    pub async fn run_until_stopped(self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(());
+        });
+        self.serve(rx).await
+    }
+
+    /// Serve in the background; returns the address and a handle that stops the server.
+    pub fn spawn(self) -> (SocketAddr, StopHandle, tokio::task::JoinHandle<Result<()>>) {
+        let (tx, rx) = oneshot::channel();
+        let addr = self.addr;
+        let join = tokio::spawn(self.serve(rx));
+        (addr, StopHandle(Some(tx)), join)
+    }
+
+    async fn serve(self, stop: oneshot::Receiver<()>) -> Result<()> {
+        info!(addr = %self.addr, "astroflight listening");
+        let service = FlightServiceServer::new(AstroFlight::new(self.lake.clone()))
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(64 << 20);
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                let _ = stop.await;
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("server failed: {e}")));
+        self.lake.flush()?;
+        info!("astroflight stopped");
+        result
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
