@@ -51,25 +51,18 @@ impl Client {
             None => format!("http://{url}"),
             _ => return Err(ClientError::Address(url.to_string())),
         };
-        let endpoint =
-            Endpoint::from_shared(http).map_err(|_| ClientError::Address(url.to_string()))?;
-        let channel: Channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: url.to_string(),
-                source,
-            })?;
+        let endpoint = Endpoint::from_shared(http).map_err(|_| ClientError::Address(url.to_string()))?;
+        let channel: Channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
+            addr: url.to_string(),
+            source,
+        })?;
         Ok(Client {
             inner: FlightClient::new(channel),
         })
     }
 
     /// Stream the stamps a cutout request names.
-    pub async fn cutouts(
-        &mut self,
-        req: &CutoutRequest,
-    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    pub async fn cutouts(&mut self, req: &CutoutRequest) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         let s = self.inner.do_get(Ticket::new(req.encode())).await?;
         Ok(s.map_err(ClientError::from).boxed())
     }

@@ -75,12 +75,7 @@ pub fn is_data_file(path: &Path) -> bool {
 
 impl IndexBuilder {
     /// `prefix` is the dataset root inside `store` (None for the store's root).
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        prefix: Option<Path>,
-        kind: SurveyKind,
-        index: DatasetIndex,
-    ) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: Option<Path>, kind: SurveyKind, index: DatasetIndex) -> Self {
         IndexBuilder {
             store,
             prefix,
@@ -109,21 +104,13 @@ impl IndexBuilder {
             .try_collect()
             .await
             .map_err(|source| IndexError::Storage {
-                path: self
-                    .prefix
-                    .as_ref()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default(),
+                path: self.prefix.as_ref().map(|p| p.to_string()).unwrap_or_default(),
                 source,
             })?;
         stats.listed = listing.len();
 
-        let catalog: HashMap<String, FileEntry> = self
-            .index
-            .files()?
-            .into_iter()
-            .map(|f| (f.path.clone(), f))
-            .collect();
+        let catalog: HashMap<String, FileEntry> =
+            self.index.files()?.into_iter().map(|f| (f.path.clone(), f)).collect();
         let listed: HashSet<&str> = listing.iter().map(|m| m.location.as_ref()).collect();
         let gone: Vec<FileEntry> = catalog
             .values()
@@ -209,20 +196,11 @@ impl IndexBuilder {
         for w in wanted {
             let i = (0..schema.num_columns())
                 .find(|&i| schema.column(i).path().string() == *w)
-                .ok_or_else(|| {
-                    file_err(format!(
-                        "no column `{w}`: not a {} alert file",
-                        self.kind.name()
-                    ))
-                })?;
+                .ok_or_else(|| file_err(format!("no column `{w}`: not a {} alert file", self.kind.name())))?;
             leaves.push(i);
         }
         let mask = ProjectionMask::leaves(schema, leaves);
-        let row_groups: Vec<u64> = md
-            .row_groups()
-            .iter()
-            .map(|rg| rg.num_rows() as u64)
-            .collect();
+        let row_groups: Vec<u64> = md.row_groups().iter().map(|rg| rg.num_rows() as u64).collect();
         let mut stream = builder
             .with_projection(mask)
             .with_batch_size(8192)
@@ -258,18 +236,16 @@ impl IndexBuilder {
 
 fn storage_or_file(path: &str, e: parquet::errors::ParquetError) -> IndexError {
     match e {
-        parquet::errors::ParquetError::External(inner) => {
-            match inner.downcast::<object_store::Error>() {
-                Ok(source) => IndexError::Storage {
-                    path: path.to_string(),
-                    source: *source,
-                },
-                Err(other) => IndexError::File {
-                    path: path.to_string(),
-                    message: other.to_string(),
-                },
-            }
-        }
+        parquet::errors::ParquetError::External(inner) => match inner.downcast::<object_store::Error>() {
+            Ok(source) => IndexError::Storage {
+                path: path.to_string(),
+                source: *source,
+            },
+            Err(other) => IndexError::File {
+                path: path.to_string(),
+                message: other.to_string(),
+            },
+        },
         other => IndexError::File {
             path: path.to_string(),
             message: other.to_string(),
@@ -291,12 +267,7 @@ enum IdColumns {
     },
 }
 
-fn child(
-    batch: &RecordBatch,
-    strukt: &str,
-    field: &str,
-    ty: &DataType,
-) -> Result<Arc<dyn Array>, String> {
+fn child(batch: &RecordBatch, strukt: &str, field: &str, ty: &DataType) -> Result<Arc<dyn Array>, String> {
     let s = batch
         .column_by_name(strukt)
         .ok_or_else(|| format!("missing column {strukt}"))?;
@@ -320,12 +291,7 @@ fn cast(c: &Arc<dyn Array>, ty: &DataType, name: &str) -> Result<Arc<dyn Array>,
     if c.data_type() == ty {
         return Ok(c.clone());
     }
-    arrow::compute::cast(c, ty).map_err(|e| {
-        format!(
-            "column {name} has type {} (expected {ty}): {e}",
-            c.data_type()
-        )
-    })
+    arrow::compute::cast(c, ty).map_err(|e| format!("column {name} has type {} (expected {ty}): {e}", c.data_type()))
 }
 
 impl IdColumns {
@@ -355,11 +321,7 @@ impl IdColumns {
             }
         };
         match self {
-            IdColumns::Ztf {
-                object_id,
-                candid,
-                jd,
-            } => {
+            IdColumns::Ztf { object_id, candid, jd } => {
                 if object_id.is_null(i) || candid.is_null(i) {
                     return None;
                 }
@@ -375,11 +337,7 @@ impl IdColumns {
                     time(jd),
                 ))
             }
-            IdColumns::Lsst {
-                source,
-                object,
-                mjd,
-            } => {
+            IdColumns::Lsst { source, object, mjd } => {
                 if source.is_null(i) {
                     return None;
                 }
@@ -404,11 +362,7 @@ impl IdColumns {
 /// Write one file's rows, flush, then its commit record.
 fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
     let file_id = ix.db.generate_id()?;
-    let (mut a, mut b, mut byfile) = (
-        sled::Batch::default(),
-        sled::Batch::default(),
-        sled::Batch::default(),
-    );
+    let (mut a, mut b, mut byfile) = (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
     for (n, (rg, row, rid, t)) in ids.rows.iter().enumerate() {
         match rid {
             RowIds::Ztf { candid, object_id } => {
@@ -435,10 +389,7 @@ fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
                 );
             }
         }
-        byfile.insert(
-            &keys::byfile_key(file_id, n as u64)[..],
-            keys::byfile_value(rid),
-        );
+        byfile.insert(&keys::byfile_key(file_id, n as u64)[..], keys::byfile_value(rid));
     }
     // byfile first: if we die after it, repair() knows what to remove.
     ix.byfile.apply_batch(byfile)?;
@@ -544,11 +495,7 @@ pub(crate) mod test_support {
     use super::*;
 
     /// Write a file's rows without the commit record, as a build killed before it would.
-    pub(crate) fn write_uncommitted(
-        ix: &DatasetIndex,
-        path: &str,
-        rows: Vec<(u32, u32, RowIds, f64)>,
-    ) -> Result<u64> {
+    pub(crate) fn write_uncommitted(ix: &DatasetIndex, path: &str, rows: Vec<(u32, u32, RowIds, f64)>) -> Result<u64> {
         let meta = ObjectMeta {
             location: Path::from(path),
             last_modified: Default::default(),

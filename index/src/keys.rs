@@ -121,14 +121,8 @@ pub(crate) fn byfile_key(file_id: u64, ordinal: u64) -> [u8; 16] {
 /// What one indexed row added, enough to derive every key it wrote.
 #[derive(Debug, PartialEq)]
 pub(crate) enum RowIds {
-    Ztf {
-        candid: i64,
-        object_id: String,
-    },
-    Lsst {
-        dia_source_id: i64,
-        dia_object_id: i64,
-    },
+    Ztf { candid: i64, object_id: String },
+    Lsst { dia_source_id: i64, dia_object_id: i64 },
 }
 
 pub(crate) fn byfile_value(ids: &RowIds) -> Vec<u8> {
@@ -172,9 +166,7 @@ fn put_str(v: &mut Vec<u8>, s: &str) {
 
 fn get_str(b: &[u8], at: &mut usize) -> Result<String> {
     let n = u32_at(b, *at)? as usize;
-    let s = b
-        .get(*at + 4..*at + 4 + n)
-        .ok_or_else(|| corrupt("file entry"))?;
+    let s = b.get(*at + 4..*at + 4 + n).ok_or_else(|| corrupt("file entry"))?;
     *at += 4 + n;
     String::from_utf8(s.to_vec()).map_err(|_| corrupt("file entry"))
 }
@@ -216,9 +208,7 @@ pub(crate) fn decode_file_entry(file_id: u64, b: &[u8]) -> Result<FileEntry> {
     };
     let n = u32_at(b, at)? as usize;
     at += 4;
-    let row_groups = (0..n)
-        .map(|i| u64_at(b, at + 8 * i))
-        .collect::<Result<Vec<_>>>()?;
+    let row_groups = (0..n).map(|i| u64_at(b, at + 8 * i)).collect::<Result<Vec<_>>>()?;
     Ok(FileEntry {
         file_id,
         path,

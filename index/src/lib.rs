@@ -165,10 +165,7 @@ pub struct DatasetIndex {
 impl Index {
     /// Open (or create) the index in a directory. Only one process may hold it open.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(256 << 20)
-            .open()?;
+        let db = sled::Config::new().path(dir).cache_capacity(256 << 20).open()?;
         Ok(Index { db })
     }
 
@@ -180,11 +177,7 @@ impl Index {
     }
 
     pub fn dataset(&self, name: &str) -> Result<DatasetIndex> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(IndexError::DatasetName(name.to_string()));
         }
         let t = |tree: &str| self.db.open_tree(format!("{name}/{tree}"));
@@ -321,11 +314,7 @@ impl DatasetIndex {
             let (k, v) = kv?;
             let dia_source_id = keys::i64_at(&k, 8)?;
             let file_id = keys::u64_at(&k, 16)?;
-            if !self.committed(file_id)?
-                || hits
-                    .last()
-                    .is_some_and(|h| h.dia_source_id == dia_source_id)
-            {
+            if !self.committed(file_id)? || hits.last().is_some_and(|h| h.dia_source_id == dia_source_id) {
                 continue;
             }
             let (row_group, row, mjd) = keys::decode_diaobj_value(&v)?;
@@ -340,21 +329,13 @@ impl DatasetIndex {
                 },
             });
         }
-        hits.sort_by(|a, b| {
-            a.mjd
-                .total_cmp(&b.mjd)
-                .then(a.dia_source_id.cmp(&b.dia_source_id))
-        });
+        hits.sort_by(|a, b| a.mjd.total_cmp(&b.mjd).then(a.dia_source_id.cmp(&b.dia_source_id)));
         Ok(hits)
     }
 
     /// Number of id rows (alerts, counting copies) of committed files.
     pub fn alert_count(&self) -> Result<u64> {
-        Ok(self
-            .files()?
-            .iter()
-            .map(|f| f.row_groups.iter().sum::<u64>())
-            .sum())
+        Ok(self.files()?.iter().map(|f| f.row_groups.iter().sum::<u64>()).sum())
     }
 }
 

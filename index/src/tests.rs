@@ -20,18 +20,12 @@ fn write_ztf(dir: &std::path::Path, name: &str, rows: &[(&str, i64, f64)], rg_ro
         Field::new("candid", DataType::Int64, true),
         Field::new("candidate", DataType::Struct(cand.clone()), true),
     ]));
-    let jd: ArrayRef = Arc::new(Float64Array::from(
-        rows.iter().map(|r| r.2).collect::<Vec<_>>(),
-    ));
+    let jd: ArrayRef = Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>()));
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            )),
-            Arc::new(Int64Array::from(
-                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-            )),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
             Arc::new(StructArray::new(cand, vec![jd], None)),
         ],
     )
@@ -41,8 +35,7 @@ fn write_ztf(dir: &std::path::Path, name: &str, rows: &[(&str, i64, f64)], rg_ro
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(rg_rows))
         .build();
-    let mut w =
-        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 }
@@ -70,12 +63,7 @@ async fn build_lookup_and_rebuild_incrementally() {
         ],
         3,
     );
-    write_ztf(
-        d,
-        "year=2020/month=01/day=02/b.parquet",
-        &[("ZTF1", 20, 2.0)],
-        100,
-    );
+    write_ztf(d, "year=2020/month=01/day=02/b.parquet", &[("ZTF1", 20, 2.0)], 100);
     // Not data: Spark's marker, a temporary folder, a checksum.
     std::fs::write(d.join("year=2020/_SUCCESS"), b"").unwrap();
     write_ztf(d, "_temporary/0/x.parquet", &[("ZTF9", 99, 1.0)], 10);
@@ -87,10 +75,7 @@ async fn build_lookup_and_rebuild_incrementally() {
     assert!(s.failed.is_empty());
 
     let all = ix.object_alerts("ZTF1").unwrap();
-    assert_eq!(
-        all.iter().map(|h| h.candid).collect::<Vec<_>>(),
-        vec![10, 20, 12]
-    );
+    assert_eq!(all.iter().map(|h| h.candid).collect::<Vec<_>>(), vec![10, 20, 12]);
     let latest = ix.latest_alert("ZTF1").unwrap().unwrap();
     assert_eq!((latest.candid, latest.jd), (12, 3.0));
     // Third row of a.parquet's row groups of 3: row group 0, row 2.
@@ -115,12 +100,7 @@ async fn build_lookup_and_rebuild_incrementally() {
 
     // Change one file, delete the other.
     std::thread::sleep(std::time::Duration::from_millis(20));
-    write_ztf(
-        d,
-        "year=2020/month=01/day=01/a.parquet",
-        &[("ZTF4", 40, 4.0)],
-        10,
-    );
+    write_ztf(d, "year=2020/month=01/day=01/a.parquet", &[("ZTF4", 40, 4.0)], 10);
     std::fs::remove_file(d.join("year=2020/month=01/day=02/b.parquet")).unwrap();
     let s = build(d, &ix).await;
     assert_eq!((s.indexed, s.unchanged, s.removed, s.rows), (1, 0, 2, 1));
@@ -135,12 +115,7 @@ async fn build_lookup_and_rebuild_incrementally() {
 async fn the_same_alert_in_two_files_is_found_once_and_survives_losing_one_copy() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_ztf(
-        d,
-        "raw/a.parquet",
-        &[("ZTF1", 10, 1.0), ("ZTF1", 11, 2.0)],
-        10,
-    );
+    write_ztf(d, "raw/a.parquet", &[("ZTF1", 10, 1.0), ("ZTF1", 11, 2.0)], 10);
     write_ztf(d, "science/b.parquet", &[("ZTF1", 10, 1.0)], 10);
     let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
     build(d, &ix).await;
@@ -155,10 +130,7 @@ async fn the_same_alert_in_two_files_is_found_once_and_survives_losing_one_copy(
     std::fs::remove_file(d.join("raw/a.parquet")).unwrap();
     build(d, &ix).await;
     let h = ix.candid(10).unwrap().unwrap();
-    assert_eq!(
-        ix.file(h.location.file_id).unwrap().unwrap().path,
-        "science/b.parquet"
-    );
+    assert_eq!(ix.file(h.location.file_id).unwrap().unwrap().path, "science/b.parquet");
 }
 
 #[tokio::test]
@@ -194,11 +166,7 @@ async fn a_killed_build_is_invisible_and_repaired() {
 async fn a_corrupt_file_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     write_ztf(dir.path(), "good.parquet", &[("ZTF1", 10, 1.0)], 10);
-    std::fs::write(
-        dir.path().join("bad.parquet"),
-        b"this is not parquet at all",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("bad.parquet"), b"this is not parquet at all").unwrap();
     // A parquet file that is not an alert file.
     let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
     let mut w = ArrowWriter::try_new(
@@ -218,9 +186,7 @@ async fn a_corrupt_file_fails_alone() {
     failed.sort();
     assert_eq!(failed, vec!["bad.parquet", "other.parquet"]);
     assert!(
-        s.failed
-            .iter()
-            .any(|(_, m)| m.contains("no column `objectId`")),
+        s.failed.iter().any(|(_, m)| m.contains("no column `objectId`")),
         "{:?}",
         s.failed
     );

@@ -44,9 +44,10 @@ impl Id {
     fn get(self, field: &str) -> Result<i64, TicketError> {
         match self {
             Id::Int(v) => Ok(v),
-            Id::Str(s) => s.trim().parse().map_err(|_| {
-                TicketError::Cutout(format!("`{field}` value {s:?} is not a 64-bit integer"))
-            }),
+            Id::Str(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| TicketError::Cutout(format!("`{field}` value {s:?} is not a 64-bit integer"))),
         }
     }
 }
@@ -62,27 +63,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Command, TicketError> {
     }
 }
 
-fn one_or_many<T>(
-    one: Option<T>,
-    many: Option<Vec<T>>,
-    names: &str,
-) -> Result<Vec<T>, TicketError> {
+fn one_or_many<T>(one: Option<T>, many: Option<Vec<T>>, names: &str) -> Result<Vec<T>, TicketError> {
     match (one, many) {
-        (Some(_), Some(_)) => Err(TicketError::Cutout(format!(
-            "give either {names}, not both"
-        ))),
+        (Some(_), Some(_)) => Err(TicketError::Cutout(format!("give either {names}, not both"))),
         (Some(v), None) => Ok(vec![v]),
         (None, Some(v)) => Ok(v),
         (None, None) => Ok(Vec::new()),
     }
 }
 
-fn ids(
-    one: Option<Id>,
-    many: Option<Vec<Id>>,
-    field: &str,
-    names: &str,
-) -> Result<Vec<i64>, TicketError> {
+fn ids(one: Option<Id>, many: Option<Vec<Id>>, field: &str, names: &str) -> Result<Vec<i64>, TicketError> {
     one_or_many(one, many, names)?
         .into_iter()
         .map(|i| i.get(field))
@@ -151,7 +141,9 @@ mod tests {
 
     #[test]
     fn the_readme_examples_decode() {
-        let c = cut(r#"{"cutout": {"dataset": "ztf", "objectId": "ZTF20aabaesm", "kind": "Science", "format": "array"}}"#).unwrap();
+        let c =
+            cut(r#"{"cutout": {"dataset": "ztf", "objectId": "ZTF20aabaesm", "kind": "Science", "format": "array"}}"#)
+                .unwrap();
         assert_eq!(c.kind, StampKind::Science);
         assert_eq!(c.format, StampFormat::Array);
         assert_eq!(
@@ -161,7 +153,8 @@ mod tests {
                 all: false
             }
         );
-        let c = cut(r#" {"cutout": {"dataset": "ztf", "candids": [1095578115815010001, "1095578115915010048"]}}"#).unwrap();
+        let c =
+            cut(r#" {"cutout": {"dataset": "ztf", "candids": [1095578115815010001, "1095578115915010048"]}}"#).unwrap();
         assert_eq!(c.kind, StampKind::All);
         assert_eq!(c.format, StampFormat::Fits);
         assert_eq!(
@@ -171,7 +164,8 @@ mod tests {
                 object_id: None
             }
         );
-        let c = cut(r#"{"cutout": {"dataset": "lsst", "diaSourceId": 42, "format": "gzip", "kind": "difference"}}"#).unwrap();
+        let c = cut(r#"{"cutout": {"dataset": "lsst", "diaSourceId": 42, "format": "gzip", "kind": "difference"}}"#)
+            .unwrap();
         assert_eq!(c.selector, Selector::DiaSources { ids: vec![42] });
     }
 
@@ -180,22 +174,12 @@ mod tests {
         let e = |s: &str| cut(s).unwrap_err().to_string();
         assert!(e("{not json").contains("not valid JSON"));
         assert!(e(r#"{"cutouts": {}}"#).contains("unknown variant"));
-        assert!(e(r#"{"cutout": {"dataset": "ztf", "objectid": "x"}}"#)
-            .contains("unknown field `objectid`"));
-        assert!(
-            e(r#"{"cutout": {"dataset": "ztf", "objectId": "x", "kind": "Sci"}}"#)
-                .contains("Science, Template, Difference, All")
-        );
-        assert!(
-            e(r#"{"cutout": {"dataset": "ztf", "objectId": "x", "format": "png"}}"#)
-                .contains("fits, gzip, array")
-        );
-        assert!(
-            e(r#"{"cutout": {"dataset": "ztf", "objectId": "x", "objectIds": ["y"]}}"#)
-                .contains("not both")
-        );
-        assert!(e(r#"{"cutout": {"dataset": "ztf", "candid": "12ab"}}"#)
-            .contains("not a 64-bit integer"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "objectid": "x"}}"#).contains("unknown field `objectid`"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "objectId": "x", "kind": "Sci"}}"#)
+            .contains("Science, Template, Difference, All"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "objectId": "x", "format": "png"}}"#).contains("fits, gzip, array"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "objectId": "x", "objectIds": ["y"]}}"#).contains("not both"));
+        assert!(e(r#"{"cutout": {"dataset": "ztf", "candid": "12ab"}}"#).contains("not a 64-bit integer"));
         assert!(e(r#"{"cutout": {"objectId": "x"}}"#).contains("`dataset` is required"));
         assert!(e(r#"{"cutout": {"dataset": "ztf", "candid": 1.5}}"#).contains("not valid JSON"));
     }

@@ -46,11 +46,7 @@ impl StampKind {
     /// The stamp kinds this request asks for, in output order.
     pub fn expand(self) -> &'static [StampKind] {
         match self {
-            StampKind::All => &[
-                StampKind::Science,
-                StampKind::Template,
-                StampKind::Difference,
-            ],
+            StampKind::All => &[StampKind::Science, StampKind::Template, StampKind::Difference],
             StampKind::Science => &[StampKind::Science],
             StampKind::Template => &[StampKind::Template],
             StampKind::Difference => &[StampKind::Difference],
@@ -99,8 +95,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, TicketError> {
         None => Err(TicketError::Empty),
         Some(b'{') => json::decode(bytes),
         Some(_) => {
-            let ticket = <Ticket as prost::Message>::decode(bytes)
-                .map_err(|e| TicketError::Protobuf(e.to_string()))?;
+            let ticket = <Ticket as prost::Message>::decode(bytes).map_err(|e| TicketError::Protobuf(e.to_string()))?;
             match ticket.kind {
                 Some(ticket::Kind::Cutout(c)) => c.validate().map(Command::Cutout),
                 None => Err(TicketError::Protobuf(
@@ -118,8 +113,8 @@ impl CutoutTicket {
         if self.dataset.is_empty() {
             return bad("`dataset` is required");
         }
-        let kind = StampKind::try_from(self.kind)
-            .map_err(|_| TicketError::Cutout(format!("unknown kind {}", self.kind)))?;
+        let kind =
+            StampKind::try_from(self.kind).map_err(|_| TicketError::Cutout(format!("unknown kind {}", self.kind)))?;
         let format = StampFormat::try_from(self.format)
             .map_err(|_| TicketError::Cutout(format!("unknown format {}", self.format)))?;
         let n_obj = self.object_ids.len();
@@ -153,7 +148,9 @@ impl CutoutTicket {
                 ids: self.dia_source_ids,
             },
             (false, false, false) => {
-                return bad("name the alerts with one of objectId, objectIds, candid, candids, diaSourceId, diaSourceIds")
+                return bad(
+                    "name the alerts with one of objectId, objectIds, candid, candids, diaSourceId, diaSourceIds",
+                )
             }
             _ => return bad("ZTF ids (objectId/candid) and Rubin ids (diaSourceId) cannot be mixed in one ticket"),
         };
@@ -230,9 +227,7 @@ mod tests {
                 candids: vec![1095578115815010001],
                 object_id: Some("ZTF20aabaesm".into()),
             },
-            Selector::DiaSources {
-                ids: vec![-5, 1 << 60],
-            },
+            Selector::DiaSources { ids: vec![-5, 1 << 60] },
         ] {
             let r = req(sel);
             assert_eq!(decode_command(&r.encode()).unwrap(), Command::Cutout(r));
@@ -300,9 +295,7 @@ mod tests {
         };
         // Ticket.cutout (1, len 13) { dataset(1)="z", object_ids(2)="o", candids(3) packed [1],
         // kind(5)=2, format(6)=1 }
-        let expect: Vec<u8> = vec![
-            0x0a, 13, 0x0a, 1, b'z', 0x12, 1, b'o', 0x1a, 1, 1, 0x28, 2, 0x30, 1,
-        ];
+        let expect: Vec<u8> = vec![0x0a, 13, 0x0a, 1, b'z', 0x12, 1, b'o', 0x1a, 1, 1, 0x28, 2, 0x30, 1];
         assert_eq!(r.encode(), expect);
     }
 }

@@ -8,9 +8,7 @@ use arrow_schema::{Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn main() {
-    let path = std::env::args()
-        .nth(1)
-        .expect("usage: dump_schema FILE.parquet");
+    let path = std::env::args().nth(1).expect("usage: dump_schema FILE.parquet");
     let file = std::fs::File::open(&path).expect("open");
     let schema = ParquetRecordBatchReaderBuilder::try_new(file)
         .expect("parquet")
@@ -21,8 +19,5 @@ fn main() {
         .iter()
         .map(|f| Arc::new(astroflight_server::gen::schema::strip(f)))
         .collect();
-    println!(
-        "{}",
-        serde_json::to_string(&Schema::new(fields)).expect("json")
-    );
+    println!("{}", serde_json::to_string(&Schema::new(fields)).expect("json"));
 }

@@ -46,14 +46,8 @@ impl App {
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(App {
-            addr,
-            lake,
-            listener,
-        })
+        let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(App { addr, lake, listener })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -104,14 +98,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

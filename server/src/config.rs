@@ -21,11 +21,7 @@ use astroflight_index::SurveyKind;
 use crate::error::{Error, Result};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8815";
-pub const ENV_VARS: [&str; 3] = [
-    "ASTROFLIGHT_CONFIG",
-    "ASTROFLIGHT_LISTEN",
-    "ASTROFLIGHT_INDEX_DIR",
-];
+pub const ENV_VARS: [&str; 3] = ["ASTROFLIGHT_CONFIG", "ASTROFLIGHT_LISTEN", "ASTROFLIGHT_INDEX_DIR"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,8 +89,8 @@ impl Default for Config {
 impl Config {
     /// Parse a config text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config> {
-        let mut c: Config = toml::from_str(text)
-            .map_err(|e| Error::InvalidArgument(format!("invalid configuration: {e}")))?;
+        let mut c: Config =
+            toml::from_str(text).map_err(|e| Error::InvalidArgument(format!("invalid configuration: {e}")))?;
         c.index_dir = base.join(&c.index_dir);
         for d in &mut c.datasets {
             if !d.root.contains("://") {
@@ -110,12 +106,8 @@ impl Config {
         let env_path = std::env::var_os("ASTROFLIGHT_CONFIG").map(PathBuf::from);
         let mut c = match path.map(Path::to_path_buf).or(env_path) {
             Some(p) => {
-                let text = std::fs::read_to_string(&p).map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "cannot read configuration {}: {e}",
-                        p.display()
-                    ))
-                })?;
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| Error::InvalidArgument(format!("cannot read configuration {}: {e}", p.display())))?;
                 let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
                 let base = if base.as_os_str().is_empty() {
                     PathBuf::from(".")
@@ -205,10 +197,11 @@ mod tests {
     fn bad_configs_say_why() {
         let e = |t: &str| Config::parse(t, Path::new(".")).unwrap_err().to_string();
         assert!(e("lisen = 1").contains("unknown field `lisen`"));
-        assert!(
-            e("[[dataset]]\nname='a'\nkind='fits'\nroot='x'").contains("unknown variant `fits`")
-        );
+        assert!(e("[[dataset]]\nname='a'\nkind='fits'\nroot='x'").contains("unknown variant `fits`"));
         assert!(e("[[dataset]]\nname='a/b'\nkind='ztf'\nroot='x'").contains("invalid"));
-        assert!(e("[[dataset]]\nname='a'\nkind='ztf'\nroot='x'\n[[dataset]]\nname='a'\nkind='ztf'\nroot='y'").contains("twice"));
+        assert!(
+            e("[[dataset]]\nname='a'\nkind='ztf'\nroot='x'\n[[dataset]]\nname='a'\nkind='ztf'\nroot='y'")
+                .contains("twice")
+        );
     }
 }

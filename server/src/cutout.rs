@@ -15,8 +15,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Float32Builder, Int32Builder,
-    Int64Builder, ListBuilder, RecordBatch, StringBuilder,
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Float32Builder, Int32Builder, Int64Builder, ListBuilder,
+    RecordBatch, StringBuilder,
 };
 use arrow::datatypes::Int64Type;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -41,14 +41,8 @@ const BATCH_ROWS: usize = 32;
 /// The ids of one alert, as they appear in the output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlertIds {
-    Ztf {
-        object_id: String,
-        candid: i64,
-    },
-    Lsst {
-        dia_source_id: i64,
-        dia_object_id: i64,
-    },
+    Ztf { object_id: String, candid: i64 },
+    Lsst { dia_source_id: i64, dia_object_id: i64 },
 }
 
 impl AlertIds {
@@ -100,9 +94,7 @@ pub fn cutout_schema(kind: SurveyKind, format: StampFormat) -> SchemaRef {
     };
     fields.push(Field::new("kind", DataType::Utf8, false));
     match format {
-        StampFormat::Fits | StampFormat::Gzip => {
-            fields.push(Field::new("stamp", DataType::Binary, true))
-        }
+        StampFormat::Fits | StampFormat::Gzip => fields.push(Field::new("stamp", DataType::Binary, true)),
         StampFormat::Array => {
             fields.push(Field::new(
                 "pixels",
@@ -228,18 +220,13 @@ pub fn plan(lake: &Lake, req: &CutoutRequest) -> Result<CutoutPlan> {
 
 /// Stream the plan's stamps. Nothing is read until the stream is polled, and each group is
 /// opened only when the previous one is done, so a slow client slows the reads.
-pub fn execute(
-    lake: Arc<Lake>,
-    plan: CutoutPlan,
-    request_io: Arc<IoStats>,
-) -> BoxStream<'static, Result<RecordBatch>> {
+pub fn execute(lake: Arc<Lake>, plan: CutoutPlan, request_io: Arc<IoStats>) -> BoxStream<'static, Result<RecordBatch>> {
     let plan = Arc::new(plan);
     let mut groups: Vec<Vec<Target>> = Vec::new();
     for t in &plan.targets {
         match groups.last_mut() {
             Some(g)
-                if g[0].location.file_id == t.location.file_id
-                    && g[0].location.row_group == t.location.row_group =>
+                if g[0].location.file_id == t.location.file_id && g[0].location.row_group == t.location.row_group =>
             {
                 g.push(t.clone())
             }
@@ -326,8 +313,7 @@ async fn read_group(
     }
     let selection = RowSelection::from(selectors);
 
-    let reader =
-        StoreReader::new(store, Path::from(entry.path.as_str()), entry.size).with_metadata(md);
+    let reader = StoreReader::new(store, Path::from(entry.path.as_str()), entry.size).with_metadata(md);
     let stream = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(|e| Error::parquet(&what, e))?
@@ -350,21 +336,13 @@ async fn read_group(
             let range = offset..offset + raw.num_rows();
             offset = range.end;
             let (plan, targets, what) = (plan.clone(), targets.clone(), what.clone());
-            async move {
-                tokio::task::spawn_blocking(move || convert(&plan, &targets[range], &raw, &what))
-                    .await?
-            }
+            async move { tokio::task::spawn_blocking(move || convert(&plan, &targets[range], &raw, &what)).await? }
         })
         .boxed())
 }
 
 /// Turn a batch of lake rows (id column, then one stamp column per kind) into output rows.
-fn convert(
-    plan: &CutoutPlan,
-    targets: &[Target],
-    raw: &RecordBatch,
-    what: &str,
-) -> Result<RecordBatch> {
+fn convert(plan: &CutoutPlan, targets: &[Target], raw: &RecordBatch, what: &str) -> Result<RecordBatch> {
     if targets.len() != raw.num_rows() {
         return Err(Error::Internal(format!(
             "{what}: read {} rows for {} alerts",
@@ -406,9 +384,7 @@ fn convert(
                     .and_then(|s| s.column_by_name("stampData").cloned()),
                 SurveyKind::Lsst => raw.column_by_name(&format!("cutout{}", k.name())).cloned(),
             }
-            .ok_or_else(|| {
-                Error::DataLoss(format!("{what}: stamp column cutout{} missing", k.name()))
-            })?;
+            .ok_or_else(|| Error::DataLoss(format!("{what}: stamp column cutout{} missing", k.name())))?;
             let col = arrow::compute::cast(&col, &DataType::Binary)
                 .map_err(|e| Error::DataLoss(format!("{what}: cutout{}: {e}", k.name())))?;
             Ok(col.as_binary::<i32>().clone())
@@ -452,9 +428,7 @@ fn convert(
             };
             match (plan.format, bytes) {
                 (StampFormat::Gzip, b) => stamp_out.append_option(b),
-                (StampFormat::Fits, Some(b)) => {
-                    stamp_out.append_value(fits::maybe_gunzip(b).map_err(bad)?)
-                }
+                (StampFormat::Fits, Some(b)) => stamp_out.append_value(fits::maybe_gunzip(b).map_err(bad)?),
                 (StampFormat::Fits, None) => stamp_out.append_null(),
                 (StampFormat::Array, Some(b)) => {
                     let img = fits::decode_image(b).map_err(bad)?;
@@ -484,6 +458,5 @@ fn convert(
             cols.push(Arc::new(height.finish()));
         }
     }
-    RecordBatch::try_new(plan.schema(), cols)
-        .map_err(|e| Error::Internal(format!("building the result batch: {e}")))
+    RecordBatch::try_new(plan.schema(), cols).map_err(|e| Error::Internal(format!("building the result batch: {e}")))
 }

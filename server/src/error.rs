@@ -40,9 +40,9 @@ impl Error {
     /// Classify a storage error met while reading `what`.
     pub fn storage(what: &str, e: &object_store::Error) -> Error {
         match e {
-            object_store::Error::NotFound { .. } => {
-                Error::DataLoss(format!("{what} is missing from storage (the index may be stale: re-run `astroflight index`): {e}"))
-            }
+            object_store::Error::NotFound { .. } => Error::DataLoss(format!(
+                "{what} is missing from storage (the index may be stale: re-run `astroflight index`): {e}"
+            )),
             _ => Error::Unavailable(format!("storage error reading {what}: {e}")),
         }
     }
@@ -50,12 +50,10 @@ impl Error {
     /// Classify a parquet error met while reading `what`.
     pub fn parquet(what: &str, e: parquet::errors::ParquetError) -> Error {
         match e {
-            parquet::errors::ParquetError::External(inner) => {
-                match inner.downcast::<object_store::Error>() {
-                    Ok(os) => Error::storage(what, &os),
-                    Err(other) => Error::DataLoss(format!("{what} cannot be read: {other}")),
-                }
-            }
+            parquet::errors::ParquetError::External(inner) => match inner.downcast::<object_store::Error>() {
+                Ok(os) => Error::storage(what, &os),
+                Err(other) => Error::DataLoss(format!("{what} cannot be read: {other}")),
+            },
             other => Error::DataLoss(format!("{what} is not a readable parquet file: {other}")),
         }
     }

@@ -85,8 +85,7 @@ fn parse_header(data: &[u8]) -> Result<(Header, usize), FitsError> {
             .get(at..at + CARD)
             .ok_or_else(|| FitsError::Format("header has no END card".into()))?;
         at += CARD;
-        let card = std::str::from_utf8(card)
-            .map_err(|_| FitsError::Format("header is not ASCII".into()))?;
+        let card = std::str::from_utf8(card).map_err(|_| FitsError::Format("header is not ASCII".into()))?;
         let key = card[..8].trim_end();
         if key == "END" {
             break;
@@ -125,12 +124,8 @@ fn parse_header(data: &[u8]) -> Result<(Header, usize), FitsError> {
 pub fn decode_image(bytes: &[u8]) -> Result<Image, FitsError> {
     let bytes = maybe_gunzip(bytes)?;
     let (h, start) = parse_header(&bytes)?;
-    let bitpix = h
-        .bitpix
-        .ok_or_else(|| FitsError::Format("no BITPIX".into()))?;
-    let naxis = h
-        .naxis
-        .ok_or_else(|| FitsError::Format("no NAXIS".into()))?;
+    let bitpix = h.bitpix.ok_or_else(|| FitsError::Format("no BITPIX".into()))?;
+    let naxis = h.naxis.ok_or_else(|| FitsError::Format("no NAXIS".into()))?;
     let dim = |i: usize| {
         h.axes[i]
             .filter(|v| (0..=1 << 20).contains(v))
@@ -152,11 +147,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<Image, FitsError> {
         16 => 2,
         32 | -32 => 4,
         64 | -64 => 8,
-        b => {
-            return Err(FitsError::Format(format!(
-                "BITPIX = {b} is not a FITS value"
-            )))
-        }
+        b => return Err(FitsError::Format(format!("BITPIX = {b} is not a FITS value"))),
     };
     let raw = bytes.get(start..start + n * bpp).ok_or_else(|| {
         FitsError::Format(format!(
@@ -204,11 +195,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<Image, FitsError> {
             .map(|c| int(i64::from_be_bytes(c.try_into().expect("8 bytes"))))
             .collect(),
     };
-    Ok(Image {
-        width,
-        height,
-        pixels,
-    })
+    Ok(Image { width, height, pixels })
 }
 
 fn push_card(out: &mut Vec<u8>, key: &str, value: &str, comment: &str) {
@@ -227,17 +214,8 @@ fn push_card(out: &mut Vec<u8>, key: &str, value: &str, comment: &str) {
 
 /// Write a float32 2-D image as a single-HDU FITS file. `cards` are extra (key, value, comment)
 /// header cards; string values must carry their own quotes.
-pub fn encode_image_f32(
-    width: usize,
-    height: usize,
-    pixels: &[f32],
-    cards: &[(&str, String, &str)],
-) -> Vec<u8> {
-    assert_eq!(
-        pixels.len(),
-        width * height,
-        "pixel count must be width * height"
-    );
+pub fn encode_image_f32(width: usize, height: usize, pixels: &[f32], cards: &[(&str, String, &str)]) -> Vec<u8> {
+    assert_eq!(pixels.len(), width * height, "pixel count must be width * height");
     let data_len = pixels.len() * 4;
     let mut out = Vec::with_capacity(BLOCK * 2 + data_len.div_ceil(BLOCK) * BLOCK);
     push_card(&mut out, "SIMPLE", "T", "conforms to FITS standard");
@@ -302,10 +280,7 @@ mod tests {
     #[test]
     fn bad_input_is_an_error() {
         assert!(matches!(decode_image(b"hello"), Err(FitsError::Format(_))));
-        assert!(matches!(
-            decode_image(&[0x1f, 0x8b, 1, 2, 3]),
-            Err(FitsError::Gzip(_))
-        ));
+        assert!(matches!(decode_image(&[0x1f, 0x8b, 1, 2, 3]), Err(FitsError::Gzip(_))));
         let px = vec![0f32; 4];
         let f = encode_image_f32(2, 2, &px, &[]);
         assert!(decode_image(&f[..BLOCK + 4])
@@ -316,10 +291,7 @@ mod tests {
         for b in no_end[..BLOCK].iter_mut().skip(80 * 5) {
             *b = b' ';
         }
-        assert!(decode_image(&no_end[..BLOCK])
-            .unwrap_err()
-            .to_string()
-            .contains("END"));
+        assert!(decode_image(&no_end[..BLOCK]).unwrap_err().to_string().contains("END"));
         assert!(decode_image(&vec![b' '; BLOCK])
             .unwrap_err()
             .to_string()

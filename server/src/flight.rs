@@ -11,8 +11,8 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde_json::json;
@@ -115,10 +115,7 @@ impl FlightService for AstroFlight {
     }
 
     #[instrument(skip_all)]
-    async fn list_flights(
-        &self,
-        _: Request<Criteria>,
-    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
         let infos: Vec<Result<FlightInfo, Status>> = self
             .lake
             .datasets()
@@ -128,10 +125,7 @@ impl FlightService for AstroFlight {
     }
 
     #[instrument(skip_all)]
-    async fn get_flight_info(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let d = request.into_inner();
         let Some(cmd) = descriptor_cmd(&d)? else {
             return Ok(Response::new(self.dataset_info(dataset_path(&d)?)?));
@@ -147,20 +141,14 @@ impl FlightService for AstroFlight {
         Ok(Response::new(info))
     }
 
-    async fn poll_flight_info(
-        &self,
-        _: Request<FlightDescriptor>,
-    ) -> Result<Response<PollInfo>, Status> {
+    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
         Err(Status::unimplemented(
             "PollFlightInfo is not supported: every query plans at once; use GetFlightInfo",
         ))
     }
 
     #[instrument(skip_all)]
-    async fn get_schema(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<SchemaResult>, Status> {
+    async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let d = request.into_inner();
         let schema = match descriptor_cmd(&d)? {
             None => {
@@ -177,10 +165,7 @@ impl FlightService for AstroFlight {
         Ok(Response::new(schema_result(&schema)?))
     }
 
-    async fn do_get(
-        &self,
-        request: Request<Ticket>,
-    ) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = request.into_inner().ticket;
         let span = tracing::info_span!(
             "do_get",
@@ -215,27 +200,18 @@ impl FlightService for AstroFlight {
         ))
     }
 
-    async fn do_put(
-        &self,
-        _: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoPutStream>, Status> {
+    async fn do_put(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
         Err(Status::unimplemented(
             "astroflight is read-only: DoPut is not supported",
         ))
     }
 
-    async fn do_exchange(
-        &self,
-        _: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+    async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
         Err(Status::unimplemented("DoExchange is not supported"))
     }
 
     #[instrument(skip_all, fields(action))]
-    async fn do_action(
-        &self,
-        request: Request<Action>,
-    ) -> Result<Response<Self::DoActionStream>, Status> {
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let action = request.into_inner();
         tracing::Span::current().record("action", action.r#type.as_str());
         let body = match action.r#type.as_str() {
@@ -275,13 +251,16 @@ impl FlightService for AstroFlight {
         Ok(Response::new(stream::iter([Ok(result)]).boxed()))
     }
 
-    async fn list_actions(
-        &self,
-        _: Request<Empty>,
-    ) -> Result<Response<Self::ListActionsStream>, Status> {
+    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
         let actions = [
-            ("stats", "storage I/O totals (requests, bytes), footer cache size and per-dataset counts, as JSON"),
-            ("reindex", "incrementally re-index every dataset now; returns what changed, as JSON"),
+            (
+                "stats",
+                "storage I/O totals (requests, bytes), footer cache size and per-dataset counts, as JSON",
+            ),
+            (
+                "reindex",
+                "incrementally re-index every dataset now; returns what changed, as JSON",
+            ),
         ];
         let list: Vec<Result<ActionType, Status>> = actions
             .iter()

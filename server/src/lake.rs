@@ -13,13 +13,14 @@ use astroflight_index::{BuildStats, DatasetIndex, FileEntry, Index, IndexBuilder
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::storage::{open_root, CountingStore, IoStats};
+use crate::storage::{open_root, CountingStore, IoStats, RangeReads};
 
 pub struct Dataset {
     pub name: String,
     pub kind: SurveyKind,
     pub root: String,
     pub store: Arc<dyn ObjectStore>,
+    pub range_reads: RangeReads,
     pub index: DatasetIndex,
 }
 
@@ -28,10 +29,7 @@ pub struct Dataset {
 /// evicted past the capacity.
 pub struct FooterCache {
     cap: usize,
-    inner: Mutex<(
-        HashMap<(usize, u64), Arc<ParquetMetaData>>,
-        VecDeque<(usize, u64)>,
-    )>,
+    inner: Mutex<(HashMap<(usize, u64), Arc<ParquetMetaData>>, VecDeque<(usize, u64)>)>,
 }
 
 impl FooterCache {
@@ -43,12 +41,7 @@ impl FooterCache {
     }
 
     fn get(&self, key: (usize, u64)) -> Option<Arc<ParquetMetaData>> {
-        self.inner
-            .lock()
-            .expect("footer cache lock")
-            .0
-            .get(&key)
-            .cloned()
+        self.inner.lock().expect("footer cache lock").0.get(&key).cloned()
     }
 
     fn put(&self, key: (usize, u64), md: Arc<ParquetMetaData>) {
@@ -86,10 +79,7 @@ impl Lake {
     /// Open the index and every dataset root of the configuration.
     pub fn open(config: &Config) -> Result<Lake> {
         std::fs::create_dir_all(&config.index_dir).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "cannot create index_dir {}: {e}",
-                config.index_dir.display()
-            ))
+            Error::InvalidArgument(format!("cannot create index_dir {}: {e}", config.index_dir.display()))
         })?;
         let index = Index::open(&config.index_dir).map_err(|e| {
             Error::Unavailable(format!(
@@ -100,13 +90,14 @@ impl Lake {
         let mut datasets = Vec::new();
         let mut by_name = BTreeMap::new();
         for d in &config.datasets {
-            let store = open_root(&d.root)?;
+            let (store, range_reads) = open_root(&d.root)?;
             by_name.insert(d.name.clone(), datasets.len());
             datasets.push(Arc::new(Dataset {
                 name: d.name.clone(),
                 kind: d.kind.survey(),
                 root: d.root.clone(),
                 store,
+                range_reads,
                 index: index.dataset(&d.name)?,
             }));
         }
@@ -124,22 +115,20 @@ impl Lake {
     }
 
     pub fn dataset(&self, name: &str) -> Result<(usize, &Arc<Dataset>)> {
-        self.by_name
-            .get(name)
-            .map(|&i| (i, &self.datasets[i]))
-            .ok_or_else(|| {
-                let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-                Error::InvalidArgument(format!(
-                    "unknown dataset {name:?}; this server has: {}",
-                    known.join(", ")
-                ))
-            })
+        self.by_name.get(name).map(|&i| (i, &self.datasets[i])).ok_or_else(|| {
+            let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+            Error::InvalidArgument(format!(
+                "unknown dataset {name:?}; this server has: {}",
+                known.join(", ")
+            ))
+        })
     }
 
     /// A store for one request: counts into the totals and into `request`.
     pub fn store_for(&self, ds: &Dataset, request: &Arc<IoStats>) -> Arc<dyn ObjectStore> {
         Arc::new(CountingStore::new(
             ds.store.clone(),
+            ds.range_reads,
             vec![self.io.clone(), request.clone()],
         ))
     }
@@ -157,17 +146,9 @@ impl Lake {
             return Ok(md);
         }
         let what = format!("file {}", entry.path);
-        let mut reader = StoreReader::new(store, Path::from(entry.path.as_str()), entry.size)
-            .with_offset_index();
-        let md = reader
-            .load_metadata()
-            .await
-            .map_err(|e| Error::parquet(&what, e))?;
-        let rows: Vec<u64> = md
-            .row_groups()
-            .iter()
-            .map(|r| r.num_rows() as u64)
-            .collect();
+        let mut reader = StoreReader::new(store, Path::from(entry.path.as_str()), entry.size).with_offset_index();
+        let md = reader.load_metadata().await.map_err(|e| Error::parquet(&what, e))?;
+        let rows: Vec<u64> = md.row_groups().iter().map(|r| r.num_rows() as u64).collect();
         if rows != entry.row_groups {
             return Err(Error::DataLoss(format!(
                 "{what} changed since it was indexed (row groups {rows:?}, index has {:?}): re-run `astroflight index`",
@@ -183,11 +164,12 @@ impl Lake {
     pub async fn reindex(&self) -> Result<Vec<(String, BuildStats)>> {
         let mut out = Vec::new();
         for ds in &self.datasets {
-            let store: Arc<dyn ObjectStore> =
-                Arc::new(CountingStore::new(ds.store.clone(), vec![self.io.clone()]));
-            let stats = IndexBuilder::new(store, None, ds.kind, ds.index.clone())
-                .run()
-                .await?;
+            let store: Arc<dyn ObjectStore> = Arc::new(CountingStore::new(
+                ds.store.clone(),
+                ds.range_reads,
+                vec![self.io.clone()],
+            ));
+            let stats = IndexBuilder::new(store, None, ds.kind, ds.index.clone()).run().await?;
             info!(dataset = %ds.name, indexed = stats.indexed, unchanged = stats.unchanged, removed = stats.removed,
                   failed = stats.failed.len(), rows = stats.rows, "index up to date");
             out.push((ds.name.clone(), stats));

@@ -119,16 +119,11 @@ enum RubinSchema {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -158,8 +153,7 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             let mut cfg = if config.is_none() && std::env::var_os("ASTROFLIGHT_CONFIG").is_none() {
                 let dir = demo_dir.unwrap_or_else(demo::default_dir);
                 let d = dir.clone();
-                tokio::task::spawn_blocking(move || demo::prepare(&d, demo_alerts_per_file))
-                    .await??
+                tokio::task::spawn_blocking(move || demo::prepare(&d, demo_alerts_per_file)).await??
             } else {
                 Config::load(config.as_deref())?
             };
@@ -206,12 +200,7 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             let files = tokio::task::spawn_blocking(move || gen::generate(&opts)).await??;
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
             for f in &files {
-                println!(
-                    "{}\t{} alerts\t{} bytes",
-                    f.path.display(),
-                    f.alerts,
-                    f.bytes
-                );
+                println!("{}\t{} alerts\t{} bytes", f.path.display(), f.alerts, f.bytes);
             }
             println!(
                 "generated {} files, {} alerts, {:.1} MB in {:.1} s",
@@ -287,15 +276,8 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
 }
 
 /// Write each row of a cutout batch as a file; returns how many were written.
-fn write_stamps(
-    batch: &arrow::record_batch::RecordBatch,
-    req: &CutoutRequest,
-    out: &Path,
-) -> AnyResult<usize> {
-    let kinds = batch
-        .column_by_name("kind")
-        .ok_or("no kind column")?
-        .as_string::<i32>();
+fn write_stamps(batch: &arrow::record_batch::RecordBatch, req: &CutoutRequest, out: &Path) -> AnyResult<usize> {
+    let kinds = batch.column_by_name("kind").ok_or("no kind column")?.as_string::<i32>();
     let name = |i: usize| -> AnyResult<String> {
         Ok(match &req.selector {
             Selector::DiaSources { .. } => {
@@ -333,10 +315,7 @@ fn write_stamps(
             }
         }
     } else {
-        let px = batch
-            .column_by_name("pixels")
-            .ok_or("no pixels")?
-            .as_list::<i32>();
+        let px = batch.column_by_name("pixels").ok_or("no pixels")?.as_list::<i32>();
         let w = batch
             .column_by_name("width")
             .ok_or("no width")?
@@ -362,8 +341,7 @@ fn write_stamps(
 
 /// A NumPy .npy (version 1.0) file of a float32 2-D array.
 fn npy_f32(rows: usize, cols: usize, v: &[f32]) -> Vec<u8> {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat(total.div_ceil(64) * 64 - total));
     header.push('\n');

@@ -17,15 +17,15 @@ use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, OBJECT_STORE_COALESCE_DEFAULT,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, PutResult, OBJECT_STORE_COALESCE_DEFAULT,
 };
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 
 /// Open the store of a dataset root. Only `file://` URLs and plain paths exist so far.
-pub fn open_root(root: &str) -> Result<Arc<dyn ObjectStore>> {
+pub fn open_root(root: &str) -> Result<(Arc<dyn ObjectStore>, RangeReads)> {
     let path: PathBuf = match root.split_once("://") {
         None => PathBuf::from(root),
         Some(("file", rest)) => {
@@ -42,16 +42,12 @@ pub fn open_root(root: &str) -> Result<Arc<dyn ObjectStore>> {
             )))
         }
     };
-    local_store(&path)
+    Ok((local_store(&path)?, RangeReads::Exact))
 }
 
 fn local_store(path: &FsPath) -> Result<Arc<dyn ObjectStore>> {
-    let canonical = std::fs::canonicalize(path).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "dataset root {} cannot be opened: {e}",
-            path.display()
-        ))
-    })?;
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| Error::InvalidArgument(format!("dataset root {} cannot be opened: {e}", path.display())))?;
     if !canonical.is_dir() {
         return Err(Error::InvalidArgument(format!(
             "dataset root {} is not a directory",
@@ -89,16 +85,27 @@ impl IoStats {
     }
 }
 
+/// How a store serves `get_ranges`, which decides what a vectored read costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeReads {
+    /// Each range is its own read of exactly its bytes (the local file store).
+    Exact,
+    /// Ranges closer than object_store's coalescing distance are fetched together, gaps
+    /// included, one request per merged range (object_store's default, used by HTTP stores).
+    Coalesced,
+}
+
 /// A store that counts what is read through it.
 #[derive(Debug)]
 pub struct CountingStore {
     inner: Arc<dyn ObjectStore>,
     stats: Vec<Arc<IoStats>>,
+    ranges: RangeReads,
 }
 
 impl CountingStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, stats: Vec<Arc<IoStats>>) -> Self {
-        CountingStore { inner, stats }
+    pub fn new(inner: Arc<dyn ObjectStore>, ranges: RangeReads, stats: Vec<Arc<IoStats>>) -> Self {
+        CountingStore { inner, stats, ranges }
     }
     fn add(&self, requests: u64, bytes: u64) {
         for s in &self.stats {
@@ -149,28 +156,20 @@ impl ObjectStore for CountingStore {
         self.inner.put_multipart_opts(location, opts).await
     }
 
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         let head = options.head;
         let r = self.inner.get_opts(location, options).await?;
         self.add(1, if head { 0 } else { r.range.end - r.range.start });
         Ok(r)
     }
 
-    async fn get_ranges(
-        &self,
-        location: &Path,
-        ranges: &[Range<u64>],
-    ) -> object_store::Result<Vec<Bytes>> {
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
         let out = self.inner.get_ranges(location, ranges).await?;
-        let merged = coalesced(ranges);
-        self.add(
-            merged.len() as u64,
-            merged.iter().map(|r| r.end - r.start).sum(),
-        );
+        let reads = match self.ranges {
+            RangeReads::Exact => ranges.to_vec(),
+            RangeReads::Coalesced => coalesced(ranges),
+        };
+        self.add(reads.len() as u64, reads.iter().map(|r| r.end - r.start).sum());
         Ok(out)
     }
 
@@ -191,12 +190,7 @@ impl ObjectStore for CountingStore {
         self.inner.list_with_delimiter(prefix).await
     }
 
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
     }
 }
@@ -219,29 +213,23 @@ mod tests {
         std::fs::write(dir.path().join("f.bin"), vec![7u8; 100]).unwrap();
         std::fs::write(dir.path().parent().unwrap().join("outside.bin"), b"x").ok();
         let total = Arc::new(IoStats::default());
-        let store = CountingStore::new(
-            open_root(dir.path().to_str().unwrap()).unwrap(),
-            vec![total.clone()],
-        );
+        let (local, ranges) = open_root(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(ranges, RangeReads::Exact);
+        let store = CountingStore::new(local.clone(), ranges, vec![total.clone()]);
         let p = Path::from("f.bin");
         assert_eq!(store.get_range(&p, 10..30).await.unwrap().len(), 20);
         store.get_ranges(&p, &[0..1, 50..60]).await.unwrap();
-        assert_eq!(
-            total.snapshot(),
-            IoSnapshot {
-                requests: 2,
-                bytes: 80
-            }
-        );
+        assert_eq!(total.snapshot(), IoSnapshot { requests: 3, bytes: 31 });
+        let coalescing = Arc::new(IoStats::default());
+        let store = CountingStore::new(local, RangeReads::Coalesced, vec![coalescing.clone()]);
+        store.get_ranges(&p, &[0..1, 50..60]).await.unwrap();
+        assert_eq!(coalescing.snapshot(), IoSnapshot { requests: 1, bytes: 60 });
         // `..` cannot be expressed as an object_store path segment.
         assert!(Path::parse("../outside.bin").is_err());
         let url = format!("file://{}", dir.path().display());
         assert!(open_root(&url).is_ok());
         assert!(open_root("file://relative/x").is_err());
-        assert!(open_root("gopher://x/y")
-            .unwrap_err()
-            .to_string()
-            .contains("gopher://"));
+        assert!(open_root("gopher://x/y").unwrap_err().to_string().contains("gopher://"));
         assert!(open_root("/definitely/not/here").is_err());
     }
 }

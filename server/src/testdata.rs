@@ -15,9 +15,7 @@ pub fn shared_data_dir() -> Option<PathBuf> {
 pub fn shared_data_or_skip(test: &str) -> Option<PathBuf> {
     let d = shared_data_dir();
     if d.is_none() {
-        eprintln!(
-            "SKIPPED {test}: ../shared/data is absent (set ASTROFLIGHT_SHARED_DATA to run it)"
-        );
+        eprintln!("SKIPPED {test}: ../shared/data is absent (set ASTROFLIGHT_SHARED_DATA to run it)");
     }
     d
 }

@@ -19,9 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    new_null_array, ArrayRef, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Builder, ListArray, RecordBatch, StringBuilder, StructArray,
-    TimestampNanosecondBuilder,
+    new_null_array, ArrayRef, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder,
+    Int64Builder, ListArray, RecordBatch, StringBuilder, StructArray, TimestampNanosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -207,6 +206,9 @@ struct FileGen<'o> {
 
 const STAMP_KINDS: [&str; 3] = ["Science", "Template", "Difference"];
 
+/// Rows per writer call; with ~15 KB stamps a page ends within ~16 rows past 1 MB.
+const PAGE_CHECK_ROWS: usize = 16;
+
 impl FileGen<'_> {
     fn survey(&self) -> SurveyKind {
         self.opts.survey
@@ -332,16 +334,11 @@ impl FileGen<'_> {
 
     /// Whole structs that are absent for most alerts (solar-system data).
     fn struct_nulls(&mut self, path: &str, field: &Field, items: &[Item]) -> Option<NullBuffer> {
-        if !field.is_nullable()
-            || !matches!(path, "ssSource" | "MPCORB" | "mpc_orbits" | "ssObject")
-        {
+        if !field.is_nullable() || !matches!(path, "ssSource" | "MPCORB" | "mpc_orbits" | "ssObject") {
             return None;
         }
         Some(NullBuffer::from(
-            items
-                .iter()
-                .map(|_| self.rng.chance(0.05))
-                .collect::<Vec<bool>>(),
+            items.iter().map(|_| self.rng.chance(0.05)).collect::<Vec<bool>>(),
         ))
     }
 
@@ -366,10 +363,7 @@ impl FileGen<'_> {
 
     fn stamp_kind(&self, path: &str) -> Option<&'static str> {
         let name = path.strip_suffix(".stampData").unwrap_or(path);
-        STAMP_KINDS
-            .iter()
-            .find(|k| name == format!("cutout{k}"))
-            .copied()
+        STAMP_KINDS.iter().find(|k| name == format!("cutout{k}")).copied()
     }
 
     fn float(&mut self, path: &str, it: &Item) -> Option<f64> {
@@ -393,9 +387,7 @@ impl FileGen<'_> {
             }
             "sigmapsf" | "sigmagap" | "sigmagnr" => 0.05 + 0.1 * rng.f64(),
             "diffmaglim" => 20.0 + rng.f64(),
-            "psfFlux" | "scienceFlux" => {
-                10f64.powf((31.4 - a.mag) / 2.5) * (1.0 + 0.05 * rng.normal())
-            }
+            "psfFlux" | "scienceFlux" => 10f64.powf((31.4 - a.mag) / 2.5) * (1.0 + 0.05 * rng.normal()),
             "psfFluxErr" | "scienceFluxErr" => 10f64.powf((31.4 - a.mag) / 2.5) * 0.05,
             "rb" | "drb" | "classtar" | "reliability" => rng.f64(),
             "distnr" | "distpsnr1" | "distpsnr2" | "distpsnr3" => 0.1 + 5.0 * rng.f64(),
@@ -454,11 +446,7 @@ impl FileGen<'_> {
                     "Template" => "refimg",
                     _ => "diff",
                 };
-                format!(
-                    "candid{}_pid{}_targ_{tag}.fits.gz",
-                    a.candid,
-                    a.candid / 10_000_000
-                )
+                format!("candid{}_pid{}_targ_{tag}.fits.gz", a.candid, a.candid / 10_000_000)
             }
             "pdiffimfilename" => format!("ztf_{}_diff.fits", a.candid / 10_000_000),
             "programpi" => "Kulkarni".into(),
@@ -466,9 +454,7 @@ impl FileGen<'_> {
             "target_name" => format!("field{}", a.object % 1000),
             _ => {
                 let n = 3 + self.rng.below(6);
-                (0..n)
-                    .map(|_| (b'a' + self.rng.below(26) as u8) as char)
-                    .collect()
+                (0..n).map(|_| (b'a' + self.rng.below(26) as u8) as char).collect()
             }
         })
     }
@@ -478,17 +464,9 @@ impl FileGen<'_> {
     fn stamp(&self, kind: &str, a: &Alert) -> Vec<u8> {
         let k = STAMP_KINDS.iter().position(|s| *s == kind).unwrap_or(0) as u64;
         let mut rng = Rng::new(a.seed.wrapping_mul(31).wrapping_add(k));
-        let side = if self.survey() == SurveyKind::Ztf {
-            63
-        } else {
-            51
-        };
+        let side = if self.survey() == SurveyKind::Ztf { 63 } else { 51 };
         let (bkg, noise, flux) = match kind {
-            "Science" => (
-                150.0 + 50.0 * rng.f64(),
-                8.0,
-                10f64.powf((26.0 - a.mag) / 2.5),
-            ),
+            "Science" => (150.0 + 50.0 * rng.f64(), 8.0, 10f64.powf((26.0 - a.mag) / 2.5)),
             "Template" => (150.0 + 50.0 * rng.f64(), 3.0, 0.0),
             _ => (0.0, 9.0, 10f64.powf((26.0 - a.mag) / 2.5)),
         };
@@ -498,9 +476,7 @@ impl FileGen<'_> {
         for y in 0..side {
             for x in 0..side {
                 let r2 = (x as f64 - c).powi(2) + (y as f64 - c).powi(2);
-                let v = bkg
-                    + noise * rng.normal()
-                    + flux / (std::f64::consts::PI * sigma2) * (-r2 / sigma2).exp();
+                let v = bkg + noise * rng.normal() + flux / (std::f64::consts::PI * sigma2) * (-r2 / sigma2).exp();
                 px.push(v as f32);
             }
         }
@@ -514,10 +490,7 @@ impl FileGen<'_> {
         if self.survey() == SurveyKind::Lsst {
             return f;
         }
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(f.len()),
-            flate2::Compression::default(),
-        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(f.len()), flate2::Compression::default());
         gz.write_all(&f).expect("writing to memory");
         gz.finish().expect("writing to memory")
     }
@@ -537,9 +510,7 @@ fn writer_props(opts: &GenOptions, rows: usize) -> WriterProperties {
         .set_max_row_group_row_count(Some(rows.max(1)))
         .set_data_page_size_limit(1 << 20)
         .set_dictionary_page_size_limit(1 << 20)
-        // The page size is checked after each mini-batch: small batches keep ~1 MB pages
-        // even for 15 KB stamps.
-        .set_write_batch_size(16)
+        .set_write_batch_size(PAGE_CHECK_ROWS)
         .set_created_by("astroflight gen (parquet-rs, Spark-like layout)".into());
     for k in STAMP_KINDS {
         let col = match opts.survey {
@@ -575,8 +546,7 @@ pub fn generate(opts: &GenOptions) -> Result<Vec<GeneratedFile>, GenError> {
         .map(|n| n.get())
         .unwrap_or(1)
         .min(4);
-    let mut out: Vec<Option<Result<GeneratedFile, GenError>>> =
-        (0..jobs.len()).map(|_| None).collect();
+    let mut out: Vec<Option<Result<GeneratedFile, GenError>>> = (0..jobs.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         for (w, chunk) in out.chunks_mut(jobs.len().div_ceil(workers)).enumerate() {
             let schema = schema.clone();
@@ -600,14 +570,10 @@ fn write_file(
     file: u32,
     n_objects: u64,
 ) -> Result<GeneratedFile, GenError> {
-    let mut rng = Rng::new(
-        opts.seed ^ ((night as u64) << 32 | file as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
-    );
+    let mut rng = Rng::new(opts.seed ^ ((night as u64) << 32 | file as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
     let night_jd = opts.first_night_jd + night as f64;
     let (y, m, d) = civil_from_jd(night_jd);
-    let dir = opts
-        .out
-        .join(format!("year={y:04}/month={m:02}/day={d:02}"));
+    let dir = opts.out.join(format!("year={y:04}/month={m:02}/day={d:02}"));
     let uuid = format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         rng.next_u64() as u32,
@@ -629,11 +595,8 @@ fn write_file(
     let wopts = ArrowWriterOptions::new()
         .with_properties(props)
         .with_skip_arrow_metadata(true);
-    let mut w = ArrowWriter::try_new_with_options(
-        std::io::BufWriter::with_capacity(1 << 20, f),
-        schema.clone(),
-        wopts,
-    )?;
+    let mut w =
+        ArrowWriter::try_new_with_options(std::io::BufWriter::with_capacity(1 << 20, f), schema.clone(), wopts)?;
     let mut gen = FileGen {
         opts,
         schema,
@@ -670,7 +633,11 @@ fn write_file(
             })
             .collect();
         let batch = gen.batch(&alerts)?;
-        w.write(&batch)?;
+        // The writer checks the page size between write calls (for byte arrays, not between
+        // its own mini-batches): small slices keep stamp pages near 1 MB, as parquet-mr's are.
+        for off in (0..n).step_by(PAGE_CHECK_ROWS) {
+            w.write(&batch.slice(off, PAGE_CHECK_ROWS.min(n - off)))?;
+        }
         done += n;
     }
     w.close()?;
@@ -686,18 +653,14 @@ fn write_file(
 /// True if `dir` already holds a generated lake (any parquet file under it).
 pub fn lake_exists(dir: &Path) -> bool {
     fn walk(d: &Path) -> bool {
-        std::fs::read_dir(d)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p)
-                } else {
-                    p.extension().is_some_and(|x| x == "parquet")
-                }
-            })
+        std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p)
+            } else {
+                p.extension().is_some_and(|x| x == "parquet")
+            }
+        })
     }
     walk(dir)
 }

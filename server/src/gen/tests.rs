@@ -36,10 +36,7 @@ fn ztf_files_are_spark_like_with_valid_distinct_stamps() {
         .unwrap()
         .to_string_lossy()
         .to_string();
-    assert!(
-        rel.starts_with("year=2020/month=01/day=01/part-00000-"),
-        "{rel}"
-    );
+    assert!(rel.starts_with("year=2020/month=01/day=01/part-00000-"), "{rel}");
     assert!(rel.ends_with(".c000.snappy.parquet"));
 
     let b = open(&files[0].path);
@@ -47,10 +44,7 @@ fn ztf_files_are_spark_like_with_valid_distinct_stamps() {
     assert_eq!(md.num_row_groups(), 1);
     assert_eq!(md.row_group(0).num_rows(), 150);
     // The embedded schema is what was written (field names, types, nullability).
-    assert_eq!(
-        schema::strip_schema(b.schema()),
-        schema::parse(schema::ZTF_RAW)
-    );
+    assert_eq!(schema::strip_schema(b.schema()), schema::parse(schema::ZTF_RAW));
     // Offset index present; the stamp column is cut into ~1 MB pages.
     let sd = md.file_metadata().schema_descr();
     let col = (0..sd.num_columns())
@@ -70,10 +64,7 @@ fn ztf_files_are_spark_like_with_valid_distinct_stamps() {
     let batch = b.build().unwrap().next().unwrap().unwrap();
     let mut seen = std::collections::HashSet::new();
     for kind in STAMP_KINDS {
-        let s = batch
-            .column_by_name(&format!("cutout{kind}"))
-            .unwrap()
-            .as_struct();
+        let s = batch.column_by_name(&format!("cutout{kind}")).unwrap().as_struct();
         let data = s.column_by_name("stampData").unwrap().as_binary::<i32>();
         for i in 0..data.len() {
             let bytes = data.value(i);
@@ -105,15 +96,9 @@ fn lsst_files_follow_the_rubin_schema_with_plain_fits() {
     let dir = tempfile::tempdir().unwrap();
     let files = small(SurveyKind::Lsst, dir.path(), true);
     let b = open(&files[0].path);
-    assert_eq!(
-        schema::strip_schema(b.schema()),
-        schema::parse(schema::LSST_V9_0)
-    );
+    assert_eq!(schema::strip_schema(b.schema()), schema::parse(schema::LSST_V9_0));
     let batch = b.build().unwrap().next().unwrap().unwrap();
-    let stamps = batch
-        .column_by_name("cutoutDifference")
-        .unwrap()
-        .as_binary::<i32>();
+    let stamps = batch.column_by_name("cutoutDifference").unwrap().as_binary::<i32>();
     let img = fits::decode_image(stamps.value(0)).unwrap();
     assert!(!fits::is_gzip(stamps.value(0)));
     assert_eq!((img.width, img.height), (51, 51));
@@ -165,10 +150,7 @@ fn generation_is_deterministic() {
             x.path.strip_prefix(a.path()).unwrap(),
             y.path.strip_prefix(b.path()).unwrap()
         );
-        assert_eq!(
-            std::fs::read(&x.path).unwrap(),
-            std::fs::read(&y.path).unwrap()
-        );
+        assert_eq!(std::fs::read(&x.path).unwrap(), std::fs::read(&y.path).unwrap());
     }
 }
 
@@ -195,14 +177,8 @@ fn embedded_schemas_match_the_real_files() {
         .path();
     for (file, json) in [
         (raw, schema::ZTF_RAW),
-        (
-            data.join("lsst/schema/lsst.v9_0.parquet"),
-            schema::LSST_V9_0,
-        ),
-        (
-            data.join("lsst/schema/lsst.v10_0.parquet"),
-            schema::LSST_V10_0,
-        ),
+        (data.join("lsst/schema/lsst.v9_0.parquet"), schema::LSST_V9_0),
+        (data.join("lsst/schema/lsst.v10_0.parquet"), schema::LSST_V10_0),
     ] {
         assert_eq!(
             schema::strip_schema(open(&file).schema()),
