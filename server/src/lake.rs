@@ -29,8 +29,14 @@ pub struct Dataset {
 /// evicted past the capacity.
 pub struct FooterCache {
     cap: usize,
-    inner: Mutex<(HashMap<(usize, u64), Arc<ParquetMetaData>>, VecDeque<(usize, u64)>)>,
+    inner: Mutex<CacheState>,
 }
+
+/// (dataset number, file id)
+type FileKey = (usize, u64);
+
+/// The entries, and their keys in insertion order (eviction order).
+type CacheState = (HashMap<FileKey, Arc<ParquetMetaData>>, VecDeque<FileKey>);
 
 impl FooterCache {
     pub fn new(cap: usize) -> Self {
@@ -40,11 +46,11 @@ impl FooterCache {
         }
     }
 
-    fn get(&self, key: (usize, u64)) -> Option<Arc<ParquetMetaData>> {
+    fn get(&self, key: FileKey) -> Option<Arc<ParquetMetaData>> {
         self.inner.lock().expect("footer cache lock").0.get(&key).cloned()
     }
 
-    fn put(&self, key: (usize, u64), md: Arc<ParquetMetaData>) {
+    fn put(&self, key: FileKey, md: Arc<ParquetMetaData>) {
         let mut g = self.inner.lock().expect("footer cache lock");
         if g.0.insert(key, md).is_none() {
             g.1.push_back(key);

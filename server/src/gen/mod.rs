@@ -421,7 +421,7 @@ impl FileGen<'_> {
             "rcid" => (a.object % 64) as i64,
             "ndethist" | "ncovhist" => a.n_prv as i64 + 1,
             "nid" => ((a.jd - 2458119.5) as i64).max(0),
-            "visit" => 2024_000_000 + (a.jd * 100.0) as i64 % 1_000_000,
+            "visit" => 2_024_000_000 + (a.jd * 100.0) as i64 % 1_000_000,
             "detector" => (a.object % 189) as i64,
             _ => rng.below(1000) as i64,
         })
