@@ -1,0 +1,100 @@
+"""Generated lakes (ZTF and Rubin) through pyarrow.flight: every stamp, semantics, errors."""
+import subprocess
+
+import pyarrow as pa
+import pytest
+from pyarrow import flight
+
+from helpers import check_every_stamp, get, parquet_alerts
+
+
+def gen(binary, out, survey, alerts=60, *extra):
+    subprocess.run([binary, "gen", "--survey", survey, "--out", str(out), "--nights", "2",
+                    "--files-per-night", "2", "--alerts-per-file", str(alerts), *extra],
+                   check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def lakes(binary, tmp_path_factory):
+    d = tmp_path_factory.mktemp("lakes")
+    gen(binary, d / "ztf", "ztf")
+    gen(binary, d / "lsst", "lsst")
+    gen(binary, d / "lsst10", "lsst", 30, "--lsst-schema", "v10_0", "--no-page-index")
+    return d
+
+
+def test_generated_ztf_and_rubin(start_server, lakes):
+    s = start_server([("ztf", "ztf", lakes / "ztf"), ("lsst", "lsst", lakes / "lsst"),
+                      ("lsst10", "lsst", lakes / "lsst10")])
+    c = s.client()
+    check_every_stamp(c, "ztf", parquet_alerts(lakes / "ztf"), "candid", "candids")
+    rubin = parquet_alerts(lakes / "lsst", ztf=False)
+    check_every_stamp(c, "lsst", rubin, "diaSourceId", "diaSourceIds")
+    check_every_stamp(c, "lsst10", parquet_alerts(lakes / "lsst10", ztf=False), "diaSourceId", "diaSourceIds")
+    t = get(c, dataset="lsst", diaSourceId=rubin[3]["diaSourceId"], kind="Science", format="array")
+    assert (t["width"][0].as_py(), t["height"][0].as_py()) == (51, 51)
+    assert t["diaObjectId"][0].as_py() == rubin[3]["diaObjectId"]
+
+    names = sorted(i.descriptor.path[0].decode() for i in c.list_flights())
+    assert names == ["lsst", "lsst10", "ztf"]
+    info = c.get_flight_info(flight.FlightDescriptor.for_command(
+        b'{"cutout": {"dataset": "lsst", "diaSourceIds": [%d, %d]}}' % (rubin[0]["diaSourceId"], rubin[1]["diaSourceId"])))
+    assert info.total_records == 6
+    assert info.schema.names == ["diaSourceId", "diaObjectId", "kind", "stamp"]
+    assert c.do_get(info.endpoints[0].ticket).read_all().num_rows == 6
+    schema = c.get_schema(flight.FlightDescriptor.for_command(b'{"cutout": {"dataset": "ztf", "objectId": "x", "format": "array"}}')).schema
+    assert schema.names == ["objectId", "candid", "kind", "pixels", "width", "height"]
+    assert schema.field("pixels").type == pa.list_(pa.field("item", pa.float32(), nullable=False))
+
+
+ERRORS = [
+    # NOT_FOUND (pyarrow raises ArrowKeyError for it), naming the id.
+    (b'{"cutout": {"dataset": "ztf", "objectId": "ZTF99zzzzzzz"}}', pa.ArrowKeyError, "ZTF99zzzzzzz"),
+    (b'{"cutout": {"dataset": "ztf", "candid": 12345}}', pa.ArrowKeyError, "12345"),
+    (b'{"cutout": {"dataset": "lsst", "diaSourceId": 7}}', pa.ArrowKeyError, "diaSourceId 7"),
+    # INVALID_ARGUMENT (ArrowInvalid), saying what is accepted.
+    (b'{"cutout": ', pa.ArrowInvalid, "not valid JSON"),
+    (b'{"cutout": {"dataset": "sdss", "objectId": "x"}}', pa.ArrowInvalid, 'unknown dataset "sdss"'),
+    (b'{"cutout": {"dataset": "ztf", "objectId": "x", "kind": "Raw"}}', pa.ArrowInvalid, "Science, Template, Difference, All"),
+    (b'{"cutout": {"dataset": "ztf", "objectId": "x", "format": "jpeg"}}', pa.ArrowInvalid, "fits, gzip, array"),
+    (b'{"cutout": {"dataset": "lsst", "objectId": "x"}}', pa.ArrowInvalid, "holds Rubin alerts"),
+    (b'{"cutout": {"dataset": "ztf", "objectid": "x"}}', pa.ArrowInvalid, "unknown field `objectid`"),
+    (b'{"cutout": {"dataset": "ztf", "candid": 1, "diaSourceId": 2}}', pa.ArrowInvalid, "cannot be mixed"),
+    (b'\x08\x96\x01garbage', pa.ArrowInvalid, "protobuf"),
+]
+
+
+def test_errors_are_clear_statuses(start_server, lakes):
+    s = start_server([("ztf", "ztf", lakes / "ztf"), ("lsst", "lsst", lakes / "lsst")])
+    c = s.client()
+    for ticket, exc, needle in ERRORS:
+        with pytest.raises(exc) as e:
+            c.do_get(flight.Ticket(ticket)).read_all()
+        assert needle in str(e.value), (ticket, str(e.value))
+    # The server is still fine afterwards.
+    assert get(c, dataset="ztf", candid=parquet_alerts(lakes / "ztf")[0]["candid"]).num_rows == 3
+
+
+def test_cli_cutout_and_incremental_index(binary, start_server, lakes, tmp_path):
+    s = start_server([("ztf", "ztf", lakes / "ztf")])
+    out = tmp_path / "stamps"
+    a = parquet_alerts(lakes / "ztf")[5]
+    r = subprocess.run([binary, "cutout", "--server", s.url, "--dataset", "ztf", "--object", a["objectId"],
+                        "--candid", str(a["candid"]), "--kind", "All", "--format", "gzip", "-o", str(out)],
+                       check=True, capture_output=True, text=True)
+    assert "wrote 3 files" in r.stdout
+    for k, stored in a["stamps"].items():
+        assert (out / f"{a['objectId']}_{a['candid']}_{k}.fits.gz").read_bytes() == stored
+    r = subprocess.run([binary, "cutout", "--server", s.url, "--dataset", "ztf", "--candid", str(a["candid"]),
+                        "--kind", "Science", "--format", "array", "-o", str(out)], check=True, capture_output=True, text=True)
+    import numpy as np
+    from helpers import astropy_pixels
+    npy = np.load(out / f"{a['objectId']}_{a['candid']}_Science.npy")
+    assert np.array_equal(npy, astropy_pixels(a["stamps"]["Science"]), equal_nan=True)
+    r = subprocess.run([binary, "cutout", "--server", s.url, "--dataset", "ztf", "--object", "ZTF99zzzzzzz", "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "ZTF99zzzzzzz" in r.stderr
+    s.stop()
+    # The index is incremental: a second run reads nothing new.
+    r = subprocess.run([binary, "index", "--config", str(s.config)], check=True, capture_output=True, text=True)
+    assert "0 indexed, 4 unchanged" in r.stdout, r.stdout
