@@ -65,9 +65,15 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("page_read");
     g.throughput(Throughput::Elements(1));
-    for format in [StampFormat::Gzip, StampFormat::Fits, StampFormat::Array] {
+    let cases = [
+        (StampKind::Science, StampFormat::Gzip),
+        (StampKind::Science, StampFormat::Fits),
+        (StampKind::Science, StampFormat::Array),
+        (StampKind::All, StampFormat::Fits),
+    ];
+    for (kind, format) in cases {
         let mut i = 0usize;
-        g.bench_function(format!("one_science_stamp_{}", format.name()), |b| {
+        g.bench_function(format!("one_alert_{}_{}", kind.name(), format.name()), |b| {
             b.iter(|| {
                 i = (i + 373) % candids.len();
                 let req = CutoutRequest {
@@ -76,14 +82,14 @@ fn bench(c: &mut Criterion) {
                         candids: vec![candids[i]],
                         object_id: None,
                     },
-                    kind: StampKind::Science,
+                    kind,
                     format,
                 };
                 let plan = cutout::plan(&lake, &req).unwrap();
                 let out: Vec<_> = rt
                     .block_on(cutout::execute(lake.clone(), plan, Arc::new(IoStats::default())).try_collect())
                     .unwrap();
-                assert_eq!(out[0].num_rows(), 1);
+                assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), kind.expand().len());
                 out
             })
         });

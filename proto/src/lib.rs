@@ -34,6 +34,21 @@ pub enum Selector {
     DiaSources { ids: Vec<i64> },
 }
 
+impl Selector {
+    /// How many ids the selector names.
+    pub fn len(&self) -> usize {
+        match self {
+            Selector::Objects { object_ids, .. } => object_ids.len(),
+            Selector::Candids { candids, .. } => candids.len(),
+            Selector::DiaSources { ids } => ids.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CutoutRequest {
     pub dataset: String,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use futures::TryStreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -81,9 +82,21 @@ impl App {
         let service = FlightServiceServer::new(AstroFlight::new(self.lake.clone()))
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(64 << 20);
+        // TCP_NODELAY on every accepted socket (tonic's own setting covers only sockets it binds
+        // itself): a cutout response ends in a small write, which Nagle would hold until the
+        // client's delayed ACK, ~40 ms on Linux. Larger HTTP/2 windows let big tickets and
+        // responses flow without waiting for window updates.
+        let incoming = TcpListenerStream::new(self.listener).map_ok(|s| {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+            s
+        });
         let result = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop.await;
             })
             .await

@@ -9,6 +9,14 @@ use crate::config::{Config, DatasetConfig, DatasetKind};
 use crate::error::{Error, Result};
 use crate::gen::{self, GenOptions};
 
+/// Alerts per file of the default demo lake (3 nights x 2 files per survey).
+pub const DEMO_ALERTS_PER_FILE: u32 = 200;
+/// Ids that exist in the default demo lake (seed 42), quoted in the README; the `demo` test
+/// checks them.
+pub const DEMO_OBJECT_ID: &str = "ZTF18klvscig";
+pub const DEMO_CANDID: i64 = 1100000000000000138;
+pub const DEMO_DIA_SOURCE_ID: i64 = 170000000000001000;
+
 /// `$ASTROFLIGHT_DEMO_DIR`, else `./astroflight-demo`.
 pub fn default_dir() -> PathBuf {
     std::env::var_os("ASTROFLIGHT_DEMO_DIR")

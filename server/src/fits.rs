@@ -9,6 +9,9 @@
 use std::io::Read;
 
 pub const BLOCK: usize = 2880;
+
+/// Largest stamp a gzipped cutout may expand to (a guard against corrupt or hostile data).
+pub const MAX_STAMP_BYTES: u64 = 64 << 20;
 const CARD: usize = 80;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -43,8 +46,12 @@ pub fn maybe_gunzip(b: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, FitsError> {
     }
     let mut out = Vec::with_capacity(b.len() * 2);
     flate2::read::MultiGzDecoder::new(b)
+        .take(MAX_STAMP_BYTES + 1)
         .read_to_end(&mut out)
         .map_err(|e| FitsError::Gzip(e.to_string()))?;
+    if out.len() as u64 > MAX_STAMP_BYTES {
+        return Err(FitsError::Gzip(format!("expands to more than {MAX_STAMP_BYTES} bytes")));
+    }
     Ok(std::borrow::Cow::Owned(out))
 }
 

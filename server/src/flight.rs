@@ -61,6 +61,9 @@ impl AstroFlight {
     async fn plan(&self, cmd: &[u8]) -> Result<cutout::CutoutPlan, Error> {
         match decode_command(cmd)? {
             Command::Cutout(req) => {
+                if req.selector.len() <= cutout::INLINE_IDS {
+                    return cutout::plan(&self.lake, &req);
+                }
                 let lake = self.lake.clone();
                 tokio::task::spawn_blocking(move || cutout::plan(&lake, &req)).await?
             }

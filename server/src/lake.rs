@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use object_store::path::Path;
 use object_store::ObjectStore;
-use parquet::file::metadata::ParquetMetaData;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use tracing::info;
 
 use astroflight_index::reader::StoreReader;
@@ -24,7 +24,8 @@ pub struct Dataset {
     pub index: DatasetIndex,
 }
 
-/// Footers (with offset index) of recently read files, keyed by dataset and file id. A file
+/// Footers (with offset index, and the Arrow schema derived from them, which is worth keeping:
+/// alert files have hundreds of leaf columns) of recently read files, keyed by dataset and file id. A file
 /// that changes is re-indexed under a new file id, so entries never go stale; the oldest are
 /// evicted past the capacity.
 pub struct FooterCache {
@@ -36,7 +37,7 @@ pub struct FooterCache {
 type FileKey = (usize, u64);
 
 /// The entries, and their keys in insertion order (eviction order).
-type CacheState = (HashMap<FileKey, Arc<ParquetMetaData>>, VecDeque<FileKey>);
+type CacheState = (HashMap<FileKey, ArrowReaderMetadata>, VecDeque<FileKey>);
 
 impl FooterCache {
     pub fn new(cap: usize) -> Self {
@@ -46,11 +47,11 @@ impl FooterCache {
         }
     }
 
-    fn get(&self, key: FileKey) -> Option<Arc<ParquetMetaData>> {
+    fn get(&self, key: FileKey) -> Option<ArrowReaderMetadata> {
         self.inner.lock().expect("footer cache lock").0.get(&key).cloned()
     }
 
-    fn put(&self, key: FileKey, md: Arc<ParquetMetaData>) {
+    fn put(&self, key: FileKey, md: ArrowReaderMetadata) {
         let mut g = self.inner.lock().expect("footer cache lock");
         if g.0.insert(key, md).is_none() {
             g.1.push_back(key);
@@ -147,7 +148,7 @@ impl Lake {
         ds_no: usize,
         store: Arc<dyn ObjectStore>,
         entry: &FileEntry,
-    ) -> Result<Arc<ParquetMetaData>> {
+    ) -> Result<ArrowReaderMetadata> {
         if let Some(md) = self.footers.get((ds_no, entry.file_id)) {
             return Ok(md);
         }
@@ -161,6 +162,7 @@ impl Lake {
                 entry.row_groups
             )));
         }
+        let md = ArrowReaderMetadata::try_new(md, ArrowReaderOptions::new()).map_err(|e| Error::parquet(&what, e))?;
         self.footers.put((ds_no, entry.file_id), md.clone());
         Ok(md)
     }

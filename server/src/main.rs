@@ -16,6 +16,12 @@ use astroflight_server::gen::{self, GenOptions, LsstSchema};
 use astroflight_server::lake::Lake;
 use astroflight_server::{demo, App, Config};
 
+/// mimalloc keeps freed pages for reuse: with the system allocator every cutout's multi-MB page
+/// buffers went back to the OS and were faulted in (and zeroed) again by the next request, which
+/// cost more than reading the pages.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "astroflight",
@@ -41,7 +47,7 @@ enum Cmd {
         #[arg(long)]
         demo_dir: Option<PathBuf>,
         /// Alerts per demo file (3 nights x 2 files per survey).
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = demo::DEMO_ALERTS_PER_FILE)]
         demo_alerts_per_file: u32,
         /// Do not bring the index up to date before serving.
         #[arg(long)]
@@ -150,10 +156,20 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             demo_alerts_per_file,
             no_index,
         } => {
-            let mut cfg = if config.is_none() && std::env::var_os("ASTROFLIGHT_CONFIG").is_none() {
+            let is_demo = config.is_none() && std::env::var_os("ASTROFLIGHT_CONFIG").is_none();
+            let mut cfg = if is_demo {
                 let dir = demo_dir.unwrap_or_else(demo::default_dir);
                 let d = dir.clone();
-                tokio::task::spawn_blocking(move || demo::prepare(&d, demo_alerts_per_file)).await??
+                let cfg = tokio::task::spawn_blocking(move || demo::prepare(&d, demo_alerts_per_file)).await??;
+                if demo_alerts_per_file == demo::DEMO_ALERTS_PER_FILE {
+                    eprintln!(
+                        "demo lake in {}: try {{\"cutout\": {{\"dataset\": \"ztf\", \"objectId\": \"{}\"}}}} or {{\"cutout\": {{\"dataset\": \"lsst\", \"diaSourceId\": {}}}}}",
+                        dir.display(),
+                        demo::DEMO_OBJECT_ID,
+                        demo::DEMO_DIA_SOURCE_ID
+                    );
+                }
+                cfg
             } else {
                 Config::load(config.as_deref())?
             };
