@@ -5,6 +5,8 @@ of 2,500 alerts, ~100 MB each, one row group, ~1 MB pages, offset index), starts
 server on 127.0.0.1, and measures in one run:
 
 * astroflight: one DoGet per cutout by objectId (latest alert), read to the end with pyarrow.flight;
+  and, to show the server without Python's client overhead, by candid from a Rust Flight client
+  (`server/examples/latency.rs`);
 * pyarrow: pq.read_table(file, columns, filters=[("objectId", "=", id)]) + gunzip, as Fink's
   cutout API does (given the right file, which favours the peer);
 * DuckDB: a point query on read_parquet(file) + gunzip (also given the right file);
@@ -93,6 +95,7 @@ def main():
     ap.add_argument("--n", type=int, default=300, help="astroflight samples per measurement")
     ap.add_argument("--peer-n", type=int, default=40, help="peer samples per measurement")
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--latency-bin", help="the Rust latency client (server/examples/latency.rs)")
     args = ap.parse_args()
     args.data = args.data.resolve()
 
@@ -176,6 +179,16 @@ def main():
                 assert stamps
             results[f"duckdb_{kind}"] = ms(lat)
 
+        if args.latency_bin:
+            for kind in ["Science", "All"]:
+                cand = [str(x[1]) for x in rng.sample(alerts, args.n)]
+                out = subprocess.run([args.latency_bin, url, "ztf", kind, *cand], check=True,
+                                     capture_output=True, text=True).stdout
+                # "N requests: p50 X ms, p99 Y ms"
+                p50 = float(out.split("p50 ")[1].split(" ms")[0])
+                p99 = float(out.split("p99 ")[1].split(" ms")[0])
+                results[f"rust_client_{kind}"] = {"p50": p50, "p99": p99, "n": args.n}
+
         # Batch: many random alerts in one ticket.
         runs = []
         for _ in range(5):
@@ -203,6 +216,13 @@ def main():
         a, p, d = results[f"astroflight_{kind}"], results[f"pyarrow_{kind}"], results[f"duckdb_{kind}"]
         for q in ["p50", "p99"]:
             print(f"| {kind}, {q} | {a[q]:.2f} ms | {p[q]:.1f} ms | {d[q]:.1f} ms | {p[q] / a[q]:.0f}x | {d[q] / a[q]:.0f}x |")
+    if "rust_client_Science" in results:
+        print()
+        print("| single cutout by candid, Rust Flight client | p50 | p99 |")
+        print("|---|---|---|")
+        for kind in ["Science", "All"]:
+            r = results[f"rust_client_{kind}"]
+            print(f"| {kind} | {r['p50']:.2f} ms | {r['p99']:.2f} ms |")
     print()
     print("| bytes read from storage per cutout | astroflight | whole column chunks (what pyarrow/DuckDB read) |")
     print("|---|---|---|")

@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv="$(bash tests/setup_python.sh | tail -n 1)"
-cargo build --release -p astroflight-server --bin astroflight
-exec "$venv/bin/python" benches/cutout_e2e.py --bin target/release/astroflight "$@"
+cargo build --release -p astroflight-server --bin astroflight --example latency
+exec "$venv/bin/python" benches/cutout_e2e.py --bin target/release/astroflight \
+  --latency-bin target/release/examples/latency "$@"

@@ -287,11 +287,18 @@ async fn read_group(
         SurveyKind::Ztf => "candid",
         SurveyKind::Lsst => "diaSource.diaSourceId",
     };
-    let mut leaves = vec![leaf(id_leaf)?];
-    for k in plan.kinds {
-        leaves.push(leaf(&stamp_leaf(ds.kind, *k))?);
+    // One projection per stamp column (the first also carries the id column): each becomes its
+    // own parquet stream, so the pages of several stamp kinds are read and decompressed in
+    // parallel.
+    let mut projections = Vec::new();
+    for (i, k) in plan.kinds.iter().enumerate() {
+        let stamp = leaf(&stamp_leaf(ds.kind, *k))?;
+        projections.push(if i == 0 {
+            vec![leaf(id_leaf)?, stamp]
+        } else {
+            vec![stamp]
+        });
     }
-    let mask = ProjectionMask::leaves(schema, leaves);
 
     let rg = loc.row_group as usize;
     let rg_rows = md
@@ -320,23 +327,27 @@ async fn read_group(
     }
     let selection = RowSelection::from(selectors);
 
-    let reader = StoreReader::new(store, Path::from(entry.path.as_str()), entry.size).with_metadata(md);
-    let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_md)
-        .with_row_groups(vec![rg])
-        .with_row_selection(selection)
-        .with_projection(mask)
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| Error::parquet(&what, e))?;
+    let path = Path::from(entry.path.as_str());
+    let mut parts = Vec::with_capacity(projections.len());
+    for leaves in projections {
+        let reader = StoreReader::new(store.clone(), path.clone(), entry.size).with_metadata(md.clone());
+        let what = what.clone();
+        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_md.clone())
+            .with_row_groups(vec![rg])
+            .with_row_selection(selection.clone())
+            .with_projection(ProjectionMask::leaves(schema, leaves))
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| Error::parquet(&what, e))?
+            .map_err(move |e| Error::parquet(&what, e));
+        parts.push(stream.boxed());
+    }
+    let stream = zip_columns(parts);
 
     let targets = Arc::new(targets);
     let mut offset = 0usize;
     let what = Arc::new(what);
     Ok(stream
-        .map_err({
-            let what = what.clone();
-            move |e| Error::parquet(&what, e)
-        })
         .and_then(move |raw| {
             let range = offset..offset + raw.num_rows();
             offset = range.end;
@@ -356,6 +367,67 @@ async fn read_group(
             }
         })
         .boxed())
+}
+
+/// Zip column streams over the same rows into batches holding all their columns. With more
+/// than one stream, each runs on its own task (so their reads and decompression overlap on
+/// several cores) behind a one-batch channel: the tasks stay only one batch ahead of the
+/// client, and stop when the zipped stream is dropped.
+fn zip_columns(mut parts: Vec<BoxStream<'static, Result<RecordBatch>>>) -> BoxStream<'static, Result<RecordBatch>> {
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    let receivers: Vec<tokio::sync::mpsc::Receiver<Result<RecordBatch>>> = parts
+        .into_iter()
+        .map(|mut part| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                while let Some(b) = part.next().await {
+                    let failed = b.is_err();
+                    if tx.send(b).await.is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            rx
+        })
+        .collect();
+    stream::unfold(receivers, |mut rx| async move {
+        let mut batches = Vec::with_capacity(rx.len());
+        let mut ended = 0;
+        for r in rx.iter_mut() {
+            match r.recv().await {
+                Some(Ok(b)) => batches.push(b),
+                Some(Err(e)) => return Some((Err(e), rx)),
+                None => ended += 1,
+            }
+        }
+        if ended == rx.len() {
+            return None;
+        }
+        if ended > 0 {
+            return Some((
+                Err(Error::Internal("column streams of one row group ended apart".into())),
+                rx,
+            ));
+        }
+        Some((merge_columns(&batches), rx))
+    })
+    .boxed()
+}
+
+fn merge_columns(batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let rows = batches[0].num_rows();
+    if batches.iter().any(|b| b.num_rows() != rows) {
+        return Err(Error::Internal("column streams returned different row counts".into()));
+    }
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for b in batches {
+        fields.extend(b.schema().fields().iter().cloned());
+        columns.extend(b.columns().iter().cloned());
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Turn a batch of lake rows (id column, then one stamp column per kind) into output rows.

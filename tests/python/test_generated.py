@@ -98,3 +98,25 @@ def test_cli_cutout_and_incremental_index(binary, start_server, lakes, tmp_path)
     # The index is incremental: a second run reads nothing new.
     r = subprocess.run([binary, "index", "--config", str(s.config)], check=True, capture_output=True, text=True)
     assert "0 indexed, 4 unchanged" in r.stdout, r.stdout
+
+
+def test_corrupt_and_missing_files_fail_their_requests_only(binary, start_server, tmp_path):
+    lake = tmp_path / "ztf"
+    gen(binary, lake, "ztf", 40)
+    alerts = parquet_alerts(lake)
+    files = sorted({a["file"] for a in alerts})
+    s = start_server([("ztf", "ztf", lake)])
+    c = s.client()
+    first = lambda f: next(a for a in alerts if a["file"] == f)
+    # Corrupt the data of one file (its footer stays readable), delete another.
+    import pathlib
+    data = bytearray(pathlib.Path(files[0]).read_bytes())
+    data[4:len(data) // 2] = b"\x5a" * (len(data) // 2 - 4)
+    pathlib.Path(files[0]).write_bytes(bytes(data))
+    pathlib.Path(files[1]).unlink()
+    for f, needle in [(files[0], pathlib.Path(files[0]).name), (files[1], "missing")]:
+        with pytest.raises(flight.FlightInternalError) as e:  # DATA_LOSS
+            get(c, dataset="ztf", candid=first(f)["candid"])
+        assert needle in str(e.value) and "data loss" in str(e.value).lower(), str(e.value)
+    # Every other file still answers.
+    assert get(c, dataset="ztf", candid=first(files[2])["candid"]).num_rows == 3
