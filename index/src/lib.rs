@@ -261,50 +261,53 @@ impl DatasetIndex {
         Ok(self.object_alerts(object_id)?.pop())
     }
 
-    /// One ZTF alert by candid (the first committed copy).
-    pub fn candid(&self, candid: i64) -> Result<Option<ZtfHit>> {
-        for kv in self.candid.scan_prefix(keys::i64_key(candid)) {
+    /// The first copy of an id (in file id order) whose file is committed: its file id and value.
+    /// Ids of the `candid` and `dia` trees are keyed `id file_id`.
+    fn first_committed(&self, tree: &sled::Tree, id: i64) -> Result<Option<(u64, sled::IVec)>> {
+        for kv in tree.scan_prefix(keys::i64_key(id)) {
             let (k, v) = kv?;
             let file_id = keys::u64_at(&k, 8)?;
-            if !self.committed(file_id)? {
-                continue;
+            if self.committed(file_id)? {
+                return Ok(Some((file_id, v)));
             }
-            let (row_group, row, jd, object_id) = keys::decode_candid_value(&v)?;
-            return Ok(Some(ZtfHit {
-                object_id,
-                candid,
-                jd,
-                location: Location {
-                    file_id,
-                    row_group,
-                    row,
-                },
-            }));
         }
         Ok(None)
     }
 
+    /// One ZTF alert by candid (the first committed copy).
+    pub fn candid(&self, candid: i64) -> Result<Option<ZtfHit>> {
+        let Some((file_id, v)) = self.first_committed(&self.candid, candid)? else {
+            return Ok(None);
+        };
+        let (row_group, row, jd, object_id) = keys::decode_candid_value(&v)?;
+        Ok(Some(ZtfHit {
+            object_id,
+            candid,
+            jd,
+            location: Location {
+                file_id,
+                row_group,
+                row,
+            },
+        }))
+    }
+
     /// One Rubin alert by diaSourceId (the first committed copy).
     pub fn dia_source(&self, id: i64) -> Result<Option<LsstHit>> {
-        for kv in self.dia.scan_prefix(keys::i64_key(id)) {
-            let (k, v) = kv?;
-            let file_id = keys::u64_at(&k, 8)?;
-            if !self.committed(file_id)? {
-                continue;
-            }
-            let (row_group, row, mjd, dia_object_id) = keys::decode_dia_value(&v)?;
-            return Ok(Some(LsstHit {
-                dia_source_id: id,
-                dia_object_id,
-                mjd,
-                location: Location {
-                    file_id,
-                    row_group,
-                    row,
-                },
-            }));
-        }
-        Ok(None)
+        let Some((file_id, v)) = self.first_committed(&self.dia, id)? else {
+            return Ok(None);
+        };
+        let (row_group, row, mjd, dia_object_id) = keys::decode_dia_value(&v)?;
+        Ok(Some(LsstHit {
+            dia_source_id: id,
+            dia_object_id,
+            mjd,
+            location: Location {
+                file_id,
+                row_group,
+                row,
+            },
+        }))
     }
 
     /// Every source of a Rubin diaObject, oldest first; one copy per diaSourceId.
