@@ -5,7 +5,8 @@
 //!  ticket ─> plan (index lookups; spawn_blocking past a few ids) ─> targets grouped by (file, row group)
 //!        ─> per group: RowSelection over the row group + projection of the id and stamp leaves
 //!           (with the offset index, only the pages holding the rows are fetched)
-//!        ─> per batch: check ids, gunzip / decode FITS (spawn_blocking past a few stamps) ─> output batch
+//!        ─> per batch: check ids, gunzip / decode FITS ─> output batch
+//!  (reads, page decompression and stamp decoding run on the CPU runtime, `crate::cpu`)
 //! ```
 //!
 //! Every id is resolved before the first byte is sent: an unknown id fails the whole request
@@ -38,11 +39,10 @@ use crate::storage::IoStats;
 /// Alerts decoded per parquet batch (and so per output batch, times the stamp kinds).
 const BATCH_ROWS: usize = 32;
 
-/// Work this small runs on the async worker itself: a handful of sled lookups or gunzipping a
-/// few 15 KB stamps takes tens of microseconds, far below the ~500 us a poll may block, and a
-/// hop to the blocking pool (a thread wake-up each way) would cost more than the work.
+/// A plan naming this few ids runs its sled lookups on the gRPC worker itself: tens of
+/// microseconds, far below the ~500 us a poll may block, and cheaper than a hop to the
+/// blocking pool (a thread wake-up each way). Larger plans go to `spawn_blocking`.
 pub const INLINE_IDS: usize = 16;
-const INLINE_STAMPS: usize = 4;
 
 /// The ids of one alert, as they appear in the output.
 #[derive(Debug, Clone, PartialEq)]
@@ -342,37 +342,39 @@ async fn read_group(
             .map_err(move |e| Error::parquet(&what, e));
         parts.push(stream.boxed());
     }
-    let stream = zip_columns(parts);
-
-    let targets = Arc::new(targets);
-    let mut offset = 0usize;
-    let what = Arc::new(what);
-    Ok(stream
-        .and_then(move |raw| {
-            let range = offset..offset + raw.num_rows();
-            offset = range.end;
-            let (plan, targets, what) = (plan.clone(), targets.clone(), what.clone());
-            async move {
-                let Some(batch_targets) = targets.get(range.clone()) else {
-                    return Err(Error::Internal(format!(
+    // Everything from here runs on the CPU runtime: the parquet streams (page decompression
+    // and decoding happen inside their polls), the zip, and the stamp conversion. The gRPC side
+    // receives finished batches through a one-batch channel, so the work stays at most one batch
+    // ahead of the client and stops when the client goes away (the send fails).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(1);
+    lake.cpu.handle().spawn(async move {
+        let mut stream = zip_columns(parts);
+        let mut offset = 0usize;
+        while let Some(raw) = stream.next().await {
+            let out = raw.and_then(|raw| {
+                let range = offset..offset + raw.num_rows();
+                offset = range.end;
+                match targets.get(range.clone()) {
+                    Some(batch_targets) => convert(&plan, batch_targets, &raw, &what),
+                    None => Err(Error::Internal(format!(
                         "{what}: the reader returned rows {range:?} of {}",
                         targets.len()
-                    )));
-                };
-                if batch_targets.len() * plan.kinds.len() <= INLINE_STAMPS {
-                    return convert(&plan, batch_targets, &raw, &what);
+                    ))),
                 }
-                let batch_targets = batch_targets.to_vec();
-                tokio::task::spawn_blocking(move || convert(&plan, &batch_targets, &raw, &what)).await?
+            });
+            let failed = out.is_err();
+            if tx.send(out).await.is_err() || failed {
+                break;
             }
-        })
-        .boxed())
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
 
 /// Zip column streams over the same rows into batches holding all their columns. With more
-/// than one stream, each runs on its own task (so their reads and decompression overlap on
-/// several cores) behind a one-batch channel: the tasks stay only one batch ahead of the
-/// client, and stop when the zipped stream is dropped.
+/// than one stream, each runs on its own task of the current (CPU) runtime, so their reads and
+/// decompression overlap on several cores, behind a one-batch channel: the tasks stay only one
+/// batch ahead, and stop when the zipped stream is dropped.
 fn zip_columns(mut parts: Vec<BoxStream<'static, Result<RecordBatch>>>) -> BoxStream<'static, Result<RecordBatch>> {
     if parts.len() == 1 {
         return parts.pop().expect("one part");

@@ -12,6 +12,7 @@ use astroflight_index::reader::StoreReader;
 use astroflight_index::{BuildStats, DatasetIndex, FileEntry, Index, IndexBuilder, SurveyKind};
 
 use crate::config::Config;
+use crate::cpu::CpuPool;
 use crate::error::{Error, Result};
 use crate::storage::{open_root, CountingStore, IoStats, RangeReads};
 
@@ -79,6 +80,8 @@ pub struct Lake {
     pub footers: FooterCache,
     /// Everything read from storage since start.
     pub io: Arc<IoStats>,
+    /// Where pages are decompressed and stamps decoded.
+    pub cpu: CpuPool,
     index: Index,
 }
 
@@ -113,6 +116,7 @@ impl Lake {
             by_name,
             footers: FooterCache::new(config.footer_cache_files),
             io: Arc::new(IoStats::default()),
+            cpu: CpuPool::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))?,
             index,
         })
     }

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod config;
+pub mod cpu;
 pub mod cutout;
 pub mod demo;
 pub mod error;
