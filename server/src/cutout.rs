@@ -371,14 +371,12 @@ async fn read_group(
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
 
-/// Zip column streams over the same rows into batches holding all their columns. With more
-/// than one stream, each runs on its own task of the current (CPU) runtime, so their reads and
-/// decompression overlap on several cores, behind a one-batch channel: the tasks stay only one
-/// batch ahead, and stop when the zipped stream is dropped.
-fn zip_columns(mut parts: Vec<BoxStream<'static, Result<RecordBatch>>>) -> BoxStream<'static, Result<RecordBatch>> {
-    if parts.len() == 1 {
-        return parts.pop().expect("one part");
-    }
+/// Zip column streams over the same rows into batches holding all their columns. Each stream
+/// runs on its own task of the current (CPU) runtime, behind a one-batch channel: the stamp
+/// columns of a multi-kind ticket are read and decompressed in parallel, and the next batch is
+/// decoded while this one is converted. The tasks stay one batch ahead and stop when the zipped
+/// stream is dropped.
+fn zip_columns(parts: Vec<BoxStream<'static, Result<RecordBatch>>>) -> BoxStream<'static, Result<RecordBatch>> {
     let receivers: Vec<tokio::sync::mpsc::Receiver<Result<RecordBatch>>> = parts
         .into_iter()
         .map(|mut part| {
