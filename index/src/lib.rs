@@ -118,6 +118,14 @@ pub struct LsstHit {
     pub location: Location,
 }
 
+/// What a dataset's catalog holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CatalogSummary {
+    pub files: usize,
+    pub alerts: u64,
+    pub bytes: u64,
+}
+
 /// The catalog entry of one indexed (committed) file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileEntry {
@@ -336,9 +344,14 @@ impl DatasetIndex {
         Ok(hits)
     }
 
-    /// Number of id rows (alerts, counting copies) of committed files.
-    pub fn alert_count(&self) -> Result<u64> {
-        Ok(self.files()?.iter().map(|f| f.row_groups.iter().sum::<u64>()).sum())
+    /// Committed files, their alerts (counting copies) and bytes, from one catalog scan.
+    pub fn summary(&self) -> Result<CatalogSummary> {
+        let files = self.files()?;
+        Ok(CatalogSummary {
+            files: files.len(),
+            alerts: files.iter().map(|f| f.row_groups.iter().sum::<u64>()).sum(),
+            bytes: files.iter().map(|f| f.size).sum(),
+        })
     }
 }
 

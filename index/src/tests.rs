@@ -108,7 +108,14 @@ async fn build_lookup_and_rebuild_incrementally() {
     assert!(ix.candid(20).unwrap().is_none());
     assert_eq!(ix.candid(40).unwrap().unwrap().object_id, "ZTF4");
     assert_eq!(ix.files().unwrap().len(), 1);
-    assert_eq!(ix.alert_count().unwrap(), 1);
+    let sum = ix.summary().unwrap();
+    assert_eq!((sum.files, sum.alerts), (1, 1));
+    assert_eq!(
+        sum.bytes,
+        std::fs::metadata(d.join("year=2020/month=01/day=01/a.parquet"))
+            .unwrap()
+            .len()
+    );
 }
 
 #[tokio::test]

@@ -42,19 +42,17 @@ impl AstroFlight {
     fn dataset_info(&self, name: &str) -> Result<FlightInfo, Error> {
         let (_, ds) = self.lake.dataset(name)?;
         let schema = cutout_schema(ds.kind, StampFormat::Fits);
-        let files = ds.index.files()?;
-        let alerts: u64 = files.iter().map(|f| f.row_groups.iter().sum::<u64>()).sum();
-        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        let sum = ds.index.summary()?;
         let meta = json!({
             "dataset": ds.name, "kind": ds.kind.name(), "root": ds.root,
-            "files": files.len(), "alerts": alerts, "bytes": bytes,
+            "files": sum.files, "alerts": sum.alerts, "bytes": sum.bytes,
         });
         Ok(FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Error::Internal(e.to_string()))?
             .with_descriptor(FlightDescriptor::new_path(vec![ds.name.clone()]))
-            .with_total_records(alerts as i64)
-            .with_total_bytes(bytes as i64)
+            .with_total_records(sum.alerts as i64)
+            .with_total_bytes(sum.bytes as i64)
             .with_app_metadata(meta.to_string()))
     }
 
@@ -219,15 +217,14 @@ impl FlightService for AstroFlight {
         tracing::Span::current().record("action", action.r#type.as_str());
         let body = match action.r#type.as_str() {
             "stats" => {
-                let datasets: Vec<_> = self
+                let datasets = self
                     .lake
                     .datasets()
                     .map(|d| {
-                        let files = d.index.files().unwrap_or_default();
-                        json!({"name": d.name, "kind": d.kind.name(), "files": files.len(),
-                               "alerts": files.iter().map(|f| f.row_groups.iter().sum::<u64>()).sum::<u64>()})
+                        let sum = d.index.summary().map_err(Error::from)?;
+                        Ok(json!({"name": d.name, "kind": d.kind.name(), "files": sum.files, "alerts": sum.alerts}))
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>, Error>>()?;
                 json!({"io": self.lake.io.snapshot(), "footer_cache_files": self.lake.footers.len(), "datasets": datasets})
             }
             "reindex" => {
