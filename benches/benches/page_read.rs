@@ -31,14 +31,14 @@ fn bench(c: &mut Criterion) {
         index_dir: dir.path().join("index"),
         ..Config::default()
     };
-    config.datasets.push(DatasetConfig {
-        name: "ztf".into(),
-        kind: DatasetKind::Ztf,
-        root: lake_dir.to_string_lossy().into_owned(),
-    });
+    config
+        .datasets
+        .push(DatasetConfig::new("ztf", DatasetKind::Ztf, lake_dir.to_string_lossy()));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let lake = Arc::new(Lake::open(&config).unwrap());
-    rt.block_on(lake.reindex()).unwrap();
+    for (name, result) in rt.block_on(lake.reindex()) {
+        result.unwrap_or_else(|e| panic!("indexing {name}: {e}"));
+    }
     let (_, ds) = lake.dataset("ztf").unwrap();
     let candids: Vec<i64> = {
         let f = ds.index.files().unwrap();

@@ -55,6 +55,23 @@ struct FileIds {
     row_groups: Vec<u64>,
     rows: Vec<(u32, u32, RowIds, f64)>,
     null_ids: u64,
+    metadata_len: u64,
+}
+
+/// Bytes after the end of the last column chunk: what a reader must fetch to get the footer
+/// and the page indexes in one read.
+fn metadata_len(md: &parquet::file::metadata::ParquetMetaData, size: u64) -> u64 {
+    let data_end = md
+        .row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns())
+        .map(|c| {
+            let (start, len) = c.byte_range();
+            start + len
+        })
+        .max()
+        .unwrap_or(4);
+    size.saturating_sub(data_end)
 }
 
 /// True for the data files of a Spark-written lake: `*.parquet`, outside hidden or
@@ -178,6 +195,7 @@ impl IndexBuilder {
             path: path.clone(),
             message,
         };
+        let meta_size = meta.size;
         let reader = StoreReader::new(self.store.clone(), meta.location.clone(), meta.size);
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
@@ -213,6 +231,7 @@ impl IndexBuilder {
             rows: Vec::with_capacity(row_groups.iter().sum::<u64>() as usize),
             row_groups: row_groups.clone(),
             null_ids: 0,
+            metadata_len: metadata_len(&md, meta_size),
         };
         let (mut rg, mut row_in_rg) = (0usize, 0u64);
         while let Some(batch) = stream.next().await {
@@ -412,6 +431,7 @@ fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
         e_tag: ids.meta.e_tag.clone(),
         last_modified_ms: ids.meta.last_modified.timestamp_millis(),
         row_groups: ids.row_groups,
+        metadata_len: ids.metadata_len,
     };
     ix.files
         .insert(file_id.to_be_bytes(), keys::encode_file_entry(&entry))?;
@@ -508,6 +528,7 @@ pub(crate) mod test_support {
             row_groups: vec![rows.len() as u64],
             rows,
             null_ids: 0,
+            metadata_len: 0,
         };
         write_file(ix, ids)?;
         // Take the commit record back out: what a crash between rows and commit leaves.

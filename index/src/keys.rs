@@ -187,6 +187,8 @@ pub(crate) fn encode_file_entry(f: &FileEntry) -> Vec<u8> {
     for r in &f.row_groups {
         v.extend_from_slice(&r.to_be_bytes());
     }
+    // Appended field: entries written before it existed end here and decode as 0.
+    v.extend_from_slice(&f.metadata_len.to_be_bytes());
     v
 }
 
@@ -209,7 +211,10 @@ pub(crate) fn decode_file_entry(file_id: u64, b: &[u8]) -> Result<FileEntry> {
     let n = u32_at(b, at)? as usize;
     at += 4;
     let row_groups = (0..n).map(|i| u64_at(b, at + 8 * i)).collect::<Result<Vec<_>>>()?;
+    at += 8 * n;
+    let metadata_len = if at == b.len() { 0 } else { u64_at(b, at)? };
     Ok(FileEntry {
+        metadata_len,
         file_id,
         path,
         size,
@@ -242,8 +247,13 @@ mod tests {
             e_tag: Some("\"abc\"".into()),
             last_modified_ms: 1_700_000_000_000,
             row_groups: vec![2500, 13],
+            metadata_len: 300_123,
         };
         assert_eq!(decode_file_entry(9, &encode_file_entry(&f)).unwrap(), f);
+        // An entry written before `metadata_len` existed decodes with 0.
+        let old = encode_file_entry(&f);
+        let old = &old[..old.len() - 8];
+        assert_eq!(decode_file_entry(9, old).unwrap().metadata_len, 0);
         let g = FileEntry { e_tag: None, ..f };
         assert_eq!(decode_file_entry(9, &encode_file_entry(&g)).unwrap(), g);
         for ids in [

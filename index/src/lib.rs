@@ -138,6 +138,10 @@ pub struct FileEntry {
     pub last_modified_ms: i64,
     /// Rows of each row group.
     pub row_groups: Vec<u64>,
+    /// Bytes at the end of the file after the last column chunk: the footer, page indexes
+    /// (and bloom filters). A reader fetches exactly this suffix to open the file in one read.
+    /// 0 when unknown (entries written by older versions).
+    pub metadata_len: u64,
 }
 
 impl FileEntry {

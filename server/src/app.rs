@@ -19,6 +19,7 @@ pub struct App {
     addr: SocketAddr,
     lake: Arc<Lake>,
     listener: TcpListener,
+    deadline: std::time::Duration,
 }
 
 /// Stops a running server (dropping it stops the server too).
@@ -38,9 +39,13 @@ impl App {
     pub async fn build(config: Config) -> Result<App> {
         let lake = Arc::new(Lake::open(&config)?);
         if config.index_on_start {
-            for (name, s) in lake.reindex().await? {
-                for (path, err) in &s.failed {
-                    tracing::warn!(dataset = %name, %path, %err, "file not indexed");
+            // A dataset that cannot be indexed now (storage down) is served from its previous
+            // index; the failure is logged by reindex and the `reindex` action can retry.
+            for (name, result) in lake.reindex().await {
+                if let Ok(s) = result {
+                    for (path, err) in &s.failed {
+                        tracing::warn!(dataset = %name, %path, %err, "file not indexed");
+                    }
                 }
             }
         }
@@ -48,7 +53,13 @@ impl App {
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
         let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(App { addr, lake, listener })
+        let deadline = std::time::Duration::from_secs_f64(config.deadline_secs);
+        Ok(App {
+            addr,
+            lake,
+            listener,
+            deadline,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -79,7 +90,7 @@ impl App {
 
     async fn serve(self, stop: oneshot::Receiver<()>) -> Result<()> {
         info!(addr = %self.addr, "astroflight listening");
-        let service = FlightServiceServer::new(AstroFlight::new(self.lake.clone()))
+        let service = FlightServiceServer::new(AstroFlight::new(self.lake.clone(), self.deadline))
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(64 << 20);
         // TCP_NODELAY on every accepted socket (tonic's own setting covers only sockets it binds

@@ -12,6 +12,8 @@
 //! Relative paths in the file (`index_dir`, a `root` without a scheme) are relative to the
 //! file's directory, so a config and its lake can move together.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -38,22 +40,103 @@ pub struct Config {
     /// Run an incremental index build of every dataset when the server starts.
     #[serde(default = "default_true")]
     pub index_on_start: bool,
+    /// Longest a DoGet may take, in seconds, start to last byte (a client's shorter
+    /// `grpc-timeout` wins). Past it the stream ends with DEADLINE_EXCEEDED, so a stuck storage
+    /// read never hangs a client. Storage retry budgets should be shorter.
+    #[serde(default = "default_deadline")]
+    pub deadline_secs: f64,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One dataset. Only `name`, `kind` and `root` are required; the rest are storage options,
+/// each valid for some root schemes only (a misplaced one is an error, not silently ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     pub name: String,
     pub kind: DatasetKind,
-    /// `file:///abs/path`, or a plain path (relative to the config file).
+    /// `file:///abs/path` or a plain path (relative to the config file), `s3://bucket/prefix`,
+    /// `hdfs://namenode:port/path` (or `hdfs://nameservice/path`), `http(s)://host/path`.
     pub root: String,
+
+    // S3 (`s3://`). Unset options come from the usual AWS_* environment variables.
+    /// Custom endpoint (MinIO, Ceph, moto...): requests are path-style unless
+    /// `virtual_hosted_style = true`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// Allow a plain `http://` endpoint.
+    pub allow_http: Option<bool>,
+    pub virtual_hosted_style: Option<bool>,
+    /// Unsigned requests (public buckets).
+    pub anonymous: Option<bool>,
+
+    // HDFS (`hdfs://`).
+    /// Hadoop client settings (e.g. `dfs.ha.namenodes.<ns>` for an HA nameservice); they
+    /// override the files of $HADOOP_CONF_DIR.
+    #[serde(default)]
+    pub hdfs: BTreeMap<String, String>,
+
+    // HTTP(S) (`http://`, `https://`): HTTP cannot list, so the files are named here or in a
+    // manifest at the root.
+    /// The data files, relative to the root.
+    pub files: Option<Vec<String>>,
+    /// A text file at the root listing the data files, one relative path per line
+    /// (default `_manifest`, used when `files` is not given).
+    pub manifest: Option<String>,
+
+    // Remote stores (S3 and HTTP): every request has a timeout, and a failed or timed-out
+    // request is retried with exponential backoff within a bounded budget.
+    /// Retries of one request (default 3).
+    pub retries: Option<usize>,
+    /// Total time one request may spend retrying, in seconds (default 15).
+    pub retry_timeout_secs: Option<f64>,
+    /// Timeout of one storage request, connect to last byte, in seconds (default 20).
+    pub request_timeout_secs: Option<f64>,
+    /// Connect timeout, in seconds (default 5).
+    pub connect_timeout_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+impl DatasetConfig {
+    /// A dataset with no storage options.
+    pub fn new(name: impl Into<String>, kind: DatasetKind, root: impl Into<String>) -> Self {
+        DatasetConfig {
+            name: name.into(),
+            kind,
+            root: root.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A credential: deserialized like a string, but never printed (Debug shows `***`), so
+/// secrets cannot reach logs through a configuration dump or an error message.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetKind {
+    #[default]
     Ztf,
     Lsst,
 }
@@ -78,6 +161,9 @@ fn default_footer_cache() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+fn default_deadline() -> f64 {
+    120.0
 }
 
 impl Default for Config {
@@ -132,6 +218,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if !(self.deadline_secs > 0.0 && self.deadline_secs.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "deadline_secs must be a positive number of seconds (got {})",
+                self.deadline_secs
+            )));
+        }
         let mut names = std::collections::HashSet::new();
         for d in &self.datasets {
             if d.name.is_empty()
@@ -203,5 +295,38 @@ mod tests {
             e("[[dataset]]\nname='a'\nkind='ztf'\nroot='x'\n[[dataset]]\nname='a'\nkind='ztf'\nroot='y'")
                 .contains("twice")
         );
+        assert!(e("deadline_secs = 0\n[[dataset]]\nname='a'\nkind='ztf'\nroot='x'").contains("deadline_secs"));
+    }
+
+    #[test]
+    fn storage_options_parse_and_secrets_stay_hidden() {
+        let c = Config::parse(
+            r#"
+            [[dataset]]
+            name = "ztf"
+            kind = "ztf"
+            root = "s3://bucket/lake"
+            endpoint = "http://127.0.0.1:9000"
+            access_key_id = "AKIDEXAMPLE"
+            secret_access_key = "very-secret-value"
+            allow_http = true
+            retries = 2
+            [[dataset]]
+            name = "fink"
+            kind = "ztf"
+            root = "hdfs://ns/user/fink"
+            [dataset.hdfs]
+            "dfs.ha.namenodes.ns" = "nn1,nn2"
+            "#,
+            Path::new("."),
+        )
+        .unwrap();
+        let s3 = &c.datasets[0];
+        assert_eq!(s3.secret_access_key.as_ref().unwrap().expose(), "very-secret-value");
+        assert_eq!(s3.retries, Some(2));
+        assert_eq!(c.datasets[1].hdfs["dfs.ha.namenodes.ns"], "nn1,nn2");
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("very-secret-value"), "{dump}");
+        assert!(dump.contains("AKIDEXAMPLE"));
     }
 }

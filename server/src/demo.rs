@@ -44,11 +44,9 @@ pub fn prepare(dir: &Path, alerts_per_file: u32) -> Result<Config> {
             })
             .map_err(|e| Error::Internal(format!("cannot generate the demo lake: {e}")))?;
         }
-        config.datasets.push(DatasetConfig {
-            name: name.into(),
-            kind,
-            root: out.to_string_lossy().into_owned(),
-        });
+        config
+            .datasets
+            .push(DatasetConfig::new(name, kind, out.to_string_lossy()));
     }
     config.index_dir = dir.join("index");
     config.apply_env(|k| std::env::var(k).ok());

@@ -1,9 +1,11 @@
 //! The Arrow Flight service. Handlers stay thin: decode the ticket once into a typed
 //! [`Command`], call the lake, turn errors into statuses with [`Error::to_status`].
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -30,13 +32,25 @@ use crate::storage::IoStats;
 /// customary 4 MiB receive limit.
 pub const MAX_FLIGHT_DATA_BYTES: usize = 2 << 20;
 
+/// DoGet requests remembered for the `stats` action.
+const RECENT_REQUESTS: usize = 256;
+
 pub struct AstroFlight {
     lake: Arc<Lake>,
+    deadline: Duration,
+    recent: Arc<Mutex<VecDeque<serde_json::Value>>>,
+    next_request: AtomicU64,
 }
 
 impl AstroFlight {
-    pub fn new(lake: Arc<Lake>) -> Self {
-        AstroFlight { lake }
+    /// `deadline`: the longest one DoGet may take (a client's shorter `grpc-timeout` wins).
+    pub fn new(lake: Arc<Lake>, deadline: Duration) -> Self {
+        AstroFlight {
+            lake,
+            deadline,
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_REQUESTS))),
+            next_request: AtomicU64::new(1),
+        }
     }
 
     fn dataset_info(&self, name: &str) -> Result<FlightInfo, Error> {
@@ -44,7 +58,7 @@ impl AstroFlight {
         let schema = cutout_schema(ds.kind, StampFormat::Fits);
         let sum = ds.index.summary()?;
         let meta = json!({
-            "dataset": ds.name, "kind": ds.kind.name(), "root": ds.root,
+            "dataset": ds.name, "kind": ds.kind.name(), "root": ds.root, "storage": ds.backend.name(),
             "files": sum.files, "alerts": sum.alerts, "bytes": sum.bytes,
         });
         Ok(FlightInfo::new()
@@ -167,19 +181,34 @@ impl FlightService for AstroFlight {
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let started = Instant::now();
+        let (id, deadline) = self.request_id_and_deadline(request.metadata())?;
+        let deadline_at = tokio::time::Instant::from_std(started) + deadline;
         let ticket = request.into_inner().ticket;
         let span = tracing::info_span!(
             "do_get",
+            request = id.as_str(),
             dataset = tracing::field::Empty,
             alerts = tracing::field::Empty
         );
-        let started = Instant::now();
-        let plan = self.plan(&ticket).instrument(span.clone()).await?;
+        let plan = match tokio::time::timeout_at(deadline_at, self.plan(&ticket).instrument(span.clone())).await {
+            Ok(plan) => plan?,
+            Err(_) => return Err(deadline_status(deadline)),
+        };
         span.record("dataset", plan.dataset.name.as_str());
         span.record("alerts", plan.targets.len());
+        let record = RequestRecord {
+            id,
+            dataset: plan.dataset.name.clone(),
+            alerts: plan.targets.len(),
+            io: Arc::new(IoStats::default()),
+            started,
+            span,
+            outcome: Mutex::new(None),
+            recent: self.recent.clone(),
+        };
         let schema = plan.schema();
-        let io = Arc::new(IoStats::default());
-        let batches = cutout::execute(self.lake.clone(), plan, io.clone())
+        let batches = cutout::execute(self.lake.clone(), plan, record.io.clone())
             .map_err(|e| FlightError::Tonic(Box::new(e.to_status())));
         let encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
@@ -189,16 +218,32 @@ impl FlightService for AstroFlight {
                 FlightError::Tonic(status) => *status,
                 other => Status::internal(other.to_string()),
             });
-        // Log what the request read from storage once the stream ends (or the client goes).
-        let done = LogOnDrop { io, started, span };
-        Ok(Response::new(
-            encoded
-                .map(move |x| {
-                    let _ = &done;
-                    x
-                })
-                .boxed(),
-        ))
+        // The whole stream is bounded by the deadline: a storage read that never returns ends
+        // the request with DEADLINE_EXCEEDED instead of hanging the client. The record logs
+        // what the request read from storage once the stream ends (or the client goes).
+        let record = Arc::new(record);
+        let out = stream::unfold(
+            (encoded, record, false),
+            move |(mut encoded, record, done)| async move {
+                if done {
+                    return None;
+                }
+                let item = match tokio::time::timeout_at(deadline_at, encoded.next()).await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => {
+                        record.finish("ok");
+                        return None;
+                    }
+                    Err(_) => Err(deadline_status(deadline)),
+                };
+                let failed = item.is_err();
+                if let Err(status) = &item {
+                    record.finish(code_name(status.code()));
+                }
+                Some((item, (encoded, record, failed)))
+            },
+        );
+        Ok(Response::new(out.boxed()))
     }
 
     async fn do_put(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
@@ -222,19 +267,25 @@ impl FlightService for AstroFlight {
                     .datasets()
                     .map(|d| {
                         let sum = d.index.summary().map_err(Error::from)?;
-                        Ok(json!({"name": d.name, "kind": d.kind.name(), "files": sum.files, "alerts": sum.alerts}))
+                        Ok(
+                            json!({"name": d.name, "kind": d.kind.name(), "storage": d.backend.name(),
+                                  "files": sum.files, "alerts": sum.alerts}),
+                        )
                     })
                     .collect::<Result<Vec<_>, Error>>()?;
-                json!({"io": self.lake.io.snapshot(), "footer_cache_files": self.lake.footers.len(), "datasets": datasets})
+                let recent: Vec<serde_json::Value> = self.recent.lock().expect("recent lock").iter().cloned().collect();
+                json!({"io": self.lake.io.snapshot(), "footer_cache_files": self.lake.footers.len(),
+                       "datasets": datasets, "requests": recent})
             }
             "reindex" => {
-                let stats = self.lake.reindex().await?;
+                let stats = self.lake.reindex().await;
                 let out: Vec<_> = stats
                     .into_iter()
-                    .map(|(name, s)| {
-                        json!({"dataset": name, "listed": s.listed, "indexed": s.indexed, "unchanged": s.unchanged,
-                               "removed": s.removed, "repaired": s.repaired, "rows": s.rows,
-                               "failed": s.failed.iter().map(|(p, m)| json!({"path": p, "error": m})).collect::<Vec<_>>()})
+                    .map(|(name, result)| match result {
+                        Ok(s) => json!({"dataset": name, "listed": s.listed, "indexed": s.indexed,
+                               "unchanged": s.unchanged, "removed": s.removed, "repaired": s.repaired, "rows": s.rows,
+                               "failed": s.failed.iter().map(|(p, m)| json!({"path": p, "error": m})).collect::<Vec<_>>()}),
+                        Err(e) => json!({"dataset": name, "error": e.to_string()}),
                     })
                     .collect();
                 json!({"datasets": out})
@@ -255,7 +306,7 @@ impl FlightService for AstroFlight {
         let actions = [
             (
                 "stats",
-                "storage I/O totals (requests, bytes), footer cache size and per-dataset counts, as JSON",
+                "storage I/O totals (requests, bytes), the last DoGet requests with their own I/O, footer cache size and per-dataset counts, as JSON",
             ),
             (
                 "reindex",
@@ -275,21 +326,127 @@ impl FlightService for AstroFlight {
     }
 }
 
-struct LogOnDrop {
+impl AstroFlight {
+    /// The request's id (the client's `x-request-id`, else a server counter) and its deadline
+    /// (the server's, or the client's `grpc-timeout` when shorter).
+    fn request_id_and_deadline(&self, md: &tonic::metadata::MetadataMap) -> Result<(String, Duration), Status> {
+        let id = match md.get("x-request-id") {
+            Some(v) => {
+                let v = v
+                    .to_str()
+                    .map_err(|_| Status::invalid_argument("x-request-id must be printable ASCII"))?;
+                if v.is_empty() || v.len() > 128 {
+                    return Err(Status::invalid_argument("x-request-id must be 1 to 128 characters"));
+                }
+                v.to_string()
+            }
+            None => format!("req-{}", self.next_request.fetch_add(1, Ordering::Relaxed)),
+        };
+        let client = match md.get("grpc-timeout") {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(parse_grpc_timeout)
+                    .ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header"))?,
+            ),
+            None => None,
+        };
+        Ok((id, client.map_or(self.deadline, |c| c.min(self.deadline))))
+    }
+}
+
+/// gRPC's `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn deadline_status(deadline: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "the request did not finish within its deadline of {:.1} s (the server's deadline_secs or the client's timeout)",
+        deadline.as_secs_f64()
+    ))
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Cancelled => "CANCELLED",
+        _ => "OTHER",
+    }
+}
+
+/// One DoGet: what it read from storage and how it ended. Logged, and remembered for `stats`,
+/// when the stream is dropped: finished, failed, or abandoned by the client ("cancelled").
+struct RequestRecord {
+    id: String,
+    dataset: String,
+    alerts: usize,
     io: Arc<IoStats>,
     started: Instant,
     span: tracing::Span,
+    outcome: Mutex<Option<&'static str>>,
+    recent: Arc<Mutex<VecDeque<serde_json::Value>>>,
 }
 
-impl Drop for LogOnDrop {
+impl RequestRecord {
+    fn finish(&self, outcome: &'static str) {
+        self.outcome.lock().expect("outcome lock").get_or_insert(outcome);
+    }
+}
+
+impl Drop for RequestRecord {
     fn drop(&mut self) {
         let io = self.io.snapshot();
-        let _g = self.span.enter();
-        info!(
-            requests = io.requests,
-            bytes = io.bytes,
-            ms = self.started.elapsed().as_secs_f64() * 1e3,
-            "do_get done"
-        );
+        let ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let outcome = self
+            .outcome
+            .lock()
+            .map(|o| o.unwrap_or("cancelled"))
+            .unwrap_or("cancelled");
+        {
+            let _g = self.span.enter();
+            info!(requests = io.requests, bytes = io.bytes, ms, outcome, "do_get done");
+        }
+        let entry = json!({"id": self.id, "dataset": self.dataset, "alerts": self.alerts,
+                           "requests": io.requests, "bytes": io.bytes, "ms": ms, "outcome": outcome});
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_REQUESTS {
+                recent.pop_front();
+            }
+            recent.push_back(entry);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use tracing::info;
+use tracing::{info, warn};
 
 use astroflight_index::reader::StoreReader;
 use astroflight_index::{BuildStats, DatasetIndex, FileEntry, Index, IndexBuilder, SurveyKind};
@@ -14,7 +14,7 @@ use astroflight_index::{BuildStats, DatasetIndex, FileEntry, Index, IndexBuilder
 use crate::config::Config;
 use crate::cpu::CpuPool;
 use crate::error::{Error, Result};
-use crate::storage::{open_root, CountingStore, IoStats, RangeReads};
+use crate::storage::{open_dataset, Backend, CountingStore, IoStats, RangeReads};
 
 pub struct Dataset {
     pub name: String,
@@ -22,6 +22,7 @@ pub struct Dataset {
     pub root: String,
     pub store: Arc<dyn ObjectStore>,
     pub range_reads: RangeReads,
+    pub backend: Backend,
     pub index: DatasetIndex,
 }
 
@@ -100,14 +101,15 @@ impl Lake {
         let mut datasets = Vec::new();
         let mut by_name = BTreeMap::new();
         for d in &config.datasets {
-            let (store, range_reads) = open_root(&d.root)?;
+            let opened = open_dataset(d)?;
             by_name.insert(d.name.clone(), datasets.len());
             datasets.push(Arc::new(Dataset {
                 name: d.name.clone(),
                 kind: d.kind.survey(),
                 root: d.root.clone(),
-                store,
-                range_reads,
+                store: opened.store,
+                range_reads: opened.range_reads,
+                backend: opened.backend,
                 index: index.dataset(&d.name)?,
             }));
         }
@@ -144,8 +146,9 @@ impl Lake {
         ))
     }
 
-    /// The footer of an indexed file, from the cache or read (one suffix read holding the footer
-    /// and the offset index). A footer that disagrees with the index's row counts means the file
+    /// The footer of an indexed file, from the cache or read: one suffix read holding the footer
+    /// and the offset index, sized from the index (which measured where the file's data ends),
+    /// so a cold cutout never reads more of the file than its metadata. A footer that disagrees with the index's row counts means the file
     /// changed since it was indexed.
     pub async fn footer(
         &self,
@@ -158,6 +161,9 @@ impl Lake {
         }
         let what = format!("file {}", entry.path);
         let mut reader = StoreReader::new(store, Path::from(entry.path.as_str()), entry.size).with_offset_index();
+        if entry.metadata_len > 0 {
+            reader = reader.with_prefetch(entry.metadata_len as usize);
+        }
         let md = reader.load_metadata().await.map_err(|e| Error::parquet(&what, e))?;
         let rows: Vec<u64> = md.row_groups().iter().map(|r| r.num_rows() as u64).collect();
         if rows != entry.row_groups {
@@ -172,8 +178,10 @@ impl Lake {
     }
 
     /// Incrementally index every dataset (the server runs this at start and on the `reindex`
-    /// action; `astroflight index` runs it without a server).
-    pub async fn reindex(&self) -> Result<Vec<(String, BuildStats)>> {
+    /// action; `astroflight index` runs it without a server). Each dataset succeeds or fails
+    /// alone: a dataset whose storage is down (its listing fails) keeps its previous index,
+    /// untouched, and the others are still brought up to date.
+    pub async fn reindex(&self) -> Vec<(String, Result<BuildStats>)> {
         let mut out = Vec::new();
         for ds in &self.datasets {
             let store: Arc<dyn ObjectStore> = Arc::new(CountingStore::new(
@@ -181,12 +189,22 @@ impl Lake {
                 ds.range_reads,
                 vec![self.io.clone()],
             ));
-            let stats = IndexBuilder::new(store, None, ds.kind, ds.index.clone()).run().await?;
-            info!(dataset = %ds.name, indexed = stats.indexed, unchanged = stats.unchanged, removed = stats.removed,
-                  failed = stats.failed.len(), rows = stats.rows, "index up to date");
-            out.push((ds.name.clone(), stats));
+            // Remote stores gain from more files in flight (each read is a network round trip).
+            let concurrency = if ds.backend == Backend::File { 4 } else { 8 };
+            let result = IndexBuilder::new(store, None, ds.kind, ds.index.clone())
+                .with_concurrency(concurrency)
+                .run()
+                .await
+                .map_err(Error::from);
+            match &result {
+                Ok(stats) => info!(dataset = %ds.name, indexed = stats.indexed, unchanged = stats.unchanged,
+                                   removed = stats.removed, failed = stats.failed.len(), rows = stats.rows,
+                                   "index up to date"),
+                Err(e) => warn!(dataset = %ds.name, error = %e, "index build failed; the previous index stays in use"),
+            }
+            out.push((ds.name.clone(), result));
         }
-        Ok(out)
+        out
     }
 
     pub fn flush(&self) -> Result<()> {

@@ -234,7 +234,15 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             }
             let lake = Lake::open(&cfg)?;
             let mut failed = 0;
-            for (name, s) in lake.reindex().await? {
+            for (name, result) in lake.reindex().await {
+                let s = match result {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("{name}: index not updated (the previous index is kept): {e}");
+                        failed += 1;
+                        continue;
+                    }
+                };
                 println!(
                     "{name}: {} files listed, {} indexed, {} unchanged, {} removed, {} repaired, {} alerts written, {} failed",
                     s.listed,

@@ -4,45 +4,216 @@
 //! inside it: object_store paths cannot hold `..`, and the local store is confined to its prefix.
 //! [`CountingStore`] wraps a store and counts requests and bytes into any number of
 //! [`IoStats`] (the server's totals and the current Flight request's).
+//!
+//! Backends: a local directory (`file://` or a plain path), S3 (`s3://bucket/prefix`, through
+//! object_store's S3 client), HDFS (`hdfs://namenode:port/path` or an HA nameservice, through
+//! hdfs-native: no JVM) and HTTP(S) (object_store's HTTP client with range requests; it cannot
+//! list, so [`ListedStore`] lists from a manifest or the configuration).
+//!
+//! A vectored read on a remote store is coalesced here, in [`CountingStore`]: ranges closer
+//! than object_store's coalescing distance (1 MiB) become one ranged GET, the GETs run
+//! concurrently, and each one is counted as it is made. The counts are therefore the requests
+//! the server made (object_store's internal retries of one request are not counted twice).
 
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use hdfs_native_object_store::HdfsObjectStoreBuilder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult, OBJECT_STORE_COALESCE_DEFAULT,
+    BackoffConfig, ClientConfigKey, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
+    OBJECT_STORE_COALESCE_DEFAULT,
 };
 use serde::Serialize;
 
+use crate::config::DatasetConfig;
 use crate::error::{Error, Result};
 
-/// Open the store of a dataset root. Only `file://` URLs and plain paths exist so far.
-pub fn open_root(root: &str) -> Result<(Arc<dyn ObjectStore>, RangeReads)> {
-    let path: PathBuf = match root.split_once("://") {
-        None => PathBuf::from(root),
-        Some(("file", rest)) => {
-            let url = url::Url::parse(root).map_err(|e| Error::InvalidArgument(format!("dataset root {root:?} is not a URL: {e}")))?;
-            if !rest.starts_with('/') {
-                return Err(Error::InvalidArgument(format!("dataset root {root:?}: a file URL needs an absolute path (file:///...)")));
-            }
-            url.to_file_path()
-                .map_err(|_| Error::InvalidArgument(format!("dataset root {root:?} is not a local path")))?
+/// The kind of storage behind a dataset root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    File,
+    S3,
+    Hdfs,
+    Http,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::File => "file",
+            Backend::S3 => "s3",
+            Backend::Hdfs => "hdfs",
+            Backend::Http => "http",
         }
-        Some((scheme, _)) => {
-            return Err(Error::InvalidArgument(format!(
-                "dataset root {root:?}: storage scheme {scheme}:// is not supported by this build; use file:// (or a plain path)"
+    }
+}
+
+/// An opened dataset root: a store whose root is the dataset root.
+pub struct OpenedRoot {
+    pub store: Arc<dyn ObjectStore>,
+    pub range_reads: RangeReads,
+    pub backend: Backend,
+}
+
+/// Defaults of the remote-store options (see [`DatasetConfig`]).
+pub const DEFAULT_RETRIES: usize = 3;
+pub const DEFAULT_RETRY_TIMEOUT_SECS: f64 = 15.0;
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: f64 = 20.0;
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 5.0;
+/// The manifest an HTTP dataset reads when its configuration lists no `files`.
+pub const DEFAULT_MANIFEST: &str = "_manifest";
+
+/// Open the store of a dataset root: a local directory, an S3 bucket prefix, an HDFS
+/// directory or an HTTP(S) base URL. Options that do not apply to the root's scheme are
+/// refused by name, so a typo'd or misplaced option never goes unnoticed.
+pub fn open_dataset(d: &DatasetConfig) -> Result<OpenedRoot> {
+    let root = d.root.as_str();
+    let bad = |msg: String| Error::InvalidArgument(format!("dataset {:?}: {msg}", d.name));
+    let scheme = root.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let backend = match scheme.as_deref() {
+        None | Some("file") => Backend::File,
+        Some("s3") | Some("s3a") => Backend::S3,
+        Some("hdfs") => Backend::Hdfs,
+        Some("http") | Some("https") => Backend::Http,
+        Some(other) => {
+            return Err(bad(format!(
+                "root {root:?}: storage scheme {other}:// is not supported; use file://, s3://, hdfs://, http:// or https://"
             )))
         }
     };
-    Ok((local_store(&path)?, RangeReads::Exact))
+    check_options(d, backend).map_err(bad)?;
+    let url = match backend {
+        Backend::File => None,
+        _ => {
+            let url = url::Url::parse(root).map_err(|e| bad(format!("root {root:?} is not a URL: {e}")))?;
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(bad(
+                    "credentials in the root URL are not accepted (they would end up in logs); use the dataset's \
+                     access_key_id / secret_access_key options or the AWS_* environment variables"
+                        .into(),
+                ));
+            }
+            Some(url)
+        }
+    };
+    let opened = match (backend, url) {
+        (Backend::File, _) => OpenedRoot {
+            store: local_root(root).map_err(|e| bad(e.to_string()))?,
+            range_reads: RangeReads::Exact,
+            backend,
+        },
+        (Backend::S3, Some(url)) => OpenedRoot {
+            store: s3_root(d, &url).map_err(bad)?,
+            range_reads: RangeReads::Coalesced,
+            backend,
+        },
+        (Backend::Hdfs, Some(url)) => OpenedRoot {
+            store: hdfs_root(d, &url).map_err(bad)?,
+            range_reads: RangeReads::Coalesced,
+            backend,
+        },
+        (Backend::Http, Some(url)) => OpenedRoot {
+            store: http_root(d, &url).map_err(bad)?,
+            range_reads: RangeReads::Coalesced,
+            backend,
+        },
+        _ => unreachable!("remote roots always have a URL"),
+    };
+    Ok(opened)
+}
+
+/// Open a plain path or `file://` URL (also used by tools that have no configuration).
+pub fn open_root(root: &str) -> Result<OpenedRoot> {
+    open_dataset(&DatasetConfig::new("-", Default::default(), root))
+}
+
+/// Options (name, set?), the backends they apply to, and how to say so.
+type OptionGroup<'a> = (&'a [(&'a str, bool)], &'a [Backend], &'a str);
+
+fn check_options(d: &DatasetConfig, backend: Backend) -> std::result::Result<(), String> {
+    let s3 = [
+        ("endpoint", d.endpoint.is_some()),
+        ("region", d.region.is_some()),
+        ("access_key_id", d.access_key_id.is_some()),
+        ("secret_access_key", d.secret_access_key.is_some()),
+        ("session_token", d.session_token.is_some()),
+        ("allow_http", d.allow_http.is_some()),
+        ("virtual_hosted_style", d.virtual_hosted_style.is_some()),
+        ("anonymous", d.anonymous.is_some()),
+    ];
+    let hdfs = [("hdfs", !d.hdfs.is_empty())];
+    let http = [("files", d.files.is_some()), ("manifest", d.manifest.is_some())];
+    let remote = [
+        ("retries", d.retries.is_some()),
+        ("retry_timeout_secs", d.retry_timeout_secs.is_some()),
+        ("request_timeout_secs", d.request_timeout_secs.is_some()),
+        ("connect_timeout_secs", d.connect_timeout_secs.is_some()),
+    ];
+    let groups: [OptionGroup; 4] = [
+        (&s3, &[Backend::S3], "s3:// roots"),
+        (&hdfs, &[Backend::Hdfs], "hdfs:// roots"),
+        (&http, &[Backend::Http], "http(s):// roots"),
+        (&remote, &[Backend::S3, Backend::Http], "s3:// and http(s):// roots"),
+    ];
+    for (options, backends, applies) in groups {
+        if let Some((name, _)) = options.iter().find(|(_, set)| *set) {
+            if !backends.contains(&backend) {
+                return Err(format!(
+                    "option `{name}` applies to {applies} only, and root {:?} is {}",
+                    d.root,
+                    backend.name()
+                ));
+            }
+        }
+    }
+    if d.files.is_some() && d.manifest.is_some() {
+        return Err("give either `files` or `manifest`, not both".into());
+    }
+    for (name, v) in [
+        ("retry_timeout_secs", d.retry_timeout_secs),
+        ("request_timeout_secs", d.request_timeout_secs),
+        ("connect_timeout_secs", d.connect_timeout_secs),
+    ] {
+        if let Some(v) = v {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(format!("`{name}` must be a positive number of seconds (got {v})"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn local_root(root: &str) -> Result<Arc<dyn ObjectStore>> {
+    let path: PathBuf = match root.split_once("://") {
+        None => PathBuf::from(root),
+        Some((_, rest)) => {
+            let url = url::Url::parse(root)
+                .map_err(|e| Error::InvalidArgument(format!("root {root:?} is not a URL: {e}")))?;
+            if !rest.starts_with('/') {
+                return Err(Error::InvalidArgument(format!(
+                    "root {root:?}: a file URL needs an absolute path (file:///...)"
+                )));
+            }
+            url.to_file_path()
+                .map_err(|_| Error::InvalidArgument(format!("root {root:?} is not a local path")))?
+        }
+    };
+    local_store(&path)
 }
 
 fn local_store(path: &FsPath) -> Result<Arc<dyn ObjectStore>> {
@@ -57,6 +228,300 @@ fn local_store(path: &FsPath) -> Result<Arc<dyn ObjectStore>> {
     let store = LocalFileSystem::new_with_prefix(&canonical)
         .map_err(|e| Error::InvalidArgument(format!("dataset root {}: {e}", path.display())))?;
     Ok(Arc::new(store))
+}
+
+fn secs(v: Option<f64>, default: f64) -> Duration {
+    Duration::from_secs_f64(v.unwrap_or(default))
+}
+
+/// Timeouts as object_store's client options take them.
+fn duration_text(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+fn retry_config(d: &DatasetConfig) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: d.retries.unwrap_or(DEFAULT_RETRIES),
+        retry_timeout: secs(d.retry_timeout_secs, DEFAULT_RETRY_TIMEOUT_SECS),
+    }
+}
+
+/// The object path a URL's path names inside its store (`/a/b/` -> `a/b`).
+fn url_prefix(url: &url::Url) -> std::result::Result<Path, String> {
+    Path::from_url_path(url.path().trim_matches('/'))
+        .map_err(|e| format!("root path {:?} is not a valid object path: {e}", url.path()))
+}
+
+fn s3_root(d: &DatasetConfig, url: &url::Url) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+    let bucket = url
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| format!("root {:?} names no bucket (s3://bucket/prefix)", d.root))?;
+    // The AWS_* environment first (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    // AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ALLOW_HTTP...), then the dataset's options.
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(v) = &d.endpoint {
+        b = b.with_endpoint(v);
+    }
+    if let Some(v) = &d.region {
+        b = b.with_region(v);
+    }
+    if let Some(v) = &d.access_key_id {
+        b = b.with_access_key_id(v);
+    }
+    if let Some(v) = &d.secret_access_key {
+        b = b.with_secret_access_key(v.expose());
+    }
+    if let Some(v) = &d.session_token {
+        b = b.with_token(v.expose());
+    }
+    if let Some(v) = d.allow_http {
+        b = b.with_allow_http(v);
+    }
+    if let Some(v) = d.virtual_hosted_style {
+        b = b.with_virtual_hosted_style_request(v);
+    }
+    if let Some(v) = d.anonymous {
+        b = b.with_skip_signature(v);
+    }
+    let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+    let allow_http = b
+        .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+        .map(|v| v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false);
+    if let Some(e) = &endpoint {
+        if e.starts_with("http://") && !allow_http {
+            return Err(format!(
+                "endpoint {e} is plain http: set `allow_http = true` (or AWS_ALLOW_HTTP=true) to use it"
+            ));
+        }
+    }
+    let b = b
+        .with_retry(retry_config(d))
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            duration_text(secs(d.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS)),
+        )
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            duration_text(secs(d.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS)),
+        );
+    // object_store's own errors never include credentials; only the message is kept.
+    let store = b.build().map_err(|e| format!("cannot open S3 bucket {bucket}: {e}"))?;
+    Ok(with_prefix(Arc::new(store), url_prefix(url)?))
+}
+
+fn hdfs_root(d: &DatasetConfig, url: &url::Url) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+    let authority = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    };
+    if authority.is_empty() {
+        return Err(format!(
+            "root {:?} names no NameNode or nameservice (hdfs://namenode:port/path)",
+            d.root
+        ));
+    }
+    let store = HdfsObjectStoreBuilder::new()
+        .with_url(format!("hdfs://{authority}"))
+        .with_config(d.hdfs.clone())
+        .build()
+        .map_err(|e| format!("cannot open HDFS {authority}: {e}"))?;
+    Ok(with_prefix(Arc::new(store), url_prefix(url)?))
+}
+
+fn http_root(d: &DatasetConfig, url: &url::Url) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+    let mut base = url.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    let store = HttpBuilder::new()
+        .with_url(base.as_str())
+        .with_retry(retry_config(d))
+        .with_config(
+            ClientConfigKey::Timeout,
+            duration_text(secs(d.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS)),
+        )
+        .with_config(
+            ClientConfigKey::ConnectTimeout,
+            duration_text(secs(d.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS)),
+        )
+        .with_config(ClientConfigKey::AllowHttp, "true")
+        .build()
+        .map_err(|e| format!("cannot open {}: {e}", d.root))?;
+    let files = match &d.files {
+        Some(list) => FileList::Listed(parse_file_list(list.iter().map(String::as_str))?),
+        None => FileList::Manifest(
+            Path::parse(d.manifest.as_deref().unwrap_or(DEFAULT_MANIFEST))
+                .map_err(|e| format!("manifest path is not valid: {e}"))?,
+        ),
+    };
+    Ok(Arc::new(ListedStore {
+        inner: Arc::new(store),
+        files,
+        base: base.to_string(),
+    }))
+}
+
+fn with_prefix(store: Arc<dyn ObjectStore>, prefix: Path) -> Arc<dyn ObjectStore> {
+    if prefix.as_ref().is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+/// Relative file paths (config list or manifest lines): `#` comments and blank lines are
+/// skipped; absolute URLs and `..` are refused.
+fn parse_file_list<'a>(lines: impl Iterator<Item = &'a str>) -> std::result::Result<Vec<Path>, String> {
+    let mut out = Vec::new();
+    for line in lines {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.contains("://") {
+            return Err(format!("file {line:?}: list paths relative to the root, not URLs"));
+        }
+        let p =
+            Path::parse(line.trim_start_matches('/')).map_err(|e| format!("file {line:?} is not a valid path: {e}"))?;
+        if p.parts().any(|part| part.as_ref() == ".." || part.as_ref() == ".") {
+            return Err(format!("file {line:?}: `.` and `..` are not allowed"));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Where an HTTP dataset's file list comes from.
+#[derive(Debug, Clone)]
+enum FileList {
+    Listed(Vec<Path>),
+    Manifest(Path),
+}
+
+/// A store that cannot list (HTTP) made listable from an explicit file list: `list` returns
+/// the listed files, with their size and version from a HEAD request each.
+#[derive(Debug)]
+pub struct ListedStore {
+    inner: Arc<dyn ObjectStore>,
+    files: FileList,
+    base: String,
+}
+
+impl fmt::Display for ListedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Listed({})", self.base)
+    }
+}
+
+impl ListedStore {
+    async fn file_list(&self) -> object_store::Result<Vec<Path>> {
+        match &self.files {
+            FileList::Listed(l) => Ok(l.clone()),
+            FileList::Manifest(m) => {
+                let body = self.inner.get(m).await.map_err(|e| match e {
+                    object_store::Error::NotFound { path, source } => object_store::Error::NotFound {
+                        path: path.clone(),
+                        source: format!(
+                            "no manifest {m} at {}: publish one (one data file per line) or list the files in \
+                             the dataset's `files` option ({source})",
+                            self.base
+                        )
+                        .into(),
+                    },
+                    other => other,
+                })?;
+                let bytes = body.bytes().await?;
+                let text = std::str::from_utf8(&bytes).map_err(|e| object_store::Error::Generic {
+                    store: "manifest",
+                    source: format!("manifest {m} is not UTF-8: {e}").into(),
+                })?;
+                parse_file_list(text.lines()).map_err(|e| object_store::Error::Generic {
+                    store: "manifest",
+                    source: format!("manifest {m}: {e}").into(),
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for ListedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let this = ListedStore {
+            inner: self.inner.clone(),
+            files: self.files.clone(),
+            base: self.base.clone(),
+        };
+        let prefix = prefix.cloned();
+        stream::once(async move {
+            let files = this.file_list().await?;
+            let inner = this.inner.clone();
+            let wanted = files
+                .into_iter()
+                .filter(move |p| prefix.as_ref().is_none_or(|pre| p.prefix_matches(pre)));
+            Ok::<_, object_store::Error>(
+                stream::iter(wanted)
+                    .map(move |p| {
+                        let inner = inner.clone();
+                        async move { inner.head(&p).await }
+                    })
+                    .buffered(16),
+            )
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let objects: Vec<ObjectMeta> = self.list(prefix).try_collect().await?;
+        Ok(ListResult {
+            common_prefixes: Vec::new(),
+            objects,
+        })
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
 }
 
 /// Requests and bytes read from storage.
@@ -91,9 +556,12 @@ pub enum RangeReads {
     /// Each range is its own read of exactly its bytes (the local file store).
     Exact,
     /// Ranges closer than object_store's coalescing distance are fetched together, gaps
-    /// included, one request per merged range (object_store's default, used by HTTP stores).
+    /// included, one ranged GET per merged range, concurrently (remote stores).
     Coalesced,
 }
+
+/// Ranged GETs of one vectored read in flight at once (object_store's own default).
+const MAX_CONCURRENT_RANGE_READS: usize = 10;
 
 /// A store that counts what is read through it.
 #[derive(Debug)]
@@ -158,19 +626,51 @@ impl ObjectStore for CountingStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         let head = options.head;
+        // A request counts when it is made; its bytes when they arrive.
+        self.add(1, 0);
         let r = self.inner.get_opts(location, options).await?;
-        self.add(1, if head { 0 } else { r.range.end - r.range.start });
+        if !head {
+            self.add(0, r.range.end - r.range.start);
+        }
         Ok(r)
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
-        let out = self.inner.get_ranges(location, ranges).await?;
-        let reads = match self.ranges {
-            RangeReads::Exact => ranges.to_vec(),
-            RangeReads::Coalesced => coalesced(ranges),
-        };
-        self.add(reads.len() as u64, reads.iter().map(|r| r.end - r.start).sum());
-        Ok(out)
+        match self.ranges {
+            RangeReads::Exact => {
+                self.add(ranges.len() as u64, 0);
+                let out = self.inner.get_ranges(location, ranges).await?;
+                self.add(0, ranges.iter().map(|r| r.end - r.start).sum());
+                Ok(out)
+            }
+            RangeReads::Coalesced => {
+                if ranges.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let merged = coalesced(ranges);
+                let fetched: Vec<Bytes> = stream::iter(merged.iter().cloned())
+                    .map(|r| self.get_range(location, r))
+                    .buffered(MAX_CONCURRENT_RANGE_READS)
+                    .try_collect()
+                    .await?;
+                ranges
+                    .iter()
+                    .map(|r| {
+                        // The merged range starting at or before r.start (merged ranges are sorted
+                        // and disjoint, and every requested range lies inside one of them).
+                        let i = merged.partition_point(|m| m.start <= r.start).saturating_sub(1);
+                        let m = &merged[i];
+                        if r.start < m.start || r.end > m.end {
+                            return Err(object_store::Error::Generic {
+                                store: "counting",
+                                source: format!("range {r:?} not covered by the coalesced read {m:?}").into(),
+                            });
+                        }
+                        Ok(fetched[i].slice((r.start - m.start) as usize..(r.end - m.start) as usize))
+                    })
+                    .collect()
+            }
+        }
     }
 
     fn delete_stream(
@@ -198,7 +698,7 @@ impl ObjectStore for CountingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::ObjectStoreExt;
+    use crate::config::{DatasetKind, Secret};
 
     #[test]
     fn coalescing_matches_object_store() {
@@ -210,26 +710,103 @@ mod tests {
     #[tokio::test]
     async fn reads_are_counted_and_roots_confined() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f.bin"), vec![7u8; 100]).unwrap();
+        let data: Vec<u8> = (0..100u8).collect();
+        std::fs::write(dir.path().join("f.bin"), &data).unwrap();
         std::fs::write(dir.path().parent().unwrap().join("outside.bin"), b"x").ok();
         let total = Arc::new(IoStats::default());
-        let (local, ranges) = open_root(dir.path().to_str().unwrap()).unwrap();
-        assert_eq!(ranges, RangeReads::Exact);
-        let store = CountingStore::new(local.clone(), ranges, vec![total.clone()]);
+        let local = open_root(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(local.range_reads, RangeReads::Exact);
+        assert_eq!(local.backend, Backend::File);
+        let store = CountingStore::new(local.store.clone(), local.range_reads, vec![total.clone()]);
         let p = Path::from("f.bin");
         assert_eq!(store.get_range(&p, 10..30).await.unwrap().len(), 20);
         store.get_ranges(&p, &[0..1, 50..60]).await.unwrap();
         assert_eq!(total.snapshot(), IoSnapshot { requests: 3, bytes: 31 });
+        // Coalesced: one GET for both ranges, gap included, and each range sliced back out.
         let coalescing = Arc::new(IoStats::default());
-        let store = CountingStore::new(local, RangeReads::Coalesced, vec![coalescing.clone()]);
-        store.get_ranges(&p, &[0..1, 50..60]).await.unwrap();
-        assert_eq!(coalescing.snapshot(), IoSnapshot { requests: 1, bytes: 60 });
+        let store = CountingStore::new(local.store, RangeReads::Coalesced, vec![coalescing.clone()]);
+        let got = store.get_ranges(&p, &[50..60, 0..1, 55..57, 99..99]).await.unwrap();
+        assert_eq!(got[0].as_ref(), &data[50..60]);
+        assert_eq!(got[1].as_ref(), &data[0..1]);
+        assert_eq!(got[2].as_ref(), &data[55..57]);
+        assert!(got[3].is_empty());
+        assert_eq!(coalescing.snapshot(), IoSnapshot { requests: 1, bytes: 99 });
+        assert!(store.get_ranges(&p, &[]).await.unwrap().is_empty());
         // `..` cannot be expressed as an object_store path segment.
         assert!(Path::parse("../outside.bin").is_err());
         let url = format!("file://{}", dir.path().display());
         assert!(open_root(&url).is_ok());
         assert!(open_root("file://relative/x").is_err());
-        assert!(open_root("gopher://x/y").unwrap_err().to_string().contains("gopher://"));
+        assert!(open_root("gopher://x/y")
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("gopher://"));
         assert!(open_root("/definitely/not/here").is_err());
+    }
+
+    fn ds(root: &str) -> DatasetConfig {
+        DatasetConfig::new("d", DatasetKind::Ztf, root)
+    }
+
+    fn err(d: &DatasetConfig) -> String {
+        open_dataset(d).err().expect("an error").to_string()
+    }
+
+    #[test]
+    fn options_must_fit_the_scheme() {
+        let mut d = ds("/tmp");
+        d.endpoint = Some("http://127.0.0.1:9000".into());
+        assert!(
+            err(&d).contains("`endpoint` applies to s3:// roots only"),
+            "{}",
+            err(&d)
+        );
+        let mut d = ds("s3://bucket/x");
+        d.files = Some(vec!["a.parquet".into()]);
+        assert!(err(&d).contains("`files` applies to http(s):// roots only"));
+        let mut d = ds("http://127.0.0.1:1/x");
+        d.hdfs.insert("dfs.replication".into(), "1".into());
+        assert!(err(&d).contains("`hdfs` applies to hdfs:// roots only"));
+        let mut d = ds("hdfs://127.0.0.1:9000/x");
+        d.retries = Some(1);
+        assert!(err(&d).contains("`retries` applies to s3:// and http(s):// roots only"));
+        let mut d = ds("s3://bucket/x");
+        d.request_timeout_secs = Some(0.0);
+        assert!(err(&d).contains("request_timeout_secs"));
+        assert!(err(&ds("s3://user:pw@bucket/x")).contains("credentials in the root URL"));
+        assert!(err(&ds("s3:///x")).contains("no bucket"));
+    }
+
+    #[test]
+    fn s3_needs_allow_http_for_plain_endpoints_and_hides_secrets() {
+        let mut d = ds("s3://bucket/lake/ztf");
+        d.endpoint = Some("http://127.0.0.1:9000".into());
+        d.access_key_id = Some("AKID".into());
+        d.secret_access_key = Some(Secret::new("super-secret"));
+        d.region = Some("us-east-1".into());
+        let e = err(&d);
+        assert!(e.contains("allow_http"), "{e}");
+        assert!(!e.contains("super-secret"));
+        d.allow_http = Some(true);
+        let opened = open_dataset(&d).unwrap();
+        assert_eq!(opened.backend, Backend::S3);
+        assert_eq!(opened.range_reads, RangeReads::Coalesced);
+        assert!(!format!("{}", opened.store).contains("super-secret"));
+        assert!(!format!("{:?}", opened.store).contains("super-secret"));
+    }
+
+    #[test]
+    fn http_file_lists() {
+        let got = parse_file_list(["# lake", "", "year=2024/a.parquet", " /b.parquet "].into_iter()).unwrap();
+        assert_eq!(got, vec![Path::from("year=2024/a.parquet"), Path::from("b.parquet")]);
+        assert!(parse_file_list(["https://elsewhere/a.parquet"].into_iter()).is_err());
+        assert!(parse_file_list(["../a.parquet"].into_iter()).is_err());
+        let mut d = ds("https://archive.example.org/lake");
+        d.files = Some(vec!["a.parquet".into()]);
+        d.manifest = Some("m.txt".into());
+        assert!(err(&d).contains("either `files` or `manifest`"));
+        d.manifest = None;
+        assert_eq!(open_dataset(&d).unwrap().backend, Backend::Http);
     }
 }

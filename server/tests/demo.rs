@@ -68,7 +68,13 @@ async fn demo_lake_serves_the_readme_ids() {
     let mut config = demo::prepare(dir.path(), DEMO_ALERTS_PER_FILE).unwrap();
     config.listen = "127.0.0.1:0".into();
     let app = App::build(config).await.unwrap();
-    let stats = app.lake().reindex().await.unwrap();
+    let stats: Vec<_> = app
+        .lake()
+        .reindex()
+        .await
+        .into_iter()
+        .map(|(name, r)| (name, r.unwrap()))
+        .collect();
     assert!(
         stats.iter().all(|(_, s)| s.indexed == 0 && s.unchanged == 6),
         "{stats:?}"

@@ -31,11 +31,9 @@ impl Server {
             ..Config::default()
         };
         for (name, kind, root) in datasets {
-            config.datasets.push(DatasetConfig {
-                name: name.to_string(),
-                kind: *kind,
-                root: root.to_string_lossy().into_owned(),
-            });
+            config
+                .datasets
+                .push(DatasetConfig::new(*name, *kind, root.to_string_lossy()));
         }
         let app = App::build(config).await.expect("server builds");
         let (addr, stop, join) = app.spawn();
