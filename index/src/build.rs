@@ -121,7 +121,10 @@ impl IndexBuilder {
             .try_collect()
             .await
             .map_err(|source| IndexError::Storage {
-                path: self.prefix.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+                path: match &self.prefix {
+                    Some(p) => format!("the listing of {p}"),
+                    None => "the listing of the dataset root".to_string(),
+                },
                 source,
             })?;
         stats.listed = listing.len();

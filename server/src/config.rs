@@ -88,7 +88,7 @@ pub struct DatasetConfig {
     /// (default `_manifest`, used when `files` is not given).
     pub manifest: Option<String>,
 
-    // Remote stores (S3 and HTTP): every request has a timeout, and a failed or timed-out
+    // Remote stores (S3, HDFS, HTTP): every request has a timeout, and a failed or timed-out
     // request is retried with exponential backoff within a bounded budget.
     /// Retries of one request (default 3).
     pub retries: Option<usize>,
@@ -96,7 +96,7 @@ pub struct DatasetConfig {
     pub retry_timeout_secs: Option<f64>,
     /// Timeout of one storage request, connect to last byte, in seconds (default 20).
     pub request_timeout_secs: Option<f64>,
-    /// Connect timeout, in seconds (default 5).
+    /// Connect timeout, in seconds (default 5; S3 and HTTP).
     pub connect_timeout_secs: Option<f64>,
 }
 

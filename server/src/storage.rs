@@ -162,13 +162,14 @@ fn check_options(d: &DatasetConfig, backend: Backend) -> std::result::Result<(),
         ("retries", d.retries.is_some()),
         ("retry_timeout_secs", d.retry_timeout_secs.is_some()),
         ("request_timeout_secs", d.request_timeout_secs.is_some()),
-        ("connect_timeout_secs", d.connect_timeout_secs.is_some()),
     ];
-    let groups: [OptionGroup; 4] = [
+    let http_client = [("connect_timeout_secs", d.connect_timeout_secs.is_some())];
+    let groups: [OptionGroup; 5] = [
         (&s3, &[Backend::S3], "s3:// roots"),
         (&hdfs, &[Backend::Hdfs], "hdfs:// roots"),
         (&http, &[Backend::Http], "http(s):// roots"),
-        (&remote, &[Backend::S3, Backend::Http], "s3:// and http(s):// roots"),
+        (&remote, &[Backend::S3, Backend::Hdfs, Backend::Http], "remote (s3, hdfs, http) roots"),
+        (&http_client, &[Backend::S3, Backend::Http], "s3:// and http(s):// roots"),
     ];
     for (options, backends, applies) in groups {
         if let Some((name, _)) = options.iter().find(|(_, set)| *set) {
@@ -332,6 +333,13 @@ fn hdfs_root(d: &DatasetConfig, url: &url::Url) -> std::result::Result<Arc<dyn O
         .with_config(d.hdfs.clone())
         .build()
         .map_err(|e| format!("cannot open HDFS {authority}: {e}"))?;
+    // hdfs-native fails over between replicas and NameNodes itself, but has no request timeout
+    // and does not retry a read that broke mid-way (a DataNode going away during a read).
+    let store = RetryingStore {
+        inner: Arc::new(store),
+        retry: retry_config(d),
+        timeout: secs(d.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS),
+    };
     Ok(with_prefix(Arc::new(store), url_prefix(url)?))
 }
 
@@ -366,6 +374,110 @@ fn http_root(d: &DatasetConfig, url: &url::Url) -> std::result::Result<Arc<dyn O
         files,
         base: base.to_string(),
     }))
+}
+
+/// Timeouts and bounded retries for a store that has none of its own (HDFS): each read gets
+/// `timeout`, and a failed or timed-out read is retried with exponential backoff up to
+/// `retry.max_retries` times within `retry.retry_timeout`. A read's body is fetched inside the
+/// attempt (reads here are ranges of a few MB), so a connection lost mid-body is retried too.
+/// Errors that a retry cannot fix (not found, bad path, precondition) are returned at once.
+#[derive(Debug)]
+pub struct RetryingStore {
+    inner: Arc<dyn ObjectStore>,
+    retry: RetryConfig,
+    timeout: Duration,
+}
+
+impl fmt::Display for RetryingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Retrying({})", self.inner)
+    }
+}
+
+fn retryable(e: &object_store::Error) -> bool {
+    !matches!(
+        e,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotModified { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+    )
+}
+
+#[async_trait]
+impl ObjectStore for RetryingStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = self.retry.backoff.init_backoff;
+        let mut attempt = 0;
+        loop {
+            let once = async {
+                let r = self.inner.get_opts(location, options.clone()).await?;
+                let (meta, range, attributes) = (r.meta.clone(), r.range.clone(), r.attributes.clone());
+                let body = r.bytes().await?;
+                Ok::<_, object_store::Error>(GetResult {
+                    payload: object_store::GetResultPayload::Stream(stream::once(async move { Ok(body) }).boxed()),
+                    meta,
+                    range,
+                    attributes,
+                })
+            };
+            let err = match tokio::time::timeout(self.timeout, once).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) if !retryable(&e) => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => object_store::Error::Generic {
+                    store: "hdfs",
+                    source: format!("read of {location} timed out after {:.1} s", self.timeout.as_secs_f64()).into(),
+                },
+            };
+            if attempt >= self.retry.max_retries || started.elapsed() + backoff > self.retry.retry_timeout {
+                return Err(object_store::Error::Generic {
+                    store: "hdfs",
+                    source: format!("read of {location} failed after {} attempts: {err}", attempt + 1).into(),
+                });
+            }
+            tracing::debug!(%location, attempt, error = %err, "retrying a storage read");
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.mul_f64(self.retry.backoff.base).min(self.retry.backoff.max_backoff);
+            attempt += 1;
+        }
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
 }
 
 fn with_prefix(store: Arc<dyn ObjectStore>, prefix: Path) -> Arc<dyn ObjectStore> {
@@ -769,8 +881,11 @@ mod tests {
         d.hdfs.insert("dfs.replication".into(), "1".into());
         assert!(err(&d).contains("`hdfs` applies to hdfs:// roots only"));
         let mut d = ds("hdfs://127.0.0.1:9000/x");
+        d.connect_timeout_secs = Some(1.0);
+        assert!(err(&d).contains("`connect_timeout_secs` applies to s3:// and http(s):// roots only"));
+        let mut d = ds("/tmp");
         d.retries = Some(1);
-        assert!(err(&d).contains("`retries` applies to s3:// and http(s):// roots only"));
+        assert!(err(&d).contains("`retries` applies to remote (s3, hdfs, http) roots only"));
         let mut d = ds("s3://bucket/x");
         d.request_timeout_secs = Some(0.0);
         assert!(err(&d).contains("request_timeout_secs"));
@@ -794,6 +909,34 @@ mod tests {
         assert_eq!(opened.range_reads, RangeReads::Coalesced);
         assert!(!format!("{}", opened.store).contains("super-secret"));
         assert!(!format!("{:?}", opened.store).contains("super-secret"));
+    }
+
+    #[tokio::test]
+    async fn retrying_store_retries_transient_failures_only() {
+        // A local store under a directory that appears later: NotFound is not retried...
+        let dir = tempfile::tempdir().unwrap();
+        let local = open_root(dir.path().to_str().unwrap()).unwrap().store;
+        let store = RetryingStore {
+            inner: local,
+            retry: RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(1),
+                    max_backoff: Duration::from_millis(2),
+                    base: 2.0,
+                },
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(5),
+            },
+            timeout: Duration::from_secs(5),
+        };
+        let t0 = std::time::Instant::now();
+        let e = store.get(&Path::from("missing.bin")).await.unwrap_err();
+        assert!(matches!(e, object_store::Error::NotFound { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        // ...and a read that succeeds comes back whole, with its range.
+        std::fs::write(dir.path().join("f.bin"), b"0123456789").unwrap();
+        let r = store.get_range(&Path::from("f.bin"), 2..5).await.unwrap();
+        assert_eq!(r.as_ref(), b"234");
     }
 
     #[test]

@@ -4,6 +4,7 @@ The server prints `astroflight listening on HOST:PORT` once it accepts connectio
 fixture waits for that line (never a sleep) and fails loudly with the server's stderr if it
 does not come.
 """
+import json
 import os
 import pathlib
 import subprocess
@@ -12,6 +13,8 @@ import threading
 
 import pytest
 from pyarrow import flight
+
+from storage_servers import HdfsCluster, S3Server, env_without_aws, toml_value
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -36,20 +39,34 @@ def shared_data():
     return d
 
 
+def write_config(path, workdir, datasets, top=None):
+    """An astroflight.toml: datasets are (name, kind, root) or (name, kind, root, options);
+    an `hdfs` option is a table of Hadoop settings."""
+    lines = [f'index_dir = "{pathlib.Path(workdir) / "index"}"', 'listen = "127.0.0.1:0"']
+    lines += [f"{k} = {toml_value(v)}" for k, v in (top or {}).items()]
+    for name, kind, root, *opts in datasets:
+        lines += ["[[dataset]]", f'name = "{name}"', f'kind = "{kind}"', f'root = "{root}"']
+        opts = dict(opts[0]) if opts else {}
+        hdfs = opts.pop("hdfs", None)
+        lines += [f"{k} = {toml_value(v)}" for k, v in opts.items()]
+        if hdfs:
+            lines.append("[dataset.hdfs]")
+            lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in hdfs.items()]
+    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+
+
 class Server:
-    def __init__(self, binary, workdir, datasets, extra_args=()):
+    def __init__(self, binary, workdir, datasets, extra_args=(), top=None, env=None, name="server"):
         self.workdir = pathlib.Path(workdir)
-        lines = [f'index_dir = "{self.workdir / "index"}"', 'listen = "127.0.0.1:0"']
-        for name, kind, root in datasets:
-            lines += ["[[dataset]]", f'name = "{name}"', f'kind = "{kind}"', f'root = "{root}"']
-        self.config = self.workdir / "astroflight.toml"
-        self.config.write_text("\n".join(lines) + "\n")
-        self.stderr_path = self.workdir / "server.stderr"
+        self.config = self.workdir / f"{name}.toml"
+        write_config(self.config, self.workdir, datasets, top)
+        self.stderr_path = self.workdir / f"{name}.stderr"
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", str(self.config), *extra_args],
             stdout=subprocess.PIPE,
             stderr=open(self.stderr_path, "wb"),
             text=True,
+            env=env if env is not None else env_without_aws(),
         )
         self.addr = None
         got = threading.Event()
@@ -70,6 +87,20 @@ class Server:
     def client(self):
         return flight.connect(self.url)
 
+    def action(self, name):
+        c = self.client()
+        try:
+            return json.loads(next(iter(c.do_action(flight.Action(name, b"")))).body.to_pybytes())
+        finally:
+            c.close()
+
+    def request_record(self, request_id):
+        """The server's record of one DoGet (sent with header x-request-id), I/O included."""
+        for r in self.action("stats")["requests"]:
+            if r["id"] == request_id:
+                return r
+        raise AssertionError(f"no record of request {request_id}")
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -84,11 +115,27 @@ class Server:
 def start_server(binary, tmp_path):
     servers = []
 
-    def start(datasets, extra_args=()):
-        s = Server(binary, tmp_path, datasets, extra_args)
+    def start(datasets, extra_args=(), top=None, env=None):
+        s = Server(binary, tmp_path, datasets, extra_args, top=top, env=env, name=f"server{len(servers)}")
         servers.append(s)
         return s
 
     yield start
     for s in servers:
         s.stop()
+
+
+# Storage servers, started once per session on first use and stopped at the end.
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    s = S3Server(tmp_path_factory.mktemp("s3"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def hdfs_cluster(tmp_path_factory):
+    c = HdfsCluster(tmp_path_factory.mktemp("hdfs"), datanodes=2, replication=2)
+    yield c
+    c.stop()
