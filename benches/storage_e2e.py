@@ -189,6 +189,17 @@ def main():
                 assert stamps
             peer[kind] = {"p50": pct(lat, 50) * 1e3, "p99": pct(lat, 99) * 1e3, "n": len(lat)}
         results["pyarrow_s3"] = peer
+        # The S3 server's own cost: one 1 MiB ranged GET with boto3 from the same objects,
+        # which is what an astroflight S3 cutout is made of (2 or 4 of them, concurrently).
+        floor = []
+        for _ in range(20):
+            f = rng.choice(files)
+            off = rng.randrange(0, f.stat().st_size - (1 << 20))
+            t0 = time.perf_counter()
+            s3.s3.get_object(Bucket="bench", Key=f"ztf/{f.relative_to(lake).as_posix()}",
+                             Range=f"bytes={off}-{off + (1 << 20) - 1}")["Body"].read()
+            floor.append(time.perf_counter() - t0)
+        results["s3_ranged_get_1mib"] = {"p50": pct(floor, 50) * 1e3, "p99": pct(floor, 99) * 1e3}
     finally:
         if proc:
             proc.terminate()
@@ -214,6 +225,9 @@ def main():
     for kind in ["Science", "All"]:
         a, p = results["s3"][kind], results["pyarrow_s3"][kind]
         print(f"| {kind} | {a['p50']:.1f} / {a['p99']:.1f} ms | {p['p50']:.0f} / {p['p99']:.0f} ms | {p['p50'] / a['p50']:.0f}x |")
+    g = results["s3_ranged_get_1mib"]
+    print(f"\nthe S3 server itself (moto): one 1 MiB ranged GET with boto3 from the same objects, "
+          f"p50 {g['p50']:.1f} ms, p99 {g['p99']:.1f} ms")
     print(f"\nresults: {out}")
 
 

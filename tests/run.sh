@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, Rust unit and integration tests, then the Python
 # client tests (pyarrow.flight, astropy) against the real server binary on 127.0.0.1.
-# Installs what it needs (the Python environment in .venv) through the project's own scripts.
+# Installs what it needs (the Python environment in .venv with moto's S3 server, Hadoop's jars
+# for MiniDFSCluster) through the project's own scripts; the storage tests start moto, a
+# MiniDFSCluster, a Range HTTP server and a fault proxy on 127.0.0.1 and stop them at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,6 +17,8 @@ step "cargo test (unit and in-process integration tests)"
 cargo test --workspace
 step "python environment"
 venv="$(bash tests/setup_python.sh | tail -n 1)"
+step "Hadoop jars for the MiniDFSCluster launcher (Maven Central, cached)"
+bash tests/hdfs/minihdfs.sh --classpath-only
 step "build the server binary"
 cargo build -p astroflight-server --bin astroflight
 step "pytest tests/python (pyarrow.flight against the real server)"

@@ -3,10 +3,12 @@
 // data and stop a DataNode in the middle of a run. The server never uses this: it speaks HDFS
 // through hdfs-native. Run by tests/hdfs/start.sh (java single-file source mode).
 //
-// Usage: MiniHdfs <base dir> <datanodes> <replication>
-// stdout: "ready hdfs://127.0.0.1:<port>" once the cluster is up, then "ok ..." or "error ..."
-// for each command.
-// Commands: put <local file or dir> <hdfs path> | stop-datanode <i> | datanodes | exit
+// Usage: MiniHdfs <base dir> <datanodes> <replication> [ha]
+// stdout: "ready hdfs://127.0.0.1:<port>" once the cluster is up (with `ha`: two NameNodes of
+// nameservice "minins", "ready ha minins nn0=127.0.0.1:<port> nn1=127.0.0.1:<port>", nn0 active),
+// then "ok ..." or "error ..." for each command.
+// Commands: put <local file or dir> <hdfs path> | stop-datanode <i> | datanodes |
+//           failover (HA: stop the active nn0, make nn1 active) | exit
 import java.io.BufferedReader;
 import java.io.File;
 import java.io.InputStreamReader;
@@ -18,11 +20,13 @@ import org.apache.hadoop.fs.Path;
 import org.apache.hadoop.hdfs.DFSConfigKeys;
 import org.apache.hadoop.hdfs.HdfsConfiguration;
 import org.apache.hadoop.hdfs.MiniDFSCluster;
+import org.apache.hadoop.hdfs.MiniDFSNNTopology;
+import org.apache.hadoop.hdfs.server.namenode.ha.HATestUtil;
 
 public class MiniHdfs {
     public static void main(String[] args) throws Exception {
-        if (args.length != 3) {
-            System.err.println("usage: MiniHdfs <base dir> <datanodes> <replication>");
+        if (args.length != 3 && !(args.length == 4 && args[3].equals("ha"))) {
+            System.err.println("usage: MiniHdfs <base dir> <datanodes> <replication> [ha]");
             System.exit(2);
         }
         File base = new File(args[0]);
@@ -39,14 +43,26 @@ public class MiniHdfs {
         // A stopped DataNode is noticed quickly by clients; the NameNode keeps it "live" for a
         // while, which is what a reader meets in a real outage.
         conf.setInt("dfs.client.socket-timeout", 5000);
-        MiniDFSCluster cluster = new MiniDFSCluster.Builder(conf)
-                .numDataNodes(datanodes)
-                .format(true)
-                .build();
-        cluster.waitActive();
-        FileSystem fs = cluster.getFileSystem();
-        InetSocketAddress nn = cluster.getNameNode().getNameNodeAddress();
-        System.out.println("ready hdfs://127.0.0.1:" + nn.getPort());
+        boolean ha = args.length == 4;
+        MiniDFSCluster.Builder builder = new MiniDFSCluster.Builder(conf).numDataNodes(datanodes).format(true);
+        if (ha) {
+            builder.nnTopology(MiniDFSNNTopology.simpleHATopology(2));
+        }
+        MiniDFSCluster cluster = builder.build();
+        FileSystem fs;
+        if (ha) {
+            cluster.transitionToActive(0);
+            cluster.waitActive();
+            HATestUtil.setFailoverConfigurations(cluster, conf, "minins");
+            fs = HATestUtil.configureFailoverFs(cluster, conf);
+            System.out.println("ready ha minins nn0=127.0.0.1:" + cluster.getNameNode(0).getNameNodeAddress().getPort()
+                    + " nn1=127.0.0.1:" + cluster.getNameNode(1).getNameNodeAddress().getPort());
+        } else {
+            cluster.waitActive();
+            fs = cluster.getFileSystem();
+            InetSocketAddress nn = cluster.getNameNode().getNameNodeAddress();
+            System.out.println("ready hdfs://127.0.0.1:" + nn.getPort());
+        }
         System.out.flush();
 
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
@@ -64,6 +80,11 @@ public class MiniHdfs {
                         int i = Integer.parseInt(w[1]);
                         cluster.stopDataNode(i);
                         System.out.println("ok stopped datanode " + i);
+                        break;
+                    case "failover":
+                        cluster.shutdownNameNode(0);
+                        cluster.transitionToActive(1);
+                        System.out.println("ok nn1 active");
                         break;
                     case "datanodes":
                         System.out.println("ok " + cluster.getDataNodes().size());

@@ -160,14 +160,27 @@ class S3Server:
 class HdfsCluster(_Process):
     """MiniDFSCluster: one NameNode and `datanodes` DataNodes, replication `replication`."""
 
-    def __init__(self, workdir, datanodes=2, replication=2):
+    def __init__(self, workdir, datanodes=2, replication=2, ha=False):
         base = pathlib.Path(workdir) / "minihdfs"
         super().__init__(
             "MiniDFSCluster",
-            ["bash", str(REPO / "tests" / "hdfs" / "minihdfs.sh"), str(base), str(datanodes), str(replication)],
+            ["bash", str(REPO / "tests" / "hdfs" / "minihdfs.sh"), str(base), str(datanodes), str(replication),
+             *(["ha"] if ha else [])],
             "ready ", 600, pathlib.Path(workdir) / "minihdfs.log", stdin=True,
         )
-        self.url = self.ready_line.split()[1]
+        words = self.ready_line.split()
+        if ha:
+            # "ready ha <nameservice> nn0=host:port nn1=host:port"
+            self.nameservice = words[2]
+            self.namenodes = dict(w.split("=", 1) for w in words[3:])
+            self.url = f"hdfs://{self.nameservice}"
+            self.hdfs_options = {
+                f"dfs.ha.namenodes.{self.nameservice}": ",".join(self.namenodes),
+                **{f"dfs.namenode.rpc-address.{self.nameservice}.{nn}": addr for nn, addr in self.namenodes.items()},
+            }
+        else:
+            self.url = words[1]
+            self.hdfs_options = {}
         self._lock = threading.Lock()
 
     def command(self, line, timeout=300):
@@ -185,6 +198,10 @@ class HdfsCluster(_Process):
 
     def stop_datanode(self, i):
         return self.command(f"stop-datanode {i}")
+
+    def failover(self):
+        """HA: stop the active NameNode (nn0) and make nn1 active."""
+        return self.command("failover")
 
     def stop(self):
         if self.proc.poll() is None:

@@ -345,6 +345,29 @@ def test_hdfs_datanode_stops_mid_run(own_hdfs_cluster, binary, start_server, tmp
     assert "ok 1" in hdfs_cluster.command("datanodes")
 
 
+def test_hdfs_ha_nameservice_survives_namenode_failover(binary, start_server, tmp_path):
+    """An HA nameservice (two NameNodes, configured in the dataset's [dataset.hdfs] table): the
+    active NameNode is stopped and the standby made active in the middle of the run."""
+    cluster = HdfsCluster(tmp_path, datanodes=2, replication=2, ha=True)
+    try:
+        lake = tmp_path / "ztf"
+        gen(binary, lake, "ztf", 20)
+        cluster.put(lake, "/lakes/ha")
+        alerts = parquet_alerts(lake)
+        s = start_server([("ztf", "ztf", f"{cluster.url}/lakes/ha", {"hdfs": cluster.hdfs_options})])
+        c = s.client()
+        files = sorted({a["file"] for a in alerts})
+        check = lambda a: {r["kind"]: r["stamp"] for r in get(c, dataset="ztf", candid=a["candid"], format="gzip").to_pylist()}
+        for a in [x for x in alerts if x["file"] in files[:2]][:10]:
+            assert check(a) == a["stamps"]
+        cluster.failover()
+        # Warm files and files never read before (their footers come through the new NameNode).
+        for a in [x for x in alerts if x["file"] in files[1:]][:20]:
+            assert check(a) == a["stamps"]
+    finally:
+        cluster.stop()
+
+
 def test_config_file_written_by_tests_parses(binary, tmp_path):
     """The configs these tests write (nested hdfs table, options) are accepted by the binary."""
     cfg = tmp_path / "c.toml"
