@@ -299,6 +299,17 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_parses() {
+        let c = Config::parse(
+            include_str!("../../deploy/astroflight.toml"),
+            Path::new("/etc/astroflight"),
+        )
+        .unwrap();
+        assert_eq!(c.datasets.len(), 2);
+        assert_eq!(c.deadline_secs, 120.0);
+    }
+
+    #[test]
     fn storage_options_parse_and_secrets_stay_hidden() {
         let c = Config::parse(
             r#"

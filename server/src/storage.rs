@@ -168,8 +168,16 @@ fn check_options(d: &DatasetConfig, backend: Backend) -> std::result::Result<(),
         (&s3, &[Backend::S3], "s3:// roots"),
         (&hdfs, &[Backend::Hdfs], "hdfs:// roots"),
         (&http, &[Backend::Http], "http(s):// roots"),
-        (&remote, &[Backend::S3, Backend::Hdfs, Backend::Http], "remote (s3, hdfs, http) roots"),
-        (&http_client, &[Backend::S3, Backend::Http], "s3:// and http(s):// roots"),
+        (
+            &remote,
+            &[Backend::S3, Backend::Hdfs, Backend::Http],
+            "remote (s3, hdfs, http) roots",
+        ),
+        (
+            &http_client,
+            &[Backend::S3, Backend::Http],
+            "s3:// and http(s):// roots",
+        ),
     ];
     for (options, backends, applies) in groups {
         if let Some((name, _)) = options.iter().find(|(_, set)| *set) {
@@ -410,7 +418,12 @@ fn retryable(e: &object_store::Error) -> bool {
 
 #[async_trait]
 impl ObjectStore for RetryingStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -455,7 +468,9 @@ impl ObjectStore for RetryingStore {
             }
             tracing::debug!(%location, attempt, error = %err, "retrying a storage read");
             tokio::time::sleep(backoff).await;
-            backoff = backoff.mul_f64(self.retry.backoff.base).min(self.retry.backoff.max_backoff);
+            backoff = backoff
+                .mul_f64(self.retry.backoff.base)
+                .min(self.retry.backoff.max_backoff);
             attempt += 1;
         }
     }
