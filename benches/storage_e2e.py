@@ -29,32 +29,13 @@ from pyarrow import flight
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "python"))
+from cutout_e2e import ensure_lake, pct  # noqa: E402  (the same lake generation and percentiles)
 from storage_servers import (  # noqa: E402
     S3_KEY, S3_REGION, S3_SECRET, HdfsCluster, RangeHttp, S3Server, env_without_aws, toml_value,
 )
 
 KINDS = ["Science", "Template", "Difference"]
 BACKENDS = ["file", "s3", "hdfs", "http"]
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
-def ensure_lake(args):
-    lake = args.data / "ztf"
-    params = {"files": args.files, "alerts_per_file": args.alerts_per_file, "seed": 7}
-    marker = args.data / "lake-params.json"
-    if lake.exists() and marker.exists() and json.loads(marker.read_text()) == params:
-        return lake
-    subprocess.run(["rm", "-rf", str(args.data)], check=True)
-    args.data.mkdir(parents=True)
-    print(f"generating {args.files} files x {args.alerts_per_file} alerts in {lake} ...", flush=True)
-    subprocess.run([args.bin, "gen", "--survey", "ztf", "--out", str(lake), "--nights", str(args.files),
-                    "--files-per-night", "1", "--alerts-per-file", str(args.alerts_per_file), "--seed", "7"], check=True)
-    marker.write_text(json.dumps(params))
-    return lake
 
 
 def start_server(args, datasets, workdir):

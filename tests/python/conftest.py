@@ -14,7 +14,7 @@ import threading
 import pytest
 from pyarrow import flight
 
-from storage_servers import HdfsCluster, S3Server, env_without_aws, toml_value
+from storage_servers import HdfsCluster, S3Server, env_without_aws, stop_process, toml_value
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -102,13 +102,7 @@ class Server:
         raise AssertionError(f"no record of request {request_id}")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=30)
 
 
 @pytest.fixture

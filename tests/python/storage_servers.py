@@ -26,6 +26,17 @@ S3_SECRET = "astroflight-test-secret-DO-NOT-LOG"
 S3_REGION = "us-east-1"
 
 
+def stop_process(proc, timeout=20):
+    """Terminate a child process, killing it if it does not exit within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,13 +89,7 @@ class _Process:
             return ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def _wait_http(url, timeout, proc):
@@ -148,13 +153,7 @@ class S3Server:
         return opts
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class HdfsCluster(_Process):
