@@ -69,8 +69,10 @@ def start_server(args, lake):
 
     def read():
         for line in proc.stdout:
+            # Serve once the first index build has ended (the server listens before that).
             if line.startswith("astroflight listening on "):
                 addr.append(line.split()[-1])
+            elif line.strip() == "astroflight ready":
                 ready.set()
                 return
 

@@ -9,8 +9,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use object_store::local::LocalFileSystem;
 use parquet::arrow::ArrowWriter;
 
+use astroflight_gen::ztf_object_id;
 use astroflight_index::{Index, IndexBuilder, SurveyKind};
-use astroflight_server::gen::ztf_object_id;
 
 const FILES: usize = 20;
 const ROWS: usize = 5_000;

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures::TryStreamExt;
 
+use astroflight_gen::{generate, GenOptions};
 use astroflight_index::SurveyKind;
-use astroflight_proto::{CutoutRequest, Selector, StampFormat, StampKind};
+use astroflight_proto::{Command, CutoutRequest, Selector, StampFormat, StampKind};
 use astroflight_server::config::{Config, DatasetConfig, DatasetKind};
-use astroflight_server::cutout;
-use astroflight_server::gen::{generate, GenOptions};
 use astroflight_server::lake::Lake;
 use astroflight_server::storage::IoStats;
+use astroflight_server::tickets;
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
@@ -39,9 +39,9 @@ fn bench(c: &mut Criterion) {
     for (name, result) in rt.block_on(lake.reindex()) {
         result.unwrap_or_else(|e| panic!("indexing {name}: {e}"));
     }
-    let (_, ds) = lake.dataset("ztf").unwrap();
+    let ds = lake.dataset("ztf").unwrap();
     let candids: Vec<i64> = {
-        let f = ds.index.files().unwrap();
+        let f = ds.index.catalog().files().unwrap();
         assert_eq!(f.len(), files.len());
         // Every candid of the file, through the object index.
         let mut v = Vec::new();
@@ -85,9 +85,11 @@ fn bench(c: &mut Criterion) {
                     kind,
                     format,
                 };
-                let plan = cutout::plan(&lake, &req).unwrap();
                 let out: Vec<_> = rt
-                    .block_on(cutout::execute(lake.clone(), plan, Arc::new(IoStats::default())).try_collect())
+                    .block_on(async {
+                        let plan = tickets::plan(&lake, Command::Cutout(req), b"").await?;
+                        plan.execute(Arc::new(IoStats::default())).try_collect().await
+                    })
                     .unwrap();
                 assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), kind.expand().len());
                 out

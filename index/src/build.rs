@@ -3,6 +3,12 @@
 //! One run: repair what a killed run left, list the dataset's parquet files, skip the files
 //! whose size and etag (or modification time) are those of the catalog, read the footer and the
 //! id columns of new and changed files, and drop the files that are gone.
+//!
+//! Builds of one dataset are serialized (a lock shared by every handle of the dataset), and
+//! nothing a lookup can see goes missing mid-build: a changed file's new entries are committed
+//! before its old ones are dropped, and files that are gone are dropped only after every new
+//! file is committed (a compaction that rewrote alerts into a new file never leaves them
+//! unfindable). While both copies are committed, lookups serve the newest.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -108,7 +114,9 @@ impl IndexBuilder {
         self
     }
 
+    /// One incremental build. Waits for a build of the same dataset that is under way.
     pub async fn run(&self) -> Result<BuildStats> {
+        let _serialized = self.index.build_lock.lock().await;
         let mut stats = BuildStats {
             repaired: self.blocking(|ix| repair(&ix)).await?,
             ..Default::default()
@@ -129,19 +137,19 @@ impl IndexBuilder {
             })?;
         stats.listed = listing.len();
 
-        let catalog: HashMap<String, FileEntry> =
-            self.index.files()?.into_iter().map(|f| (f.path.clone(), f)).collect();
+        let catalog: HashMap<String, FileEntry> = self
+            .index
+            .catalog()
+            .files()?
+            .into_iter()
+            .map(|f| (f.path.clone(), f))
+            .collect();
         let listed: HashSet<&str> = listing.iter().map(|m| m.location.as_ref()).collect();
         let gone: Vec<FileEntry> = catalog
             .values()
             .filter(|f| !listed.contains(f.path.as_str()))
             .cloned()
             .collect();
-        for f in gone {
-            info!(path = %f.path, "dropping deleted file from the index");
-            self.blocking(move |ix| remove_file(&ix, f.file_id)).await?;
-            stats.removed += 1;
-        }
 
         let mut todo = Vec::new();
         for meta in listing {
@@ -168,14 +176,22 @@ impl IndexBuilder {
                     continue;
                 }
             };
+            stats.rows += ids.rows.len() as u64;
+            stats.null_ids += ids.null_ids;
+            // The new version is committed first, then the old one dropped: a lookup in between
+            // sees both and serves the newest.
+            self.blocking(move |ix| write_file(&ix, ids)).await?;
+            stats.indexed += 1;
             if let Some(old_id) = old {
                 self.blocking(move |ix| remove_file(&ix, old_id)).await?;
                 stats.removed += 1;
             }
-            stats.rows += ids.rows.len() as u64;
-            stats.null_ids += ids.null_ids;
-            self.blocking(move |ix| write_file(&ix, ids)).await?;
-            stats.indexed += 1;
+        }
+        drop(reads);
+        for f in gone {
+            info!(path = %f.path, "dropping deleted file from the index");
+            self.blocking(move |ix| remove_file(&ix, f.file_id)).await?;
+            stats.removed += 1;
         }
         self.blocking(|ix| Ok(ix.db.flush().map(|_| ())?)).await?;
         info!(dataset = %self.index.name(), ?stats, "index build done");
@@ -199,7 +215,8 @@ impl IndexBuilder {
             message,
         };
         let meta_size = meta.size;
-        let reader = StoreReader::new(self.store.clone(), meta.location.clone(), meta.size);
+        let reader = StoreReader::new(self.store.clone(), meta.location.clone(), meta.size)
+            .with_version(crate::reader::FileVersion::of_meta(&meta));
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
             .map_err(|e| storage_or_file(&path, e))?;
@@ -333,7 +350,8 @@ impl IdColumns {
     }
 
     /// The ids of row `i` and its time, or None when an id is null (or an objectId holds a NUL,
-    /// which the key layout cannot hold). A null time indexes as NaN (oldest).
+    /// which the key layout cannot hold). A null time indexes as NaN: undated, never an
+    /// object's latest alert.
     fn row(&self, i: usize) -> Option<(RowIds, f64)> {
         let time = |a: &Arc<dyn Array>| {
             if a.is_null(i) {
@@ -351,12 +369,14 @@ impl IdColumns {
                 if oid.is_empty() || oid.contains('\0') {
                     return None;
                 }
+                let jd = time(jd);
                 Some((
                     RowIds::Ztf {
                         candid: candid.as_primitive::<Int64Type>().value(i),
+                        jd,
                         object_id: oid.to_string(),
                     },
-                    time(jd),
+                    jd,
                 ))
             }
             IdColumns::Lsst { source, object, mjd } => {
@@ -387,10 +407,10 @@ fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
     let (mut a, mut b, mut byfile) = (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
     for (n, (rg, row, rid, t)) in ids.rows.iter().enumerate() {
         match rid {
-            RowIds::Ztf { candid, object_id } => {
+            RowIds::Ztf { candid, jd, object_id } => {
                 a.insert(
-                    keys::obj_key(object_id, *candid, file_id),
-                    keys::obj_value(*rg, *row, *t),
+                    keys::obj_key(object_id, *jd, *candid, file_id),
+                    &keys::obj_value(*rg, *row)[..],
                 );
                 b.insert(
                     &keys::id_file_key(*candid, file_id)[..],
@@ -407,7 +427,7 @@ fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
                 );
                 b.insert(
                     &keys::diaobj_key(*dia_object_id, *dia_source_id, file_id)[..],
-                    keys::obj_value(*rg, *row, *t),
+                    keys::diaobj_value(*rg, *row, *t),
                 );
             }
         }
@@ -436,14 +456,13 @@ fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
         row_groups: ids.row_groups,
         metadata_len: ids.metadata_len,
     };
-    ix.files
-        .insert(file_id.to_be_bytes(), keys::encode_file_entry(&entry))?;
+    ix.catalog().commit(&entry)?;
     Ok(())
 }
 
 /// Drop a file: its commit record first (readers stop seeing it at once), then its rows.
 pub(crate) fn remove_file(ix: &DatasetIndex, file_id: u64) -> Result<()> {
-    ix.files.remove(file_id.to_be_bytes())?;
+    ix.catalog().uncommit(file_id)?;
     ix.db.flush()?;
     remove_rows(ix, file_id)
 }
@@ -456,9 +475,9 @@ fn remove_rows(ix: &DatasetIndex, file_id: u64) -> Result<()> {
     for kv in ix.byfile.scan_prefix(prefix) {
         let (k, v) = kv?;
         match keys::decode_byfile_value(&v)? {
-            RowIds::Ztf { candid, object_id } => {
+            RowIds::Ztf { candid, jd, object_id } => {
                 ztf = Some(true);
-                a.remove(keys::obj_key(&object_id, candid, file_id));
+                a.remove(keys::obj_key(&object_id, jd, candid, file_id));
                 b.remove(&keys::id_file_key(candid, file_id)[..]);
             }
             RowIds::Lsst {
@@ -497,7 +516,7 @@ pub(crate) fn repair(ix: &DatasetIndex) -> Result<usize> {
         };
         let (k, _) = kv?;
         let file_id = keys::u64_at(&k, 0)?;
-        if !ix.files.contains_key(file_id.to_be_bytes())? {
+        if !ix.catalog().contains(file_id)? {
             warn!(dataset = %ix.name(), file_id, "removing rows of a file a killed build left uncommitted");
             remove_rows(ix, file_id)?;
             repaired += 1;
@@ -536,12 +555,13 @@ pub(crate) mod test_support {
         write_file(ix, ids)?;
         // Take the commit record back out: what a crash between rows and commit leaves.
         let id = ix
+            .catalog()
             .files()?
             .into_iter()
             .find(|f| f.path == path)
             .map(|f| f.file_id)
             .expect("just written");
-        ix.files.remove(id.to_be_bytes())?;
+        ix.catalog().uncommit(id)?;
         Ok(id)
     }
 }

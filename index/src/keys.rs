@@ -42,15 +42,51 @@ pub(crate) fn obj_prefix(object_id: &str) -> Vec<u8> {
     k
 }
 
-pub(crate) fn obj_key(object_id: &str, candid: i64, file_id: u64) -> Vec<u8> {
+/// A time as 9 key bytes: 0 then zeros for "no time" (null or NaN), else 1 then the float's bits
+/// mapped so that byte order is numeric order (negative values: every bit flipped; others:
+/// the sign bit flipped). Undated alerts therefore sort before every dated one.
+pub(crate) fn time_key(t: f64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    if !t.is_nan() {
+        let bits = t.to_bits();
+        let ordered = if bits >> 63 == 1 { !bits } else { bits ^ (1 << 63) };
+        k[0] = 1;
+        k[1..].copy_from_slice(&ordered.to_be_bytes());
+    }
+    k
+}
+
+fn time_at(b: &[u8], at: usize) -> Result<Option<f64>> {
+    match b.get(at) {
+        Some(0) => Ok(None),
+        Some(1) => {
+            let ordered = u64_at(b, at + 1)?;
+            let bits = if ordered >> 63 == 1 {
+                ordered ^ (1 << 63)
+            } else {
+                !ordered
+            };
+            Ok(Some(f64::from_bits(bits)))
+        }
+        _ => Err(corrupt("time key")),
+    }
+}
+
+pub(crate) fn obj_key(object_id: &str, jd: f64, candid: i64, file_id: u64) -> Vec<u8> {
     let mut k = obj_prefix(object_id);
+    k.extend_from_slice(&time_key(jd));
     k.extend_from_slice(&i64_key(candid));
     k.extend_from_slice(&file_id.to_be_bytes());
     k
 }
 
-pub(crate) fn decode_obj_key(k: &[u8], prefix_len: usize) -> Result<(i64, u64)> {
-    Ok((i64_at(k, prefix_len)?, u64_at(k, prefix_len + 8)?))
+/// (jd, candid, file id) of an `obj` key whose objectId prefix is `prefix_len` bytes.
+pub(crate) fn decode_obj_key(k: &[u8], prefix_len: usize) -> Result<(Option<f64>, i64, u64)> {
+    Ok((
+        time_at(k, prefix_len)?,
+        i64_at(k, prefix_len + 9)?,
+        u64_at(k, prefix_len + 17)?,
+    ))
 }
 
 fn loc_value(row_group: u32, row: u32, x: f64, cap: usize) -> Vec<u8> {
@@ -61,11 +97,19 @@ fn loc_value(row_group: u32, row: u32, x: f64, cap: usize) -> Vec<u8> {
     v
 }
 
-pub(crate) fn obj_value(row_group: u32, row: u32, jd: f64) -> Vec<u8> {
-    loc_value(row_group, row, jd, 0)
+/// The `obj` value: where the row is (its time is in the key).
+pub(crate) fn obj_value(row_group: u32, row: u32) -> [u8; 8] {
+    let mut v = [0u8; 8];
+    v[..4].copy_from_slice(&row_group.to_be_bytes());
+    v[4..].copy_from_slice(&row.to_be_bytes());
+    v
 }
 
-pub(crate) fn decode_obj_value(v: &[u8]) -> Result<(u32, u32, f64)> {
+pub(crate) fn decode_obj_value(v: &[u8]) -> Result<(u32, u32)> {
+    Ok((u32_at(v, 0)?, u32_at(v, 4)?))
+}
+
+fn decode_loc_value(v: &[u8]) -> Result<(u32, u32, f64)> {
     Ok((u32_at(v, 0)?, u32_at(v, 4)?, f64_at(v, 8)?))
 }
 
@@ -83,8 +127,9 @@ pub(crate) fn candid_value(row_group: u32, row: u32, jd: f64, object_id: &str) -
 }
 
 pub(crate) fn decode_candid_value(v: &[u8]) -> Result<(u32, u32, f64, String)> {
-    let (rg, row, jd) = decode_obj_value(v)?;
-    let oid = String::from_utf8(v[16..].to_vec()).map_err(|_| corrupt("objectId"))?;
+    let (rg, row, jd) = decode_loc_value(v)?;
+    let oid = String::from_utf8(v.get(16..).ok_or_else(|| corrupt("candid value"))?.to_vec())
+        .map_err(|_| corrupt("objectId"))?;
     Ok((rg, row, jd, oid))
 }
 
@@ -95,7 +140,7 @@ pub(crate) fn dia_value(row_group: u32, row: u32, mjd: f64, dia_object_id: i64) 
 }
 
 pub(crate) fn decode_dia_value(v: &[u8]) -> Result<(u32, u32, f64, i64)> {
-    let (rg, row, mjd) = decode_obj_value(v)?;
+    let (rg, row, mjd) = decode_loc_value(v)?;
     Ok((rg, row, mjd, i64_at(v, 16)?))
 }
 
@@ -107,8 +152,12 @@ pub(crate) fn diaobj_key(dia_object_id: i64, dia_source_id: i64, file_id: u64) -
     k
 }
 
+pub(crate) fn diaobj_value(row_group: u32, row: u32, mjd: f64) -> Vec<u8> {
+    loc_value(row_group, row, mjd, 0)
+}
+
 pub(crate) fn decode_diaobj_value(v: &[u8]) -> Result<(u32, u32, f64)> {
-    decode_obj_value(v)
+    decode_loc_value(v)
 }
 
 pub(crate) fn byfile_key(file_id: u64, ordinal: u64) -> [u8; 16] {
@@ -121,15 +170,24 @@ pub(crate) fn byfile_key(file_id: u64, ordinal: u64) -> [u8; 16] {
 /// What one indexed row added, enough to derive every key it wrote.
 #[derive(Debug, PartialEq)]
 pub(crate) enum RowIds {
-    Ztf { candid: i64, object_id: String },
-    Lsst { dia_source_id: i64, dia_object_id: i64 },
+    /// `jd` is part of the `obj` key (NaN when the alert has none).
+    Ztf {
+        candid: i64,
+        jd: f64,
+        object_id: String,
+    },
+    Lsst {
+        dia_source_id: i64,
+        dia_object_id: i64,
+    },
 }
 
 pub(crate) fn byfile_value(ids: &RowIds) -> Vec<u8> {
     match ids {
-        RowIds::Ztf { candid, object_id } => {
+        RowIds::Ztf { candid, jd, object_id } => {
             let mut v = vec![b'z'];
             v.extend_from_slice(&i64_key(*candid));
+            v.extend_from_slice(&jd.to_bits().to_be_bytes());
             v.extend_from_slice(object_id.as_bytes());
             v
         }
@@ -149,7 +207,9 @@ pub(crate) fn decode_byfile_value(v: &[u8]) -> Result<RowIds> {
     match v.first() {
         Some(b'z') => Ok(RowIds::Ztf {
             candid: i64_at(v, 1)?,
-            object_id: String::from_utf8(v[9..].to_vec()).map_err(|_| corrupt("objectId"))?,
+            jd: f64_at(v, 9)?,
+            object_id: String::from_utf8(v.get(17..).ok_or_else(|| corrupt("byfile row"))?.to_vec())
+                .map_err(|_| corrupt("objectId"))?,
         }),
         Some(b'l') => Ok(RowIds::Lsst {
             dia_source_id: i64_at(v, 1)?,
@@ -259,6 +319,7 @@ mod tests {
         for ids in [
             RowIds::Ztf {
                 candid: 1095578115815010001,
+                jd: 2458849.7,
                 object_id: "ZTF20aabaesm".into(),
             },
             RowIds::Lsst {
@@ -275,6 +336,33 @@ mod tests {
         assert_eq!(
             decode_dia_value(&dia_value(1, 2, 60000.25, -9)).unwrap(),
             (1, 2, 60000.25, -9)
+        );
+    }
+
+    #[test]
+    fn time_keys_sort_numerically_with_undated_first() {
+        let times = [
+            f64::NAN,
+            f64::NEG_INFINITY,
+            -2.5,
+            -0.0,
+            0.0,
+            1e-300,
+            2458849.5,
+            2458849.75,
+            f64::INFINITY,
+        ];
+        let mut keys: Vec<[u8; 9]> = times.iter().rev().map(|t| time_key(*t)).collect();
+        keys.sort();
+        let back: Vec<Option<f64>> = keys.iter().map(|k| time_at(k, 0).unwrap()).collect();
+        assert_eq!(back[0], None);
+        let dated: Vec<f64> = back[1..].iter().map(|t| t.unwrap()).collect();
+        assert_eq!(dated.len(), times.len() - 1);
+        assert!(dated.windows(2).all(|w| w[0] <= w[1]), "{dated:?}");
+        let k = obj_key("ZTF1", 2458849.75, -7, 3);
+        assert_eq!(
+            decode_obj_key(&k, obj_prefix("ZTF1").len()).unwrap(),
+            (Some(2458849.75), -7, 3)
         );
     }
 

@@ -20,16 +20,24 @@
 //!
 //! | tree      | key                                   | value                              |
 //! |-----------|---------------------------------------|------------------------------------|
-//! | `files`   | file id                               | [`FileEntry`] (the commit record)  |
-//! | `obj`     | objectId 0x00 candid file id          | row group, row, jd                 |
+//! | `files`   | file id                               | [`FileEntry`] (the commit record; the [`Catalog`]) |
+//! | `obj`     | objectId 0x00 time candid file id     | row group, row                     |
 //! | `candid`  | candid file id                        | row group, row, jd, objectId       |
 //! | `dia`     | diaSourceId file id                   | row group, row, mjd, diaObjectId   |
 //! | `diaobj`  | diaObjectId diaSourceId file id       | row group, row, mjd                |
 //! | `byfile`  | file id, ordinal                      | the id pair the row added          |
 //!
-//! Integers are big-endian with the sign bit flipped, so that byte order is numeric order.
+//! Integers are big-endian with the sign bit flipped, so that byte order is numeric order. A time
+//! (`jd`) is one byte, 0 when the alert has none and 1 otherwise, then the float's bits mapped
+//! to sort numerically: an object's alerts are in time order in the `obj` tree, undated ones
+//! first, so its latest alert is its last dated key, found by one reverse seek.
 //! The same alert may sit in several files (Fink's raw and science lakes both hold it): every
-//! key ends with the file id, and lookups keep the first copy of each alert.
+//! key ends with the file id, and lookups keep the copy of the newest file (the highest file id,
+//! which is also the copy a re-indexed file gets first).
+//!
+//! The catalog (`files`) is the [`Catalog`]; the other trees are the id index proper.
+//! Each dataset also records the key layout's version; an index written with another layout is
+//! cleared and rebuilt from the lake.
 //!
 //! **Crash safety.** A file's ids are written first, then flushed, then its `files` entry, the
 //! commit record. Lookups ignore ids whose file has no commit record, so readers never see half a
@@ -37,13 +45,16 @@
 //! their rows. A file is dropped in the reverse order (commit record first).
 
 mod build;
+pub mod catalog;
 mod keys;
 pub mod reader;
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use build::{is_data_file, BuildStats, IndexBuilder};
+pub use catalog::{Catalog, CatalogSummary, FileEntry};
 
 /// The survey a dataset holds, which decides its id columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,74 +129,73 @@ pub struct LsstHit {
     pub location: Location,
 }
 
-/// What a dataset's catalog holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CatalogSummary {
-    pub files: usize,
-    pub alerts: u64,
-    pub bytes: u64,
-}
-
-/// The catalog entry of one indexed (committed) file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileEntry {
-    pub file_id: u64,
-    /// Path inside the dataset's store (as object_store names it).
-    pub path: String,
-    pub size: u64,
-    pub e_tag: Option<String>,
-    /// Milliseconds since the epoch.
-    pub last_modified_ms: i64,
-    /// Rows of each row group.
-    pub row_groups: Vec<u64>,
-    /// Bytes at the end of the file after the last column chunk: the footer, page indexes
-    /// (and bloom filters). A reader fetches exactly this suffix to open the file in one read.
-    /// 0 when unknown (entries written by older versions).
-    pub metadata_len: u64,
-}
-
-impl FileEntry {
-    /// The file is unchanged if its size, and its etag or modification time, are the same.
-    pub fn same_version(&self, meta: &object_store::ObjectMeta) -> bool {
-        self.size == meta.size
-            && match (&self.e_tag, &meta.e_tag) {
-                (Some(a), Some(b)) => a == b,
-                _ => self.last_modified_ms == meta.last_modified.timestamp_millis(),
-            }
-    }
-}
+/// The key layout version of a dataset's trees; another value (or none, on non-empty trees)
+/// means the trees were written by another version and are rebuilt.
+const FORMAT: &[u8] = b"2";
 
 /// The index database: one sled database holding the trees of every dataset.
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
+    /// One build lock per dataset name, shared by every handle of that dataset.
+    build_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
-/// The trees of one dataset.
+/// The trees of one dataset: its catalog and its id trees.
 #[derive(Clone)]
 pub struct DatasetIndex {
     name: Arc<str>,
-    files: sled::Tree,
+    catalog: Catalog,
     obj: sled::Tree,
     candid: sled::Tree,
     dia: sled::Tree,
     diaobj: sled::Tree,
     byfile: sled::Tree,
     db: sled::Db,
+    /// Held by a build for its whole run: builds of one dataset never overlap.
+    pub(crate) build_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Why an index directory could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another process holds the directory's lock.
+    Locked(sled::Error),
+    /// The files are there but cannot be read as an index (a crash, a full disk, a bug).
+    Broken(sled::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Locked(e) => write!(f, "the index is in use by another process: {e}"),
+            OpenError::Broken(e) => write!(f, "the index cannot be opened: {e}"),
+        }
+    }
 }
 
 impl Index {
     /// Open (or create) the index in a directory. Only one process may hold it open.
-    pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(dir).cache_capacity(256 << 20).open()?;
-        Ok(Index { db })
+    pub fn open(dir: &Path) -> std::result::Result<Self, OpenError> {
+        match sled::Config::new().path(dir).cache_capacity(256 << 20).open() {
+            Ok(db) => Ok(Index::with_db(db)),
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(OpenError::Locked(sled::Error::Io(e)))
+            }
+            Err(e) => Err(OpenError::Broken(e)),
+        }
+    }
+
+    fn with_db(db: sled::Db) -> Self {
+        Index {
+            db,
+            build_locks: Arc::default(),
+        }
     }
 
     /// A throwaway in-memory index (tests and benchmarks).
     pub fn temporary() -> Result<Self> {
-        Ok(Index {
-            db: sled::Config::new().temporary(true).open()?,
-        })
+        Ok(Index::with_db(sled::Config::new().temporary(true).open()?))
     }
 
     pub fn dataset(&self, name: &str) -> Result<DatasetIndex> {
@@ -193,16 +203,26 @@ impl Index {
             return Err(IndexError::DatasetName(name.to_string()));
         }
         let t = |tree: &str| self.db.open_tree(format!("{name}/{tree}"));
-        Ok(DatasetIndex {
+        let build_lock = self
+            .build_locks
+            .lock()
+            .map_err(|_| IndexError::Corrupt("build lock table poisoned".into()))?
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let ix = DatasetIndex {
             name: name.into(),
-            files: t("files")?,
+            catalog: Catalog { files: t("files")? },
             obj: t("obj")?,
             candid: t("candid")?,
             dia: t("dia")?,
             diaobj: t("diaobj")?,
             byfile: t("byfile")?,
             db: self.db.clone(),
-        })
+            build_lock,
+        };
+        ix.check_format()?;
+        Ok(ix)
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -216,44 +236,103 @@ impl DatasetIndex {
         &self.name
     }
 
+    /// Hold off builds of this dataset while the guard lives (a build under way is waited
+    /// for first). Builds take the same lock.
+    pub async fn lock_builds(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.build_lock.clone().lock_owned().await
+    }
+
+    /// The dataset's file catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn trees(&self) -> [&sled::Tree; 6] {
+        [
+            &self.catalog.files,
+            &self.obj,
+            &self.candid,
+            &self.dia,
+            &self.diaobj,
+            &self.byfile,
+        ]
+    }
+
+    /// Clear the trees when they were written with another key layout (the next build
+    /// re-reads the lake), then record this layout.
+    fn check_format(&self) -> Result<()> {
+        let key = format!("{}/format", self.name);
+        let stored = self.db.get(&key)?;
+        if stored.as_deref() == Some(FORMAT) {
+            return Ok(());
+        }
+        if self.trees().iter().any(|t| !t.is_empty()) {
+            tracing::warn!(dataset = %self.name, "the index was written by another version of astroflight: clearing it; the next build re-reads the lake");
+            for t in self.trees() {
+                t.clear()?;
+            }
+        }
+        self.db.insert(key, FORMAT)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     fn committed(&self, file_id: u64) -> Result<bool> {
-        Ok(self.files.contains_key(file_id.to_be_bytes())?)
+        self.catalog.contains(file_id)
     }
 
     /// The committed catalog entry of a file.
     pub fn file(&self, file_id: u64) -> Result<Option<FileEntry>> {
-        match self.files.get(file_id.to_be_bytes())? {
-            Some(v) => keys::decode_file_entry(file_id, &v).map(Some),
-            None => Ok(None),
-        }
+        self.catalog.file(file_id)
     }
 
-    /// Every committed file, in file id order.
-    pub fn files(&self) -> Result<Vec<FileEntry>> {
-        self.files
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                keys::decode_file_entry(keys::u64_at(&k, 0)?, &v)
-            })
-            .collect()
-    }
-
-    /// Every alert of a ZTF object, oldest first (by jd, then candid); one copy per candid.
+    /// Every alert of a ZTF object, oldest first (by jd, undated alerts first, then candid);
+    /// one copy per candid, the newest file's.
     pub fn object_alerts(&self, object_id: &str) -> Result<Vec<ZtfHit>> {
         let prefix = keys::obj_prefix(object_id);
         let mut hits: Vec<ZtfHit> = Vec::new();
         for kv in self.obj.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            let (candid, file_id) = keys::decode_obj_key(&k, prefix.len())?;
+            let (jd, candid, file_id) = keys::decode_obj_key(&k, prefix.len())?;
             if !self.committed(file_id)? {
                 continue;
             }
-            if hits.last().is_some_and(|h| h.candid == candid) {
-                continue; // a second copy of the same alert in another file
+            let (row_group, row) = keys::decode_obj_value(&v)?;
+            let hit = ZtfHit {
+                object_id: object_id.to_string(),
+                candid,
+                jd: jd.unwrap_or(f64::NAN),
+                location: Location {
+                    file_id,
+                    row_group,
+                    row,
+                },
+            };
+            // Copies of one alert are adjacent (same time and candid), in file id order.
+            match hits.last_mut() {
+                Some(last) if last.candid == candid => *last = hit,
+                _ => hits.push(hit),
             }
-            let (row_group, row, jd) = keys::decode_obj_value(&v)?;
-            hits.push(ZtfHit {
+        }
+        Ok(hits)
+    }
+
+    /// The latest alert (max jd) of a ZTF object: one reverse seek in key order, never a read of
+    /// every alert. An alert without a jd is never the latest; None when the object has no
+    /// dated, committed alert.
+    pub fn latest_alert(&self, object_id: &str) -> Result<Option<ZtfHit>> {
+        let prefix = keys::obj_prefix(object_id);
+        for kv in self.obj.scan_prefix(&prefix).rev() {
+            let (k, v) = kv?;
+            let (jd, candid, file_id) = keys::decode_obj_key(&k, prefix.len())?;
+            let Some(jd) = jd else {
+                return Ok(None); // undated alerts sort first: no dated one is left
+            };
+            if !self.committed(file_id)? {
+                continue;
+            }
+            let (row_group, row) = keys::decode_obj_value(&v)?;
+            return Ok(Some(ZtfHit {
                 object_id: object_id.to_string(),
                 candid,
                 jd,
@@ -262,21 +341,15 @@ impl DatasetIndex {
                     row_group,
                     row,
                 },
-            });
+            }));
         }
-        hits.sort_by(|a, b| a.jd.total_cmp(&b.jd).then(a.candid.cmp(&b.candid)));
-        Ok(hits)
+        Ok(None)
     }
 
-    /// The latest alert (max jd) of a ZTF object.
-    pub fn latest_alert(&self, object_id: &str) -> Result<Option<ZtfHit>> {
-        Ok(self.object_alerts(object_id)?.pop())
-    }
-
-    /// The first copy of an id (in file id order) whose file is committed: its file id and value.
+    /// The newest committed copy of an id (highest file id): its file id and value.
     /// Ids of the `candid` and `dia` trees are keyed `id file_id`.
-    fn first_committed(&self, tree: &sled::Tree, id: i64) -> Result<Option<(u64, sled::IVec)>> {
-        for kv in tree.scan_prefix(keys::i64_key(id)) {
+    fn newest_committed(&self, tree: &sled::Tree, id: i64) -> Result<Option<(u64, sled::IVec)>> {
+        for kv in tree.scan_prefix(keys::i64_key(id)).rev() {
             let (k, v) = kv?;
             let file_id = keys::u64_at(&k, 8)?;
             if self.committed(file_id)? {
@@ -286,9 +359,9 @@ impl DatasetIndex {
         Ok(None)
     }
 
-    /// One ZTF alert by candid (the first committed copy).
+    /// One ZTF alert by candid (the newest committed copy).
     pub fn candid(&self, candid: i64) -> Result<Option<ZtfHit>> {
-        let Some((file_id, v)) = self.first_committed(&self.candid, candid)? else {
+        let Some((file_id, v)) = self.newest_committed(&self.candid, candid)? else {
             return Ok(None);
         };
         let (row_group, row, jd, object_id) = keys::decode_candid_value(&v)?;
@@ -304,9 +377,9 @@ impl DatasetIndex {
         }))
     }
 
-    /// One Rubin alert by diaSourceId (the first committed copy).
+    /// One Rubin alert by diaSourceId (the newest committed copy).
     pub fn dia_source(&self, id: i64) -> Result<Option<LsstHit>> {
-        let Some((file_id, v)) = self.first_committed(&self.dia, id)? else {
+        let Some((file_id, v)) = self.newest_committed(&self.dia, id)? else {
             return Ok(None);
         };
         let (row_group, row, mjd, dia_object_id) = keys::decode_dia_value(&v)?;
@@ -322,18 +395,19 @@ impl DatasetIndex {
         }))
     }
 
-    /// Every source of a Rubin diaObject, oldest first; one copy per diaSourceId.
+    /// Every source of a Rubin diaObject, oldest first (undated last); one copy per
+    /// diaSourceId, the newest file's.
     pub fn dia_object_sources(&self, dia_object_id: i64) -> Result<Vec<LsstHit>> {
         let mut hits: Vec<LsstHit> = Vec::new();
         for kv in self.diaobj.scan_prefix(keys::i64_key(dia_object_id)) {
             let (k, v) = kv?;
             let dia_source_id = keys::i64_at(&k, 8)?;
             let file_id = keys::u64_at(&k, 16)?;
-            if !self.committed(file_id)? || hits.last().is_some_and(|h| h.dia_source_id == dia_source_id) {
+            if !self.committed(file_id)? {
                 continue;
             }
             let (row_group, row, mjd) = keys::decode_diaobj_value(&v)?;
-            hits.push(LsstHit {
+            let hit = LsstHit {
                 dia_source_id,
                 dia_object_id,
                 mjd,
@@ -342,20 +416,25 @@ impl DatasetIndex {
                     row_group,
                     row,
                 },
-            });
+            };
+            match hits.last_mut() {
+                Some(last) if last.dia_source_id == dia_source_id => *last = hit,
+                _ => hits.push(hit),
+            }
         }
-        hits.sort_by(|a, b| a.mjd.total_cmp(&b.mjd).then(a.dia_source_id.cmp(&b.dia_source_id)));
+        hits.sort_by(|a, b| {
+            a.mjd
+                .is_nan()
+                .cmp(&b.mjd.is_nan())
+                .then(a.mjd.total_cmp(&b.mjd))
+                .then(a.dia_source_id.cmp(&b.dia_source_id))
+        });
         Ok(hits)
     }
 
     /// Committed files, their alerts (counting copies) and bytes, from one catalog scan.
     pub fn summary(&self) -> Result<CatalogSummary> {
-        let files = self.files()?;
-        Ok(CatalogSummary {
-            files: files.len(),
-            alerts: files.iter().map(|f| f.row_groups.iter().sum::<u64>()).sum(),
-            bytes: files.iter().map(|f| f.size).sum(),
-        })
+        self.catalog.summary()
     }
 }
 

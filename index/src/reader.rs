@@ -3,6 +3,13 @@
 //! Footers can be handed in from a cache ([`StoreReader::with_metadata`]); when they are read,
 //! the last `prefetch` bytes of the file are fetched in one request, which for Spark-written
 //! alert files holds the footer and the offset index together, so a cold open is one round trip.
+//!
+//! A reader given the version of the file it expects ([`StoreReader::with_version`]: the one
+//! the index recorded) sends it with every read (`If-Match` with the ETag, where the store has
+//! one: S3, HTTP, HDFS and local files all do) and checks the object metadata that comes back
+//! (size, ETag or modification time) and the length of what came back. A file rewritten or
+//! truncated since it was indexed therefore fails with [`object_store::Error::Precondition`]
+//! instead of being decoded against a footer of another version.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -11,7 +18,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::{ParquetError, Result};
@@ -27,6 +34,59 @@ pub struct StoreReader {
     metadata: Option<Arc<ParquetMetaData>>,
     prefetch: usize,
     offset_index: PageIndexPolicy,
+    version: Option<FileVersion>,
+    coalesce: u64,
+}
+
+/// The version of a file a reader expects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileVersion {
+    pub size: u64,
+    pub e_tag: Option<String>,
+    pub last_modified_ms: i64,
+}
+
+impl FileVersion {
+    pub fn of_entry(e: &crate::FileEntry) -> Self {
+        FileVersion {
+            size: e.size,
+            e_tag: e.e_tag.clone(),
+            last_modified_ms: e.last_modified_ms,
+        }
+    }
+
+    pub fn of_meta(m: &ObjectMeta) -> Self {
+        FileVersion {
+            size: m.size,
+            e_tag: m.e_tag.clone(),
+            last_modified_ms: m.last_modified.timestamp_millis(),
+        }
+    }
+
+    /// Why `meta` is not this version, if it is not: the size differs, or the ETags (when both
+    /// have one) differ, or else the modification times.
+    pub fn mismatch(&self, meta: &ObjectMeta) -> Option<String> {
+        if meta.size != self.size {
+            return Some(format!("its size is {} bytes, the index has {}", meta.size, self.size));
+        }
+        match (&self.e_tag, &meta.e_tag) {
+            (Some(a), Some(b)) if a != b => Some(format!("its ETag is {b}, the index has {a}")),
+            (Some(_), Some(_)) => None,
+            _ if meta.last_modified.timestamp_millis() != self.last_modified_ms => Some(format!(
+                "it was modified at {} (ms), the index has {}",
+                meta.last_modified.timestamp_millis(),
+                self.last_modified_ms
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn changed(path: &Path, why: String) -> object_store::Error {
+    object_store::Error::Precondition {
+        path: path.to_string(),
+        source: format!("the file changed since it was indexed: {why}").into(),
+    }
 }
 
 impl StoreReader {
@@ -38,7 +98,67 @@ impl StoreReader {
             metadata: None,
             prefetch: DEFAULT_FOOTER_PREFETCH,
             offset_index: PageIndexPolicy::Skip,
+            version: None,
+            coalesce: object_store::OBJECT_STORE_COALESCE_DEFAULT,
         }
+    }
+
+    /// Read only this version of the file (see the module docs).
+    pub fn with_version(mut self, version: FileVersion) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// Ranges of one vectored read closer than this are fetched as one request (gaps
+    /// included). 0 suits local files, where a request costs little.
+    pub fn with_coalesce(mut self, bytes: u64) -> Self {
+        self.coalesce = bytes;
+        self
+    }
+
+    /// One ranged read, of the expected version when there is one.
+    async fn fetch(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        version: Option<FileVersion>,
+        range: Range<u64>,
+    ) -> object_store::Result<Bytes> {
+        let Some(v) = version else {
+            return store.get_range(&path, range).await;
+        };
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(range.clone())),
+            if_match: v.e_tag.clone(),
+            ..Default::default()
+        };
+        let result = match store.get_opts(&path, opts).await {
+            Ok(r) => r,
+            Err(e @ (object_store::Error::NotFound { .. } | object_store::Error::Precondition { .. })) => {
+                return Err(e)
+            }
+            Err(e) => {
+                // A read past the end of a file that shrank fails before any metadata comes
+                // back: ask for it, so that a changed file is reported as changed, not as an
+                // outage.
+                if let Ok(meta) = store.head(&path).await {
+                    if let Some(why) = v.mismatch(&meta) {
+                        return Err(changed(&path, why));
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if let Some(why) = v.mismatch(&result.meta) {
+            return Err(changed(&path, why));
+        }
+        let bytes = result.bytes().await?;
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(changed(
+                &path,
+                format!("bytes {range:?} returned {} bytes", bytes.len()),
+            ));
+        }
+        Ok(bytes)
     }
 
     /// Use this footer instead of reading it.
@@ -82,11 +202,30 @@ fn external(e: object_store::Error) -> ParquetError {
 
 impl AsyncFileReader for StoreReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes>> {
-        async move { self.store.get_range(&self.path, range).await.map_err(external) }.boxed()
+        let fetch = Self::fetch(self.store.clone(), self.path.clone(), self.version.clone(), range);
+        async move { fetch.await.map_err(external) }.boxed()
     }
 
     fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, Result<Vec<Bytes>>> {
-        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed()
+        if self.version.is_none() {
+            return async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed();
+        }
+        let (store, path, version, coalesce) = (
+            self.store.clone(),
+            self.path.clone(),
+            self.version.clone(),
+            self.coalesce,
+        );
+        async move {
+            object_store::coalesce_ranges(
+                &ranges,
+                |r| Self::fetch(store.clone(), path.clone(), version.clone(), r),
+                coalesce,
+            )
+            .await
+            .map_err(external)
+        }
+        .boxed()
     }
 
     fn get_metadata<'a>(

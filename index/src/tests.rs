@@ -107,7 +107,7 @@ async fn build_lookup_and_rebuild_incrementally() {
     assert!(ix.object_alerts("ZTF1").unwrap().is_empty());
     assert!(ix.candid(20).unwrap().is_none());
     assert_eq!(ix.candid(40).unwrap().unwrap().object_id, "ZTF4");
-    assert_eq!(ix.files().unwrap().len(), 1);
+    assert_eq!(ix.catalog().files().unwrap().len(), 1);
     let sum = ix.summary().unwrap();
     assert_eq!((sum.files, sum.alerts), (1, 1));
     assert_eq!(
@@ -140,6 +140,106 @@ async fn the_same_alert_in_two_files_is_found_once_and_survives_losing_one_copy(
     assert_eq!(ix.file(h.location.file_id).unwrap().unwrap().path, "science/b.parquet");
 }
 
+/// Write a ZTF-shaped file whose jd column may hold nulls.
+fn write_ztf_nullable_jd(dir: &std::path::Path, name: &str, rows: &[(&str, i64, Option<f64>)]) {
+    let cand = Fields::from(vec![Field::new("jd", DataType::Float64, true)]);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("objectId", DataType::Utf8, true),
+        Field::new("candid", DataType::Int64, true),
+        Field::new("candidate", DataType::Struct(cand.clone()), true),
+    ]));
+    let jd: ArrayRef = Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>()));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+            Arc::new(StructArray::new(cand, vec![jd], None)),
+        ],
+    )
+    .unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(dir.join(name)).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[tokio::test]
+async fn an_alert_without_jd_is_never_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ztf_nullable_jd(
+        dir.path(),
+        "a.parquet",
+        &[
+            ("ZTF1", 10, Some(2458849.5)),
+            ("ZTF1", 11, None),
+            ("ZTF1", 12, Some(2458850.5)),
+            ("ZTF1", 13, Some(2458849.9)),
+            ("ZTF2", 20, None),
+        ],
+    );
+    let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
+    build(dir.path(), &ix).await;
+    assert_eq!(ix.latest_alert("ZTF1").unwrap().unwrap().candid, 12);
+    // Only undated alerts: no latest, but the alert is there.
+    assert!(ix.latest_alert("ZTF2").unwrap().is_none());
+    assert_eq!(ix.object_alerts("ZTF2").unwrap().len(), 1);
+    // Undated first, then by time.
+    let order: Vec<i64> = ix.object_alerts("ZTF1").unwrap().iter().map(|h| h.candid).collect();
+    assert_eq!(order, vec![11, 10, 13, 12]);
+}
+
+#[tokio::test]
+async fn a_changed_file_is_served_from_its_newest_copy_and_builds_are_serialized() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_ztf(d, "a.parquet", &[("ZTF1", 10, 1.0), ("ZTF1", 11, 2.0)], 10);
+    let index = Index::temporary().unwrap();
+    let ix = index.dataset("ztf").unwrap();
+    build(d, &ix).await;
+    let old_file = ix.candid(10).unwrap().unwrap().location.file_id;
+    // The same alert in a second file (a compaction wrote it again): the newest copy is served
+    // while both are committed, and the latest alert of the object moves forward.
+    write_ztf(
+        d,
+        "b.parquet",
+        &[("ZTF1", 10, 1.0), ("ZTF1", 11, 2.0), ("ZTF1", 12, 3.0)],
+        10,
+    );
+    // Two builds at once through two handles of the same dataset: serialized, so the new file
+    // is indexed once.
+    let ix2 = index.dataset("ztf").unwrap();
+    let (s1, s2) = tokio::join!(build(d, &ix), build(d, &ix2));
+    assert_eq!(s1.indexed + s2.indexed, 1, "{s1:?} {s2:?}");
+    assert_eq!(ix.catalog().files().unwrap().len(), 2);
+    let h = ix.candid(10).unwrap().unwrap();
+    assert_ne!(h.location.file_id, old_file);
+    assert_eq!(ix.file(h.location.file_id).unwrap().unwrap().path, "b.parquet");
+    assert_eq!(ix.latest_alert("ZTF1").unwrap().unwrap().candid, 12);
+    let all: Vec<(i64, u64)> = ix
+        .object_alerts("ZTF1")
+        .unwrap()
+        .iter()
+        .map(|h| (h.candid, h.location.file_id))
+        .collect();
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|(_, f)| *f == h.location.file_id), "{all:?}");
+}
+
+#[test]
+fn an_index_of_another_layout_is_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let index = Index::open(dir.path()).ok().unwrap();
+        let ix = index.dataset("ztf").unwrap();
+        ix.obj.insert(b"old-layout-key", b"x").unwrap();
+        index.db.insert("ztf/format", b"1".as_ref()).unwrap();
+        index.flush().unwrap();
+    }
+    let index = Index::open(dir.path()).ok().unwrap();
+    let ix = index.dataset("ztf").unwrap();
+    assert!(ix.obj.is_empty());
+}
+
 #[tokio::test]
 async fn a_killed_build_is_invisible_and_repaired() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,6 +253,7 @@ async fn a_killed_build_is_invisible_and_repaired() {
             0,
             RowIds::Ztf {
                 candid: 77,
+                jd: 1.0,
                 object_id: "ZTF7".into(),
             },
             1.0,

@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use crate::{Command, CutoutTicket, StampFormat, StampKind, TicketError};
+use crate::{quoted, Command, CutoutTicket, StampFormat, StampKind, TicketError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
@@ -47,19 +47,29 @@ impl Id {
             Id::Str(s) => s
                 .trim()
                 .parse()
-                .map_err(|_| TicketError::Cutout(format!("`{field}` value {s:?} is not a 64-bit integer"))),
+                .map_err(|_| TicketError::Cutout(format!("`{field}` value {} is not a 64-bit integer", quoted(&s)))),
         }
     }
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<Command, TicketError> {
     let t: JsonTicket = serde_json::from_slice(bytes).map_err(|e| {
+        // serde's message quotes the offending key or value whole: cut it.
+        let e = cut_message(&e.to_string());
         TicketError::Json(format!(
             "{e}; expected {{\"cutout\": {{\"dataset\", \"objectId\" | \"objectIds\" | \"candid\" | \"candids\" | \"diaSourceId\" | \"diaSourceIds\", \"kind\", \"format\", \"all\"}}}}"
         ))
     })?;
     match t {
         JsonTicket::Cutout(c) => c.into_ticket()?.validate().map(Command::Cutout),
+    }
+}
+
+fn cut_message(m: &str) -> String {
+    const MAX: usize = 300;
+    match m.char_indices().nth(MAX) {
+        None => m.to_string(),
+        Some((at, _)) => format!("{}… ({} more bytes)", &m[..at], m.len() - at),
     }
 }
 
@@ -114,7 +124,8 @@ pub fn parse_kind(k: &str) -> Result<StampKind, TicketError> {
         "template" => Ok(StampKind::Template),
         "difference" => Ok(StampKind::Difference),
         _ => Err(TicketError::Cutout(format!(
-            "unknown kind {k:?}; expected one of Science, Template, Difference, All"
+            "unknown kind {}; expected one of Science, Template, Difference, All",
+            quoted(k)
         ))),
     }
 }
@@ -126,7 +137,8 @@ pub fn parse_format(f: &str) -> Result<StampFormat, TicketError> {
         "gzip" => Ok(StampFormat::Gzip),
         "array" => Ok(StampFormat::Array),
         _ => Err(TicketError::Cutout(format!(
-            "unknown format {f:?}; expected one of fits, gzip, array"
+            "unknown format {}; expected one of fits, gzip, array",
+            quoted(f)
         ))),
     }
 }

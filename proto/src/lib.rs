@@ -1,15 +1,19 @@
 //! Ticket and command types of astroflight.
 //!
 //! Everything a client can put in a Flight `Ticket` or `FlightDescriptor.cmd` is defined here,
-//! once, in two encodings: protobuf (`astroflight.proto`, prost types in [`ticket`]) and JSON
-//! (`{"cutout": {...}}`). [`decode_command`] is the single entry point the server uses: it turns
-//! raw bytes into a validated [`Command`], or a [`TicketError`] whose message says what was wrong
-//! and what is accepted.
+//! once, in two encodings: protobuf (`astroflight.proto`, prost types in [`ticket`]), always
+//! packed in a `google.protobuf.Any` whose type URL names the command (as Flight SQL's commands
+//! are), and JSON (`{"cutout": {...}}`), whose one top-level key names it. A JSON command starts
+//! with `{`; an `Any` starts with its type URL (field 1, byte 0x0A), so the two never mix, and
+//! Flight SQL's `Any` commands are told from ours by their type URL.
+//! [`decode_command`] is the single entry point the server uses: it turns raw bytes into a
+//! validated [`Command`], or a [`TicketError`] whose message says what was wrong and what is
+//! accepted.
 
 pub mod json;
 pub mod ticket;
 
-pub use ticket::{CutoutTicket, StampFormat, StampKind, Ticket};
+pub use ticket::{Any, CutoutTicket, StampFormat, StampKind, Ticket, CUTOUT_TYPE_URL, FLIGHT_SQL_TYPE_PREFIX};
 
 /// Most ids one cutout ticket may name; larger pulls belong to alert queries.
 pub const MAX_IDS_PER_TICKET: usize = 100_000;
@@ -93,38 +97,74 @@ impl StampFormat {
 /// Why a ticket was refused. Every variant is the client's fault (INVALID_ARGUMENT).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TicketError {
-    #[error("ticket is empty; expected JSON such as {{\"cutout\": {{\"dataset\": \"ztf\", \"objectId\": \"ZTF20aabaesm\"}}}} or an astroflight.v1.Ticket protobuf")]
+    #[error("ticket is empty; expected JSON such as {{\"cutout\": {{\"dataset\": \"ztf\", \"objectId\": \"ZTF20aabaesm\"}}}} or a protobuf command packed in a google.protobuf.Any")]
     Empty,
     #[error("ticket is not valid JSON: {0}")]
     Json(String),
-    #[error("ticket is neither JSON (must start with '{{') nor a valid astroflight.v1.Ticket protobuf: {0}")]
+    #[error("ticket is neither JSON (must start with '{{') nor a protobuf command packed in a google.protobuf.Any ({CUTOUT_TYPE_URL}): {0}")]
     Protobuf(String),
+    /// A Flight SQL command (an `Any` of `arrow.flight.protocol.sql`): not served yet.
+    #[error("{0} is a Flight SQL command; this server does not answer Flight SQL yet (use astroflight's JSON or protobuf commands)")]
+    FlightSql(String),
     #[error("invalid cutout ticket: {0}")]
     Cutout(String),
 }
 
-/// Decode a ticket or command: JSON when the first non-blank byte is `{`, protobuf otherwise.
+/// Decode a ticket or command: JSON when the first non-blank byte is `{`, else a protobuf
+/// command packed in a `google.protobuf.Any`, dispatched on its type URL.
 pub fn decode_command(bytes: &[u8]) -> Result<Command, TicketError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         None => Err(TicketError::Empty),
         Some(b'{') => json::decode(bytes),
         Some(_) => {
-            let ticket = <Ticket as prost::Message>::decode(bytes).map_err(|e| TicketError::Protobuf(e.to_string()))?;
-            match ticket.kind {
-                Some(ticket::Kind::Cutout(c)) => c.validate().map(Command::Cutout),
-                None => Err(TicketError::Protobuf(
-                    "the ticket names no command (field 1 `cutout` is the only kind so far)".into(),
-                )),
+            let any = <Any as prost::Message>::decode(bytes).map_err(|e| TicketError::Protobuf(e.to_string()))?;
+            match any.type_url.as_str() {
+                CUTOUT_TYPE_URL => {
+                    let c = <CutoutTicket as prost::Message>::decode(any.value.as_slice())
+                        .map_err(|e| TicketError::Protobuf(format!("{CUTOUT_TYPE_URL}: {e}")))?;
+                    c.validate().map(Command::Cutout)
+                }
+                t if t.starts_with(FLIGHT_SQL_TYPE_PREFIX) => Err(TicketError::FlightSql(t.to_string())),
+                t => Err(TicketError::Protobuf(format!("unknown command type {}", quoted(t)))),
             }
         }
     }
 }
 
+/// Client input as quoted in a message: Debug-quoted and cut to 64 characters, so that a huge
+/// or hostile value never makes a huge error.
+pub fn quoted(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        None => format!("{s:?}"),
+        Some((at, _)) => format!("{:?}… ({} more bytes)", &s[..at], s.len() - at),
+    }
+}
+
+/// Keep the first of each repeated value, in order: a ticket naming an id twice costs once.
+fn dedup<T: Eq + std::hash::Hash + Clone>(v: Vec<T>) -> Vec<T> {
+    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    v.into_iter().filter(|x| seen.insert(x.clone())).collect()
+}
+
 impl CutoutTicket {
     /// Check the selector rules and build the typed request.
-    pub fn validate(self) -> Result<CutoutRequest, TicketError> {
+    pub fn validate(mut self) -> Result<CutoutRequest, TicketError> {
         let bad = |m: &str| Err(TicketError::Cutout(m.to_string()));
+        let n = self
+            .object_ids
+            .len()
+            .max(self.candids.len())
+            .max(self.dia_source_ids.len());
+        if n > MAX_IDS_PER_TICKET {
+            return Err(TicketError::Cutout(format!(
+                "{n} ids in one ticket; at most {MAX_IDS_PER_TICKET} are accepted"
+            )));
+        }
+        self.object_ids = dedup(self.object_ids);
+        self.candids = dedup(self.candids);
+        self.dia_source_ids = dedup(self.dia_source_ids);
         if self.dataset.is_empty() {
             return bad("`dataset` is required");
         }
@@ -172,12 +212,6 @@ impl CutoutTicket {
         if self.all && !matches!(selector, Selector::Objects { .. }) {
             return bad("`all` applies to objectId/objectIds only");
         }
-        let n = n_obj.max(n_cand).max(n_dia);
-        if n > MAX_IDS_PER_TICKET {
-            return Err(TicketError::Cutout(format!(
-                "{n} ids in one ticket; at most {MAX_IDS_PER_TICKET} are accepted"
-            )));
-        }
         Ok(CutoutRequest {
             dataset: self.dataset,
             selector,
@@ -188,8 +222,8 @@ impl CutoutTicket {
 }
 
 impl CutoutRequest {
-    /// The protobuf form of this request (what `decode_command` reads back).
-    pub fn to_ticket(&self) -> Ticket {
+    /// The protobuf form of this request, unpacked.
+    pub fn to_cutout_ticket(&self) -> CutoutTicket {
         let mut t = CutoutTicket {
             dataset: self.dataset.clone(),
             kind: self.kind as i32,
@@ -207,14 +241,16 @@ impl CutoutRequest {
             }
             Selector::DiaSources { ids } => t.dia_source_ids = ids.clone(),
         }
-        Ticket {
-            kind: Some(ticket::Kind::Cutout(t)),
-        }
+        t
     }
 
-    /// Encoded protobuf bytes, ready for a Flight `Ticket`.
+    /// Encoded protobuf bytes (an `Any` of [`CUTOUT_TYPE_URL`]), ready for a Flight `Ticket`
+    /// or a `FlightDescriptor.cmd`; what `decode_command` reads back.
     pub fn encode(&self) -> Vec<u8> {
-        prost::Message::encode_to_vec(&self.to_ticket())
+        prost::Message::encode_to_vec(&Any {
+            type_url: CUTOUT_TYPE_URL.to_string(),
+            value: prost::Message::encode_to_vec(&self.to_cutout_ticket()),
+        })
     }
 }
 
@@ -256,11 +292,72 @@ mod tests {
             decode_command(&[0xff, 0xff, 0xff]),
             Err(TicketError::Protobuf(_))
         ));
-        // A valid protobuf message (an unknown field 2) that names no command.
+        // A valid protobuf message that names no command type.
         assert!(matches!(
-            decode_command(&[0x10, 0x01]),
-            Err(TicketError::Protobuf(m)) if m.contains("no command")
+            decode_command(&[0x12, 0x00]),
+            Err(TicketError::Protobuf(m)) if m.contains("unknown command type \"\"")
         ));
+        // The first protobuf form (a bare `Ticket` oneof): its field 1 reads as a type URL
+        // that is none of ours, and the message says what is accepted.
+        let bare = prost::Message::encode_to_vec(&Ticket {
+            kind: Some(ticket::Kind::Cutout(CutoutTicket {
+                dataset: "ztf".into(),
+                candids: vec![1],
+                ..Default::default()
+            })),
+        });
+        let e = decode_command(&bare).unwrap_err().to_string();
+        assert!(e.contains("unknown command type") && e.contains(CUTOUT_TYPE_URL), "{e}");
+    }
+
+    #[test]
+    fn flight_sql_commands_are_told_apart_by_their_type_url() {
+        // A Flight SQL CommandStatementQuery starts with the same byte as ours (field 1).
+        let sql = prost::Message::encode_to_vec(&Any {
+            type_url: "type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery".into(),
+            value: vec![0x0a, 0x01, b'x'],
+        });
+        assert_eq!(sql[0], 0x0a);
+        assert!(matches!(decode_command(&sql), Err(TicketError::FlightSql(t)) if t.ends_with("CommandStatementQuery")));
+        let ours = req(Selector::Candids {
+            candids: vec![1],
+            object_id: None,
+        })
+        .encode();
+        assert_eq!(ours[0], 0x0a);
+        assert!(decode_command(&ours).is_ok());
+        // A huge unknown type URL is quoted cut short.
+        let huge = prost::Message::encode_to_vec(&Any {
+            type_url: "x".repeat(100_000),
+            value: vec![],
+        });
+        assert!(decode_command(&huge).unwrap_err().to_string().len() < 400);
+    }
+
+    #[test]
+    fn repeated_ids_are_dropped_while_parsing() {
+        let c = CutoutTicket {
+            dataset: "ztf".into(),
+            candids: vec![3, 1, 3, 3, 2, 1],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            c.selector,
+            Selector::Candids {
+                candids: vec![3, 1, 2],
+                object_id: None
+            }
+        );
+        let c = CutoutTicket {
+            dataset: "ztf".into(),
+            object_ids: vec!["a".into(), "a".into()],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(c.selector.len(), 1);
     }
 
     #[test]
@@ -308,9 +405,13 @@ mod tests {
             kind: StampKind::Template,
             format: StampFormat::Gzip,
         };
-        // Ticket.cutout (1, len 13) { dataset(1)="z", object_ids(2)="o", candids(3) packed [1],
-        // kind(5)=2, format(6)=1 }
-        let expect: Vec<u8> = vec![0x0a, 13, 0x0a, 1, b'z', 0x12, 1, b'o', 0x1a, 1, 1, 0x28, 2, 0x30, 1];
+        // Any { type_url(1) = CUTOUT_TYPE_URL, value(2) = CutoutTicket { dataset(1)="z",
+        // object_ids(2)="o", candids(3) packed [1], kind(5)=2, format(6)=1 } }
+        let inner: Vec<u8> = vec![0x0a, 1, b'z', 0x12, 1, b'o', 0x1a, 1, 1, 0x28, 2, 0x30, 1];
+        let mut expect: Vec<u8> = vec![0x0a, CUTOUT_TYPE_URL.len() as u8];
+        expect.extend_from_slice(CUTOUT_TYPE_URL.as_bytes());
+        expect.extend_from_slice(&[0x12, inner.len() as u8]);
+        expect.extend_from_slice(&inner);
         assert_eq!(r.encode(), expect);
     }
 }

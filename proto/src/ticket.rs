@@ -2,6 +2,25 @@
 //! macros so that the build needs no protoc. Keep them in step with the .proto file; the
 //! `wire_format_matches_proto_file` test pins the encoding.
 
+/// `google.protobuf.Any`: how every protobuf command travels, in a Flight `Ticket` or a
+/// `FlightDescriptor.cmd`, exactly as Flight SQL's commands do. The type URL says which command
+/// it is, so astroflight's commands and Flight SQL's can share one port without being mistaken
+/// for each other.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Any {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// The type URL of a [`CutoutTicket`] packed in an [`Any`].
+pub const CUTOUT_TYPE_URL: &str = "type.googleapis.com/astroflight.v1.CutoutTicket";
+/// The prefix of Flight SQL's command type URLs.
+pub const FLIGHT_SQL_TYPE_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
+
+/// The oneof of every command kind (kept for clients built against the first .proto; on the
+/// wire, commands are [`Any`]-packed).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Ticket {
     #[prost(oneof = "Kind", tags = "1")]

@@ -17,7 +17,7 @@ fn main() {
     let fields: Vec<Arc<Field>> = schema
         .fields()
         .iter()
-        .map(|f| Arc::new(astroflight_server::gen::schema::strip(f)))
+        .map(|f| Arc::new(astroflight_gen::schema::strip(f)))
         .collect();
     println!("{}", serde_json::to_string(&Schema::new(fields)).expect("json"));
 }

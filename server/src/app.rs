@@ -1,4 +1,9 @@
 //! [`App`]: the server, built from a [`Config`], bound to its address, ready to run.
+//!
+//! The server listens before its first index build ends: the build runs in the background
+//! once the server runs, lookups that find nothing meanwhile answer UNAVAILABLE ("still being
+//! indexed"), and readiness is reported by [`Lake::ready`], the `health` action and, in the
+//! binary, an `astroflight ready` line on stdout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,14 +17,16 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::flight::AstroFlight;
 use crate::lake::Lake;
+use crate::service::AstroFlight;
 
 pub struct App {
     addr: SocketAddr,
     lake: Arc<Lake>,
     listener: TcpListener,
     deadline: std::time::Duration,
+    index_on_start: bool,
+    reindex_every: Option<std::time::Duration>,
 }
 
 /// Stops a running server (dropping it stops the server too).
@@ -34,21 +41,11 @@ impl StopHandle {
 }
 
 impl App {
-    /// Open the lake, index it if the config says so, and bind the listen address
-    /// (port 0 picks a free port: see [`App::local_addr`]).
+    /// Open the lake and bind the listen address (port 0 picks a free port: see
+    /// [`App::local_addr`]). Reads nothing from the lake: the first index build starts when
+    /// the server runs.
     pub async fn build(config: Config) -> Result<App> {
         let lake = Arc::new(Lake::open(&config)?);
-        if config.index_on_start {
-            // A dataset that cannot be indexed now (storage down) is served from its previous
-            // index; the failure is logged by reindex and the `reindex` action can retry.
-            for (name, result) in lake.reindex().await {
-                if let Ok(s) = result {
-                    for (path, err) in &s.failed {
-                        tracing::warn!(dataset = %name, %path, %err, "file not indexed");
-                    }
-                }
-            }
-        }
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -59,6 +56,9 @@ impl App {
             lake,
             listener,
             deadline,
+            index_on_start: config.index_on_start,
+            reindex_every: (config.reindex_interval_secs > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(config.reindex_interval_secs)),
         })
     }
 
@@ -88,8 +88,31 @@ impl App {
         (addr, StopHandle(Some(tx)), join)
     }
 
+    /// The background index work: the first build (when configured), then the schedule.
+    /// A dataset that cannot be indexed (storage down) is served from its previous index; the
+    /// failure is logged and the next build retries.
+    fn start_indexing(&self) -> tokio::task::JoinHandle<()> {
+        let (lake, first, every) = (self.lake.clone(), self.index_on_start, self.reindex_every);
+        tokio::spawn(async move {
+            if first {
+                lake.reindex().await;
+                info!("astroflight ready: first index build done");
+            }
+            if let Some(every) = every {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    lake.reindex().await;
+                }
+            }
+        })
+    }
+
     async fn serve(self, stop: oneshot::Receiver<()>) -> Result<()> {
         info!(addr = %self.addr, "astroflight listening");
+        let indexing = self.start_indexing();
         let service = FlightServiceServer::new(AstroFlight::new(self.lake.clone(), self.deadline))
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(64 << 20);
@@ -112,6 +135,8 @@ impl App {
             })
             .await
             .map_err(|e| Error::Internal(format!("server failed: {e}")));
+        indexing.abort();
+        let _ = indexing.await;
         self.lake.flush()?;
         info!("astroflight stopped");
         result

@@ -34,9 +34,32 @@ pub struct Config {
     /// Directory of the sled index.
     #[serde(default = "default_index_dir")]
     pub index_dir: PathBuf,
-    /// Parquet footers (with their offset index) kept in memory, in files.
+    /// Parquet footers (with their offset index) kept in memory, at most this many files...
     #[serde(default = "default_footer_cache")]
     pub footer_cache_files: usize,
+    /// ...and at most this many bytes (as the decoded metadata measures itself).
+    #[serde(default = "default_footer_cache_bytes")]
+    pub footer_cache_bytes: u64,
+    /// Most alerts one ticket may resolve to (after `all` expands objects); past it the ticket
+    /// is refused with RESOURCE_EXHAUSTED before anything is read.
+    #[serde(default = "default_max_ticket_alerts")]
+    pub max_ticket_alerts: usize,
+    /// Most bytes one ticket may be estimated to return (from the catalog: the stored bytes of
+    /// the alerts' rows, pro rata of the stamp kinds asked); past it, RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_ticket_bytes")]
+    pub max_ticket_bytes: u64,
+    /// Publish each dataset's root (bucket, NameNode, path) in ListFlights and `stats`.
+    /// Off by default: storage addresses are the operator's business, not the clients'.
+    #[serde(default)]
+    pub publish_roots: bool,
+    /// Who may call the `reindex` action: `local` (clients on a loopback address, the
+    /// default), `any`, or `off`.
+    #[serde(default)]
+    pub reindex_action: ReindexAction,
+    /// Re-index every dataset this often, in seconds, in the background (0, the default: only
+    /// at start and on the `reindex` action). Builds never overlap.
+    #[serde(default)]
+    pub reindex_interval_secs: f64,
     /// Run an incremental index build of every dataset when the server starts.
     #[serde(default = "default_true")]
     pub index_on_start: bool,
@@ -133,6 +156,19 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Who may call the `reindex` action.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReindexAction {
+    /// Clients connecting from a loopback address only.
+    #[default]
+    Local,
+    /// Every client.
+    Any,
+    /// Nobody: the index is built at start and on the schedule only.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetKind {
@@ -158,6 +194,15 @@ fn default_index_dir() -> PathBuf {
 }
 fn default_footer_cache() -> usize {
     1024
+}
+fn default_footer_cache_bytes() -> u64 {
+    256 << 20
+}
+fn default_max_ticket_alerts() -> usize {
+    100_000
+}
+fn default_max_ticket_bytes() -> u64 {
+    4 << 30
 }
 fn default_true() -> bool {
     true
@@ -223,6 +268,17 @@ impl Config {
                 "deadline_secs must be a positive number of seconds (got {})",
                 self.deadline_secs
             )));
+        }
+        if !(self.reindex_interval_secs >= 0.0 && self.reindex_interval_secs.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "reindex_interval_secs must be 0 (off) or a positive number of seconds (got {})",
+                self.reindex_interval_secs
+            )));
+        }
+        if self.max_ticket_alerts == 0 || self.max_ticket_bytes == 0 || self.footer_cache_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "max_ticket_alerts, max_ticket_bytes and footer_cache_bytes must be positive".into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for d in &self.datasets {
@@ -296,6 +352,9 @@ mod tests {
                 .contains("twice")
         );
         assert!(e("deadline_secs = 0\n[[dataset]]\nname='a'\nkind='ztf'\nroot='x'").contains("deadline_secs"));
+        assert!(e("reindex_action = 'sometimes'").contains("unknown variant `sometimes`"));
+        assert!(e("max_ticket_alerts = 0").contains("max_ticket_alerts"));
+        assert!(e("reindex_interval_secs = -1").contains("reindex_interval_secs"));
     }
 
     #[test]

@@ -18,21 +18,44 @@ pub enum Error {
     /// Lake data is corrupt, missing or no longer matches the index.
     #[error("{0}")]
     DataLoss(String),
+    /// The request would cost more than a configured limit allows (the message names it).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A request this server recognizes but does not serve (yet).
+    #[error("{0}")]
+    Unimplemented(String),
     /// A bug or an unexpected failure of ours.
     #[error("{0}")]
     Internal(String),
 }
 
+/// Longest status message sent to a client: messages quote input, and input can be large.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// `s` cut to `max` characters, with a marker saying how much was left out.
+pub fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}… ({} more bytes)", &s[..at], s.len() - at),
+    }
+}
+
+/// Client input as quoted in a message: Debug-quoted and cut short (the proto crate's rule,
+/// shared so that every message quotes input the same way).
+pub use astroflight_proto::quoted;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn to_status(&self) -> tonic::Status {
-        let msg = self.to_string();
+        let msg = cut(&self.to_string(), MAX_MESSAGE_CHARS);
         match self {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
             Error::NotFound(_) => tonic::Status::not_found(msg),
             Error::Unavailable(_) => tonic::Status::unavailable(msg),
             Error::DataLoss(_) => tonic::Status::data_loss(msg),
+            Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
+            Error::Unimplemented(_) => tonic::Status::unimplemented(msg),
             Error::Internal(_) => tonic::Status::internal(msg),
         }
     }
@@ -42,6 +65,10 @@ impl Error {
         match e {
             object_store::Error::NotFound { .. } => Error::DataLoss(format!(
                 "{what} is missing from storage (the index may be stale: re-run `astroflight index`): {e}"
+            )),
+            // A versioned read found another version (or a shorter file) than the index's.
+            object_store::Error::Precondition { .. } => Error::DataLoss(format!(
+                "{what} is not the version the index holds (re-run `astroflight index` or the `reindex` action): {e}"
             )),
             _ => Error::Unavailable(format!("storage error reading {what}: {e}")),
         }
@@ -61,7 +88,10 @@ impl Error {
 
 impl From<TicketError> for Error {
     fn from(e: TicketError) -> Self {
-        Error::InvalidArgument(e.to_string())
+        match e {
+            TicketError::FlightSql(_) => Error::Unimplemented(e.to_string()),
+            _ => Error::InvalidArgument(e.to_string()),
+        }
     }
 }
 
@@ -84,5 +114,21 @@ impl From<Error> for tonic::Status {
 impl From<tokio::task::JoinError> for Error {
     fn from(e: tokio::task::JoinError) -> Self {
         Error::Internal(format!("worker task failed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut() {
+        assert_eq!(cut("abc", 5), "abc");
+        assert_eq!(cut("abcdef", 3), "abc… (3 more bytes)");
+        assert_eq!(cut("ééé", 1), "é… (4 more bytes)");
+        let long = "x".repeat(10_000);
+        let st = Error::InvalidArgument(format!("unknown dataset {long}")).to_status();
+        assert!(st.message().len() < MAX_MESSAGE_CHARS + 64, "{}", st.message().len());
+        assert!(quoted(&long).len() < 100);
     }
 }

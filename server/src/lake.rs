@@ -1,81 +1,47 @@
-//! The configured datasets: their stores, their index trees, and a cache of parquet footers.
+//! The configured datasets: their stores, their catalogs and id indexes, the footer cache,
+//! and the state of their index builds.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use object_store::path::Path;
 use object_store::ObjectStore;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use astroflight_index::reader::StoreReader;
-use astroflight_index::{BuildStats, DatasetIndex, FileEntry, Index, IndexBuilder, SurveyKind};
+use astroflight_index::{BuildStats, DatasetIndex, Index, IndexBuilder, OpenError, SurveyKind};
 
-use crate::config::Config;
-use crate::cpu::CpuPool;
-use crate::error::{Error, Result};
+use crate::config::{Config, ReindexAction};
+use crate::error::{quoted, Error, Result};
+use crate::read::cpu::CpuPool;
+use crate::read::footer::FooterCache;
 use crate::storage::{open_dataset, Backend, CountingStore, IoStats, RangeReads};
+use crate::tickets::Limits;
 
 pub struct Dataset {
     pub name: String,
+    /// Position in the configuration (the dataset's part of cache keys).
+    pub number: usize,
     pub kind: SurveyKind,
     pub root: String,
     pub store: Arc<dyn ObjectStore>,
     pub range_reads: RangeReads,
     pub backend: Backend,
+    /// The id index; its catalog is `index.catalog()`.
     pub index: DatasetIndex,
+    /// True until the first index build since the server started has finished (or failed):
+    /// an id not found meanwhile may be in a file not indexed yet.
+    first_build: AtomicBool,
 }
 
-/// Footers (with offset index, and the Arrow schema derived from them, which is worth keeping:
-/// alert files have hundreds of leaf columns) of recently read files, keyed by dataset and file id. A file
-/// that changes is re-indexed under a new file id, so entries never go stale; the oldest are
-/// evicted past the capacity.
-pub struct FooterCache {
-    cap: usize,
-    inner: Mutex<CacheState>,
-}
-
-/// (dataset number, file id)
-type FileKey = (usize, u64);
-
-/// The entries, and their keys in insertion order (eviction order).
-type CacheState = (HashMap<FileKey, ArrowReaderMetadata>, VecDeque<FileKey>);
-
-impl FooterCache {
-    pub fn new(cap: usize) -> Self {
-        FooterCache {
-            cap: cap.max(1),
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
-        }
-    }
-
-    fn get(&self, key: FileKey) -> Option<ArrowReaderMetadata> {
-        self.inner.lock().expect("footer cache lock").0.get(&key).cloned()
-    }
-
-    fn put(&self, key: FileKey, md: ArrowReaderMetadata) {
-        let mut g = self.inner.lock().expect("footer cache lock");
-        if g.0.insert(key, md).is_none() {
-            g.1.push_back(key);
-        }
-        while g.1.len() > self.cap {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("footer cache lock").0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+impl Dataset {
+    pub fn first_build_pending(&self) -> bool {
+        self.first_build.load(Ordering::Acquire)
     }
 }
 
 pub struct Lake {
-    /// In configuration order; the position is the dataset's number in cache keys.
+    /// In configuration order.
     datasets: Vec<Arc<Dataset>>,
     by_name: BTreeMap<String, usize>,
     pub footers: FooterCache,
@@ -83,21 +49,54 @@ pub struct Lake {
     pub io: Arc<IoStats>,
     /// Where pages are decompressed and stamps decoded.
     pub cpu: CpuPool,
+    pub limits: Limits,
+    /// Publish dataset roots (storage addresses) to clients.
+    pub publish_roots: bool,
+    pub reindex_action: ReindexAction,
     index: Index,
+    /// Becomes true when every dataset's first build since start has ended.
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+/// Open the index directory; one that cannot be opened because its files are broken (a crash,
+/// a full disk) is moved aside and a new one is built from the lake.
+fn open_index(dir: &Path) -> Result<Index> {
+    match Index::open(dir) {
+        Ok(ix) => Ok(ix),
+        Err(OpenError::Locked(e)) => Err(Error::Unavailable(format!(
+            "cannot open the index in {}: another astroflight process is using it ({e})",
+            dir.display()
+        ))),
+        Err(OpenError::Broken(e)) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = PathBuf::from(format!("{}.broken-{stamp}", dir.display()));
+            error!(dir = %dir.display(), moved_to = %aside.display(), error = %e,
+                   "the index cannot be opened; moving it aside and rebuilding it from the lake");
+            std::fs::rename(dir, &aside).map_err(|re| {
+                Error::Unavailable(format!(
+                    "the index in {} is broken ({e}) and cannot be moved aside: {re}",
+                    dir.display()
+                ))
+            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Unavailable(format!("cannot create index_dir {}: {e}", dir.display())))?;
+            Index::open(dir)
+                .map_err(|e| Error::Unavailable(format!("cannot open a new index in {}: {e}", dir.display())))
+        }
+    }
 }
 
 impl Lake {
-    /// Open the index and every dataset root of the configuration.
+    /// Open the index and every dataset root of the configuration. Reads nothing from the
+    /// lake: index builds are started by [`Lake::reindex`].
     pub fn open(config: &Config) -> Result<Lake> {
         std::fs::create_dir_all(&config.index_dir).map_err(|e| {
             Error::InvalidArgument(format!("cannot create index_dir {}: {e}", config.index_dir.display()))
         })?;
-        let index = Index::open(&config.index_dir).map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot open the index in {} (is another astroflight process using it?): {e}",
-                config.index_dir.display()
-            ))
-        })?;
+        let index = open_index(&config.index_dir)?;
         let mut datasets = Vec::new();
         let mut by_name = BTreeMap::new();
         for d in &config.datasets {
@@ -105,21 +104,31 @@ impl Lake {
             by_name.insert(d.name.clone(), datasets.len());
             datasets.push(Arc::new(Dataset {
                 name: d.name.clone(),
+                number: datasets.len(),
                 kind: d.kind.survey(),
                 root: d.root.clone(),
                 store: opened.store,
                 range_reads: opened.range_reads,
                 backend: opened.backend,
                 index: index.dataset(&d.name)?,
+                first_build: AtomicBool::new(config.index_on_start),
             }));
         }
+        let (ready, _) = tokio::sync::watch::channel(!config.index_on_start || datasets.is_empty());
         Ok(Lake {
             datasets,
             by_name,
-            footers: FooterCache::new(config.footer_cache_files),
+            footers: FooterCache::new(config.footer_cache_files, config.footer_cache_bytes),
             io: Arc::new(IoStats::default()),
             cpu: CpuPool::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))?,
+            limits: Limits {
+                max_alerts: config.max_ticket_alerts,
+                max_bytes: config.max_ticket_bytes,
+            },
+            publish_roots: config.publish_roots,
+            reindex_action: config.reindex_action,
             index,
+            ready,
         })
     }
 
@@ -127,11 +136,12 @@ impl Lake {
         self.datasets.iter()
     }
 
-    pub fn dataset(&self, name: &str) -> Result<(usize, &Arc<Dataset>)> {
-        self.by_name.get(name).map(|&i| (i, &self.datasets[i])).ok_or_else(|| {
+    pub fn dataset(&self, name: &str) -> Result<&Arc<Dataset>> {
+        self.by_name.get(name).map(|&i| &self.datasets[i]).ok_or_else(|| {
             let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
             Error::InvalidArgument(format!(
-                "unknown dataset {name:?}; this server has: {}",
+                "unknown dataset {}; this server has: {}",
+                quoted(name),
                 known.join(", ")
             ))
         })
@@ -146,41 +156,22 @@ impl Lake {
         ))
     }
 
-    /// The footer of an indexed file, from the cache or read: one suffix read holding the footer
-    /// and the offset index, sized from the index (which measured where the file's data ends),
-    /// so a cold cutout never reads more of the file than its metadata. A footer that disagrees with the index's row counts means the file
-    /// changed since it was indexed.
-    pub async fn footer(
-        &self,
-        ds_no: usize,
-        store: Arc<dyn ObjectStore>,
-        entry: &FileEntry,
-    ) -> Result<ArrowReaderMetadata> {
-        if let Some(md) = self.footers.get((ds_no, entry.file_id)) {
-            return Ok(md);
-        }
-        let what = format!("file {}", entry.path);
-        let mut reader = StoreReader::new(store, Path::from(entry.path.as_str()), entry.size).with_offset_index();
-        if entry.metadata_len > 0 {
-            reader = reader.with_prefetch(entry.metadata_len as usize);
-        }
-        let md = reader.load_metadata().await.map_err(|e| Error::parquet(&what, e))?;
-        let rows: Vec<u64> = md.row_groups().iter().map(|r| r.num_rows() as u64).collect();
-        if rows != entry.row_groups {
-            return Err(Error::DataLoss(format!(
-                "{what} changed since it was indexed (row groups {rows:?}, index has {:?}): re-run `astroflight index`",
-                entry.row_groups
-            )));
-        }
-        let md = ArrowReaderMetadata::try_new(md, ArrowReaderOptions::new()).map_err(|e| Error::parquet(&what, e))?;
-        self.footers.put((ds_no, entry.file_id), md.clone());
-        Ok(md)
+    /// True once the first index build of every dataset since start has ended.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
-    /// Incrementally index every dataset (the server runs this at start and on the `reindex`
-    /// action; `astroflight index` runs it without a server). Each dataset succeeds or fails
-    /// alone: a dataset whose storage is down (its listing fails) keeps its previous index,
-    /// untouched, and the others are still brought up to date.
+    /// Wait until [`Lake::is_ready`].
+    pub async fn ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Incrementally index every dataset (at start, on the `reindex` action and on the
+    /// schedule; `astroflight index` runs it without a server). Builds of one dataset never
+    /// overlap (the index serializes them). Each dataset succeeds or fails alone: a dataset
+    /// whose storage is down (its listing fails) keeps its previous index, untouched, and the
+    /// others are still brought up to date.
     pub async fn reindex(&self) -> Vec<(String, Result<BuildStats>)> {
         let mut out = Vec::new();
         for ds in &self.datasets {
@@ -197,12 +188,23 @@ impl Lake {
                 .await
                 .map_err(Error::from);
             match &result {
-                Ok(stats) => info!(dataset = %ds.name, indexed = stats.indexed, unchanged = stats.unchanged,
-                                   removed = stats.removed, failed = stats.failed.len(), rows = stats.rows,
-                                   "index up to date"),
+                Ok(stats) => {
+                    info!(dataset = %ds.name, indexed = stats.indexed, unchanged = stats.unchanged,
+                          removed = stats.removed, failed = stats.failed.len(), rows = stats.rows,
+                          "index up to date");
+                    for (path, err) in &stats.failed {
+                        warn!(dataset = %ds.name, %path, %err, "file not indexed");
+                    }
+                }
                 Err(e) => warn!(dataset = %ds.name, error = %e, "index build failed; the previous index stays in use"),
             }
+            if ds.first_build.swap(false, Ordering::AcqRel) {
+                info!(dataset = %ds.name, "first index build since start ended; lookups are authoritative");
+            }
             out.push((ds.name.clone(), result));
+        }
+        if !self.datasets.iter().any(|d| d.first_build_pending()) {
+            self.ready.send_replace(true);
         }
         out
     }

@@ -1,21 +1,30 @@
 //! astroflight: an Apache Arrow Flight service for astronomical alert lakes.
 //!
 //! `server` is the composition root: it reads the [`config`], opens the [`lake`] (dataset
-//! stores from [`storage`] and their index trees from `astroflight-index`), and serves the
-//! [`flight`] service. [`App`] is what the binary and the integration tests start.
+//! stores from [`storage`], their catalogs and id indexes from `astroflight-index`), and serves
+//! the Flight edge ([`service`]), which dispatches each ticket to its kind ([`tickets`]). Kinds
+//! that start from the index read rows at known locations through [`read`], which also owns the
+//! footer cache and the CPU runtime. [`App`] is what the binary and the integration tests start.
+//!
+//! ```text
+//!  service (Flight edge: decode, dispatch, deadline, limits, stats, row check, status)
+//!     └─ tickets::{cutout, ...}  schema / plan (endpoints) / execute
+//!          └─ read  rows at known locations: footer cache, id check, CPU runtime bridge
+//!               └─ storage  file, s3, hdfs, http; counting, retries
+//!  lake: datasets, their catalog + id index (astroflight-index), index builds and readiness
+//! ```
+//!
+//! The lake generator and the demo lake are a separate crate (`astroflight-gen`), not part of
+//! the serving code; FITS decoding is `astroflight-fits`.
 
 pub mod app;
 pub mod config;
-pub mod cpu;
-pub mod cutout;
-pub mod demo;
 pub mod error;
-pub mod fits;
-pub mod flight;
-pub mod gen;
 pub mod lake;
+pub mod read;
+pub mod service;
 pub mod storage;
-pub mod testdata;
+pub mod tickets;
 
 pub use app::App;
 pub use config::Config;

@@ -10,11 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use futures::TryStreamExt;
 
 use astroflight_client::{Client, CutoutRequest, Selector};
+use astroflight_gen::{self as gen, demo, GenOptions, LsstSchema};
 use astroflight_index::SurveyKind;
 use astroflight_proto::json::{parse_format, parse_kind};
-use astroflight_server::gen::{self, GenOptions, LsstSchema};
+use astroflight_server::config::{DatasetConfig, DatasetKind};
 use astroflight_server::lake::Lake;
-use astroflight_server::{demo, App, Config};
+use astroflight_server::{App, Config};
 
 /// mimalloc keeps freed pages for reuse: with the system allocator every cutout's multi-MB page
 /// buffers went back to the OS and were faulted in (and zeroed) again by the next request, which
@@ -160,7 +161,8 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             let mut cfg = if is_demo {
                 let dir = demo_dir.unwrap_or_else(demo::default_dir);
                 let d = dir.clone();
-                let cfg = tokio::task::spawn_blocking(move || demo::prepare(&d, demo_alerts_per_file)).await??;
+                let datasets = tokio::task::spawn_blocking(move || demo::prepare(&d, demo_alerts_per_file)).await??;
+                let cfg = demo_config(&dir, &datasets);
                 if demo_alerts_per_file == demo::DEMO_ALERTS_PER_FILE {
                     eprintln!(
                         "demo lake in {}: try {{\"cutout\": {{\"dataset\": \"ztf\", \"objectId\": \"{}\"}}}} or {{\"cutout\": {{\"dataset\": \"lsst\", \"diaSourceId\": {}}}}}",
@@ -182,6 +184,13 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             let app = App::build(cfg).await?;
             println!("astroflight listening on {}", app.local_addr());
             std::io::stdout().flush()?;
+            // Readiness for scripts: a line once the first index build of every dataset ended.
+            let lake = app.lake().clone();
+            tokio::spawn(async move {
+                lake.ready().await;
+                println!("astroflight ready");
+                let _ = std::io::stdout().flush();
+            });
             app.run_until_stopped().await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -299,17 +308,56 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
     }
 }
 
+/// The configuration of the demo lake: its datasets, and its index in `dir/index`.
+fn demo_config(dir: &Path, datasets: &[demo::DemoDataset]) -> Config {
+    let mut config = Config::default();
+    for d in datasets {
+        let kind = match d.survey {
+            SurveyKind::Ztf => DatasetKind::Ztf,
+            SurveyKind::Lsst => DatasetKind::Lsst,
+        };
+        config
+            .datasets
+            .push(DatasetConfig::new(d.name, kind, d.root.to_string_lossy()));
+    }
+    config.index_dir = dir.join("index");
+    config.apply_env(|k| std::env::var(k).ok());
+    config
+}
+
+/// A file name made from ids the server sent: only ASCII letters, digits, `-`, `_` and `.`
+/// (anything else becomes `_`), never starting with a dot, at most 200 bytes. Whatever the
+/// server sends, the name is one plain component: no separator, no `..`, no absolute path.
+fn safe_file_name(parts: &[&str], ext: &str) -> String {
+    let mut name: String = parts
+        .join("_")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    name.truncate(200);
+    if name.is_empty() || name.starts_with('.') {
+        name.insert(0, '_');
+    }
+    format!("{name}.{ext}")
+}
+
 /// Write each row of a cutout batch as a file; returns how many were written.
 fn write_stamps(batch: &arrow::record_batch::RecordBatch, req: &CutoutRequest, out: &Path) -> AnyResult<usize> {
     let kinds = batch.column_by_name("kind").ok_or("no kind column")?.as_string::<i32>();
-    let name = |i: usize| -> AnyResult<String> {
-        Ok(match &req.selector {
+    let name = |i: usize, ext: &str| -> AnyResult<std::path::PathBuf> {
+        let file = match &req.selector {
             Selector::DiaSources { .. } => {
                 let id = batch
                     .column_by_name("diaSourceId")
                     .ok_or("no diaSourceId")?
                     .as_primitive::<Int64Type>();
-                format!("{}_{}", id.value(i), kinds.value(i))
+                safe_file_name(&[&id.value(i).to_string(), kinds.value(i)], ext)
             }
             _ => {
                 let oid = batch
@@ -320,9 +368,10 @@ fn write_stamps(batch: &arrow::record_batch::RecordBatch, req: &CutoutRequest, o
                     .column_by_name("candid")
                     .ok_or("no candid")?
                     .as_primitive::<Int64Type>();
-                format!("{}_{}_{}", oid.value(i), cand.value(i), kinds.value(i))
+                safe_file_name(&[oid.value(i), &cand.value(i).to_string(), kinds.value(i)], ext)
             }
-        })
+        };
+        Ok(out.join(file))
     };
     let mut n = 0;
     if let Some(stamps) = batch.column_by_name("stamp") {
@@ -334,7 +383,7 @@ fn write_stamps(batch: &arrow::record_batch::RecordBatch, req: &CutoutRequest, o
         };
         for i in 0..batch.num_rows() {
             if stamps.is_valid(i) {
-                std::fs::write(out.join(format!("{}.{ext}", name(i)?)), stamps.value(i))?;
+                std::fs::write(name(i, ext)?, stamps.value(i))?;
                 n += 1;
             }
         }
@@ -353,7 +402,7 @@ fn write_stamps(batch: &arrow::record_batch::RecordBatch, req: &CutoutRequest, o
                 let values = px.value(i);
                 let values = values.as_primitive::<Float32Type>();
                 std::fs::write(
-                    out.join(format!("{}.npy", name(i)?)),
+                    name(i, "npy")?,
                     npy_f32(h.value(i) as usize, w.value(i) as usize, values.values()),
                 )?;
                 n += 1;
@@ -376,4 +425,81 @@ fn npy_f32(rows: usize, cols: usize, v: &[f32]) -> Vec<u8> {
         out.extend_from_slice(&x.to_le_bytes());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    #[test]
+    fn file_names_from_hostile_ids_stay_in_the_output_directory() {
+        for hostile in [
+            "../../etc/passwd",
+            "/abs/path",
+            "..",
+            ".hidden",
+            "a/b\\c",
+            "",
+            "\u{0}x",
+            "ZTF\u{e9}",
+        ] {
+            let n = safe_file_name(&[hostile, "1", "Science"], "fits");
+            assert!(
+                !n.contains('/') && !n.contains('\\') && !n.starts_with('.'),
+                "{hostile:?} -> {n}"
+            );
+            assert_eq!(std::path::Path::new(&n).components().count(), 1, "{n}");
+        }
+        assert_eq!(
+            safe_file_name(&["ZTF20aabaesm", "1", "Science"], "fits"),
+            "ZTF20aabaesm_1_Science.fits"
+        );
+        assert!(safe_file_name(&[&"x".repeat(10_000)], "fits").len() < 256);
+
+        // A batch as a hostile server could send it: every file lands inside `out`.
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("objectId", DataType::Utf8, false),
+            Field::new("candid", DataType::Int64, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("stamp", DataType::Binary, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["../escaped", "/tmp/abs"])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(StringArray::from(vec!["../../x", "Science"])),
+                Arc::new(BinaryArray::from(vec![b"a".as_ref(), b"b".as_ref()])),
+            ],
+        )
+        .unwrap();
+        let req = CutoutRequest {
+            dataset: "ztf".into(),
+            selector: Selector::Candids {
+                candids: vec![1, 2],
+                object_id: None,
+            },
+            kind: astroflight_proto::StampKind::All,
+            format: astroflight_proto::StampFormat::Fits,
+        };
+        assert_eq!(write_stamps(&batch, &req, &out).unwrap(), 2);
+        let mut written: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        written.sort();
+        assert_eq!(written.len(), 2, "{written:?}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "nothing written beside `out`"
+        );
+    }
 }

@@ -236,7 +236,108 @@ fn local_store(path: &FsPath) -> Result<Arc<dyn ObjectStore>> {
     }
     let store = LocalFileSystem::new_with_prefix(&canonical)
         .map_err(|e| Error::InvalidArgument(format!("dataset root {}: {e}", path.display())))?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(ConfinedLocal {
+        inner: Arc::new(store),
+        root: canonical,
+    }))
+}
+
+/// A local root that never leaves its directory: object_store's local store follows symlinks
+/// (into other directories, or to files elsewhere), so a symlink inside the lake that resolves
+/// outside the root is left out of listings and refused on reads, as if it were not there.
+/// (Reads of indexed files also carry the file's version, whose local ETag is its inode, so a
+/// file swapped for a symlink after indexing fails as changed.)
+#[derive(Debug)]
+pub struct ConfinedLocal {
+    inner: Arc<dyn ObjectStore>,
+    root: PathBuf,
+}
+
+impl fmt::Display for ConfinedLocal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Confined({})", self.inner)
+    }
+}
+
+impl ConfinedLocal {
+    /// True when the path resolves (symlinks followed) inside the root.
+    fn inside(root: &FsPath, location: &Path) -> bool {
+        let mut p = root.to_path_buf();
+        p.extend(location.parts().map(|part| part.as_ref().to_string()));
+        std::fs::canonicalize(&p).is_ok_and(|c| c.starts_with(root))
+    }
+
+    fn check(&self, location: &Path) -> object_store::Result<()> {
+        if Self::inside(&self.root, location) {
+            Ok(())
+        } else {
+            Err(object_store::Error::NotFound {
+                path: location.to_string(),
+                source: "not a file inside the dataset root (a symlink out of the root is not followed)".into(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for ConfinedLocal {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.check(location)?;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+        self.check(location)?;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let root = self.root.clone();
+        self.inner
+            .list(prefix)
+            .try_filter(move |m| {
+                let inside = Self::inside(&root, &m.location);
+                if !inside {
+                    tracing::warn!(path = %m.location, "skipping a symlink that leads out of the dataset root");
+                }
+                futures::future::ready(inside)
+            })
+            .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let mut r = self.inner.list_with_delimiter(prefix).await?;
+        r.objects.retain(|m| Self::inside(&self.root, &m.location));
+        Ok(r)
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
 }
 
 fn secs(v: Option<f64>, default: f64) -> Duration {
@@ -299,6 +400,18 @@ fn s3_root(d: &DatasetConfig, url: &url::Url) -> std::result::Result<Arc<dyn Obj
         b = b.with_skip_signature(v);
     }
     let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+    if let Some(e) = &endpoint {
+        // Whether from the dataset or from AWS_ENDPOINT_URL: credentials belong in their own
+        // options, not in a URL that ends up in logs and errors.
+        let url = url::Url::parse(e).map_err(|err| format!("endpoint {e:?} is not a URL: {err}"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "credentials in the endpoint URL are not accepted (they would end up in logs); use \
+                        access_key_id / secret_access_key or the AWS_* environment variables"
+                    .into(),
+            );
+        }
+    }
     let allow_http = b
         .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
         .map(|v| v.eq_ignore_ascii_case("true"))
@@ -359,15 +472,11 @@ fn http_root(d: &DatasetConfig, url: &url::Url) -> std::result::Result<Arc<dyn O
     let store = HttpBuilder::new()
         .with_url(base.as_str())
         .with_retry(retry_config(d))
-        .with_config(
-            ClientConfigKey::Timeout,
-            duration_text(secs(d.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS)),
-        )
-        .with_config(
-            ClientConfigKey::ConnectTimeout,
-            duration_text(secs(d.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS)),
-        )
         .with_config(ClientConfigKey::AllowHttp, "true")
+        .with_http_connector(SameHostConnector {
+            timeout: secs(d.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS),
+            connect_timeout: secs(d.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS),
+        })
         .build()
         .map_err(|e| format!("cannot open {}: {e}", d.root))?;
     let files = match &d.files {
@@ -382,6 +491,44 @@ fn http_root(d: &DatasetConfig, url: &url::Url) -> std::result::Result<Arc<dyn O
         files,
         base: base.to_string(),
     }))
+}
+
+/// The HTTP client of HTTP(S) roots: object_store's settings (timeouts), and redirects followed
+/// only to the same scheme, host and port (at most 5). A redirect elsewhere is not followed: the
+/// read fails with the redirect status, so a lake server cannot send astroflight to read from
+/// another host (another network, a metadata service).
+#[derive(Debug)]
+struct SameHostConnector {
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl object_store::client::HttpConnector for SameHostConnector {
+    fn connect(&self, _: &object_store::ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let same = attempt.previous().first().is_some_and(|first| {
+                first.scheme() == attempt.url().scheme()
+                    && first.host_str() == attempt.url().host_str()
+                    && first.port_or_known_default() == attempt.url().port_or_known_default()
+            });
+            if same && attempt.previous().len() <= 5 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        });
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("astroflight/", env!("CARGO_PKG_VERSION")))
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .redirect(policy)
+            .build()
+            .map_err(|e| object_store::Error::Generic {
+                store: "http",
+                source: Box::new(e),
+            })?;
+        Ok(object_store::client::HttpClient::new(client))
+    }
 }
 
 /// Timeouts and bounded retries for a store that has none of its own (HDFS): each read gets
@@ -880,6 +1027,55 @@ mod tests {
         open_dataset(d).err().expect("an error").to_string()
     }
 
+    #[tokio::test]
+    async fn symlinks_out_of_a_local_root_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("lake");
+        let outside = dir.path().join("secret");
+        std::fs::create_dir_all(root.join("year=2020")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("x.parquet"), b"secret").unwrap();
+        std::fs::write(root.join("year=2020/a.parquet"), b"lake").unwrap();
+        std::os::unix::fs::symlink(outside.join("x.parquet"), root.join("year=2020/link.parquet")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("dirlink")).unwrap();
+        // A symlink that stays inside the root is fine.
+        std::os::unix::fs::symlink(root.join("year=2020/a.parquet"), root.join("inside.parquet")).unwrap();
+        let store = open_root(root.to_str().unwrap()).unwrap().store;
+        let mut listed: Vec<String> = store
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        listed.sort();
+        assert_eq!(listed, vec!["inside.parquet", "year=2020/a.parquet"]);
+        for p in ["year=2020/link.parquet", "dirlink/x.parquet"] {
+            let e = store.get(&Path::from(p)).await.unwrap_err();
+            assert!(matches!(e, object_store::Error::NotFound { .. }), "{p}: {e}");
+        }
+        assert_eq!(
+            store
+                .get(&Path::from("inside.parquet"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .as_ref(),
+            b"lake"
+        );
+    }
+
+    #[test]
+    fn endpoints_with_credentials_are_refused() {
+        let mut d = ds("s3://bucket/x");
+        d.endpoint = Some("http://user:pw@127.0.0.1:9000".into());
+        d.allow_http = Some(true);
+        let e = err(&d);
+        assert!(e.contains("credentials in the endpoint URL"), "{e}");
+        assert!(!e.contains("pw@"), "{e}");
+    }
+
     #[test]
     fn options_must_fit_the_scheme() {
         let mut d = ds("/tmp");
@@ -952,6 +1148,150 @@ mod tests {
         std::fs::write(dir.path().join("f.bin"), b"0123456789").unwrap();
         let r = store.get_range(&Path::from("f.bin"), 2..5).await.unwrap();
         assert_eq!(r.as_ref(), b"234");
+    }
+
+    /// A store whose reads fail in a scripted way (a unit-test double for an HDFS client):
+    /// `transient` generic failures, then success; or a permanent error; or a hang.
+    #[derive(Debug)]
+    struct Scripted {
+        calls: AtomicU64,
+        transient: u64,
+        mode: &'static str,
+    }
+
+    impl fmt::Display for Scripted {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "Scripted")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Scripted {
+        async fn put_opts(&self, _: &Path, _: PutPayload, _: PutOptions) -> object_store::Result<PutResult> {
+            unimplemented!("reads only")
+        }
+        async fn put_multipart_opts(
+            &self,
+            _: &Path,
+            _: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            unimplemented!("reads only")
+        }
+        async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            match self.mode {
+                "hang" => futures::future::pending().await,
+                "permanent" => {
+                    return Err(object_store::Error::NotFound {
+                        path: location.to_string(),
+                        source: "gone".into(),
+                    })
+                }
+                "precondition" => {
+                    return Err(object_store::Error::Precondition {
+                        path: location.to_string(),
+                        source: "changed".into(),
+                    })
+                }
+                _ if n < self.transient => {
+                    return Err(object_store::Error::Generic {
+                        store: "scripted",
+                        source: format!("transient failure {n}").into(),
+                    })
+                }
+                _ => {}
+            }
+            let data = Bytes::from_static(b"0123456789");
+            let range = match options.range {
+                Some(r) => r.as_range(10).unwrap(),
+                None => 0..10,
+            };
+            let body = data.slice(range.start as usize..range.end as usize);
+            Ok(GetResult {
+                payload: object_store::GetResultPayload::Stream(stream::once(async move { Ok(body) }).boxed()),
+                meta: ObjectMeta {
+                    location: location.clone(),
+                    last_modified: Default::default(),
+                    size: 10,
+                    e_tag: None,
+                    version: None,
+                },
+                range,
+                attributes: Default::default(),
+            })
+        }
+        fn delete_stream(
+            &self,
+            _: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            unimplemented!("reads only")
+        }
+        fn list(&self, _: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            unimplemented!("reads only")
+        }
+        async fn list_with_delimiter(&self, _: Option<&Path>) -> object_store::Result<ListResult> {
+            unimplemented!("reads only")
+        }
+        async fn copy_opts(&self, _: &Path, _: &Path, _: CopyOptions) -> object_store::Result<()> {
+            unimplemented!("reads only")
+        }
+    }
+
+    fn retrying(mode: &'static str, transient: u64, max_retries: usize) -> (RetryingStore, Arc<Scripted>) {
+        let inner = Arc::new(Scripted {
+            calls: AtomicU64::new(0),
+            transient,
+            mode,
+        });
+        let store = RetryingStore {
+            inner: inner.clone(),
+            retry: RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(1),
+                    max_backoff: Duration::from_millis(2),
+                    base: 2.0,
+                },
+                max_retries,
+                retry_timeout: Duration::from_secs(30),
+            },
+            timeout: Duration::from_millis(200),
+        };
+        (store, inner)
+    }
+
+    #[tokio::test]
+    async fn retrying_store_with_injected_failures() {
+        let p = Path::from("f");
+        // Two transient failures, three retries allowed: the third attempt returns the bytes.
+        let (store, inner) = retrying("transient", 2, 3);
+        assert_eq!(store.get_range(&p, 2..5).await.unwrap().as_ref(), b"234");
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+        // More transient failures than retries: the error says how many attempts were made.
+        let (store, inner) = retrying("transient", 10, 2);
+        let e = store.get_range(&p, 0..1).await.unwrap_err().to_string();
+        assert!(
+            e.contains("after 3 attempts") && e.contains("transient failure 2"),
+            "{e}"
+        );
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+        // Permanent errors are returned at once, as they are.
+        for mode in ["permanent", "precondition"] {
+            let (store, inner) = retrying(mode, 0, 3);
+            let e = store.get_range(&p, 0..1).await.unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    object_store::Error::NotFound { .. } | object_store::Error::Precondition { .. }
+                ),
+                "{e}"
+            );
+            assert_eq!(inner.calls.load(Ordering::SeqCst), 1, "{mode} is not retried");
+        }
+        // A read that hangs times out, is retried, and fails in bounded time.
+        let (store, inner) = retrying("hang", 0, 1);
+        let e = store.get_range(&p, 0..1).await.unwrap_err().to_string();
+        assert!(e.contains("timed out"), "{e}");
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -12,11 +12,11 @@ use arrow_flight::{FlightDescriptor, Ticket};
 use futures::TryStreamExt;
 use tonic::Code;
 
+use astroflight_fits as fits;
+use astroflight_gen::testdata::shared_data_or_skip;
+use astroflight_gen::{generate, GenOptions};
 use astroflight_index::SurveyKind;
 use astroflight_server::config::DatasetKind;
-use astroflight_server::fits;
-use astroflight_server::gen::{generate, GenOptions};
-use astroflight_server::testdata::shared_data_or_skip;
 use common::*;
 
 fn gen(dir: &Path, survey: SurveyKind, page_index: bool, alerts: u32) {
@@ -141,21 +141,20 @@ async fn ztf_lake_every_stamp_latest_all_candid_and_errors() {
     got.sort();
     want.sort();
     assert_eq!(got, want);
-    let objects: Vec<&&str> = b
+    // Every row is an alert of the object asked for.
+    let objects: Vec<String> = b
         .iter()
         .flat_map(|b| {
             b.column_by_name("objectId")
                 .unwrap()
                 .as_string::<i32>()
                 .iter()
-                .map(|s| s.unwrap())
+                .map(|s| s.unwrap().to_string())
                 .collect::<Vec<_>>()
         })
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|_| oid)
         .collect();
     assert_eq!(objects.len(), want.len());
+    assert!(objects.iter().all(|o| o == oid), "{objects:?}");
 
     // objectId + candid: that alert of that object, or NOT_FOUND naming both.
     let other = alerts.iter().find(|a| a.object_id != *oid).unwrap();

@@ -1,8 +1,8 @@
 """Fixtures: the real astroflight binary, started on 127.0.0.1 with a port the OS picks.
 
-The server prints `astroflight listening on HOST:PORT` once it accepts connections; the
-fixture waits for that line (never a sleep) and fails loudly with the server's stderr if it
-does not come.
+The server prints `astroflight listening on HOST:PORT` once it accepts connections, and
+`astroflight ready` once the first index build of every dataset has ended; the fixture waits
+for both lines (never a sleep) and fails loudly with the server's stderr if they do not come.
 """
 import json
 import os
@@ -35,6 +35,8 @@ def binary():
 def shared_data():
     d = pathlib.Path(os.environ.get("ASTROFLIGHT_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not (d / "README.md").exists():
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"../shared/data is absent ({d}) and CI=true: the real-sample tests must run in CI")
         pytest.skip(f"SKIPPED: ../shared/data is absent ({d}); set ASTROFLIGHT_SHARED_DATA to run the real-sample tests")
     return d
 
@@ -56,7 +58,7 @@ def write_config(path, workdir, datasets, top=None):
 
 
 class Server:
-    def __init__(self, binary, workdir, datasets, extra_args=(), top=None, env=None, name="server"):
+    def __init__(self, binary, workdir, datasets, extra_args=(), top=None, env=None, name="server", wait_ready=True):
         self.workdir = pathlib.Path(workdir)
         self.config = self.workdir / f"{name}.toml"
         write_config(self.config, self.workdir, datasets, top)
@@ -69,20 +71,31 @@ class Server:
             env=env if env is not None else env_without_aws(),
         )
         self.addr = None
-        got = threading.Event()
+        listening = threading.Event()
+        self.is_ready = threading.Event()
 
         def read():
             for line in self.proc.stdout:
                 if line.startswith("astroflight listening on "):
                     self.addr = line.split()[-1]
-                    got.set()
+                    listening.set()
+                elif line.strip() == "astroflight ready":
+                    self.is_ready.set()
                     break
 
         threading.Thread(target=read, daemon=True).start()
-        if not got.wait(timeout=120) or self.addr is None:
+        if not listening.wait(timeout=120) or self.addr is None:
             self.stop()
             raise RuntimeError(f"astroflight did not start:\n{self.stderr_path.read_text()[-4000:]}")
         self.url = f"grpc://{self.addr}"
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=300):
+        """Wait for the `astroflight ready` line: the first index build has ended."""
+        if not self.is_ready.wait(timeout=timeout):
+            self.stop()
+            raise RuntimeError(f"astroflight did not become ready:\n{self.stderr_path.read_text()[-4000:]}")
 
     def client(self):
         return flight.connect(self.url)
@@ -109,8 +122,9 @@ class Server:
 def start_server(binary, tmp_path):
     servers = []
 
-    def start(datasets, extra_args=(), top=None, env=None):
-        s = Server(binary, tmp_path, datasets, extra_args, top=top, env=env, name=f"server{len(servers)}")
+    def start(datasets, extra_args=(), top=None, env=None, wait_ready=True):
+        s = Server(binary, tmp_path, datasets, extra_args, top=top, env=env, name=f"server{len(servers)}",
+                   wait_ready=wait_ready)
         servers.append(s)
         return s
 

@@ -6,8 +6,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, Int64Type};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray, StructArray,
+};
+use arrow::datatypes::{DataType, Field, Fields, Float64Type, Int64Type, Schema};
 use arrow_flight::error::FlightError;
 use arrow_flight::{Action, FlightClient, Ticket};
 use futures::TryStreamExt;
@@ -17,6 +21,20 @@ use astroflight_server::app::StopHandle;
 use astroflight_server::config::{Config, DatasetConfig, DatasetKind};
 use astroflight_server::App;
 
+pub fn config(datasets: &[(&str, DatasetKind, &Path)], index_dir: &Path) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        index_dir: index_dir.to_path_buf(),
+        ..Config::default()
+    };
+    for (name, kind, root) in datasets {
+        config
+            .datasets
+            .push(DatasetConfig::new(*name, *kind, root.to_string_lossy()));
+    }
+    config
+}
+
 pub struct Server {
     pub addr: SocketAddr,
     stop: Option<StopHandle>,
@@ -24,19 +42,16 @@ pub struct Server {
 }
 
 impl Server {
+    /// Start a server on the datasets and wait until it is ready (its first index build done).
     pub async fn start(datasets: &[(&str, DatasetKind, &Path)], index_dir: &Path) -> Server {
-        let mut config = Config {
-            listen: "127.0.0.1:0".into(),
-            index_dir: index_dir.to_path_buf(),
-            ..Config::default()
-        };
-        for (name, kind, root) in datasets {
-            config
-                .datasets
-                .push(DatasetConfig::new(*name, *kind, root.to_string_lossy()));
-        }
+        Server::start_with(config(datasets, index_dir)).await
+    }
+
+    pub async fn start_with(config: Config) -> Server {
         let app = App::build(config).await.expect("server builds");
+        let lake = app.lake().clone();
         let (addr, stop, join) = app.spawn();
+        lake.ready().await;
         Server {
             addr,
             stop: Some(stop),
@@ -218,4 +233,64 @@ pub fn stamps_by_id(
         }
     }
     m
+}
+
+/// One row of [`write_small_ztf`]: objectId, candid, jd, and the Science, Template and
+/// Difference stamps as stored.
+pub type SmallRow<'a> = (&'a str, i64, Option<f64>, [&'a [u8]; 3]);
+
+/// A small ZTF-shaped file: `objectId`, `candid`, `candidate.jd` and the three cutout structs
+/// (`fileName`, `stampData`), one row group. Each row's three stamps are given as stored.
+pub fn write_small_ztf(path: &Path, rows: &[SmallRow]) {
+    let cand = Fields::from(vec![Field::new("jd", DataType::Float64, true)]);
+    let stamp = Fields::from(vec![
+        Field::new("fileName", DataType::Utf8, true),
+        Field::new("stampData", DataType::Binary, true),
+    ]);
+    let mut fields = vec![
+        Field::new("objectId", DataType::Utf8, true),
+        Field::new("candid", DataType::Int64, true),
+        Field::new("candidate", DataType::Struct(cand.clone()), true),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+        Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+        Arc::new(StructArray::new(
+            cand,
+            vec![Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            ))],
+            None,
+        )),
+    ];
+    for (k, kind) in KINDS.iter().enumerate() {
+        fields.push(Field::new(
+            format!("cutout{kind}"),
+            DataType::Struct(stamp.clone()),
+            true,
+        ));
+        columns.push(Arc::new(StructArray::new(
+            stamp.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["stamp.fits.gz"; rows.len()])),
+                Arc::new(BinaryArray::from(rows.iter().map(|r| r.3[k]).collect::<Vec<_>>())),
+            ],
+            None,
+        )));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let tmp = path.with_extension("tmp");
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&tmp).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    // Appear whole, as Spark's commit of a file does.
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Run an action and parse its JSON answer.
+pub async fn action(c: &mut FlightClient, name: &str) -> Result<serde_json::Value, FlightError> {
+    let body = c.do_action(Action::new(name, "")).await?.try_next().await?.unwrap();
+    Ok(serde_json::from_slice(&body).unwrap())
 }

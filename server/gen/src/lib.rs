@@ -12,7 +12,11 @@
 //! Fink's `lsst.v9_0` (or `v10_0`) schema with plain FITS cutouts. Values are plausible, not
 //! physical: positions are fixed per object, times increase, histories precede the alert.
 
+pub mod demo;
 pub mod schema;
+pub mod testdata;
+#[cfg(test)]
+mod tests;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,7 +36,7 @@ use parquet::schema::types::ColumnPath;
 
 use astroflight_index::SurveyKind;
 
-use crate::fits;
+use astroflight_fits as fits;
 
 /// Which Rubin schema to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -664,6 +668,3 @@ pub fn lake_exists(dir: &Path) -> bool {
     }
     walk(dir)
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,5 +1,10 @@
-//! The Arrow Flight service. Handlers stay thin: decode the ticket once into a typed
-//! [`Command`], call the lake, turn errors into statuses with [`Error::to_status`].
+//! The Flight edge. Handlers stay thin: decode the ticket once into a typed [`Command`], hand
+//! it to its ticket kind ([`crate::tickets`]), and apply what every kind shares, once: the
+//! request id, the deadline, the limits (checked by the plan before anything is read), the
+//! stats record, the check that the stream holds exactly the rows the plan promised, and the
+//! error-to-status mapping ([`Error::to_status`]).
+
+mod record;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -7,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -16,30 +22,46 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
     HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, instrument, Instrument};
+use tracing::{instrument, Instrument};
 
 use astroflight_proto::{decode_command, Command, StampFormat};
 
-use crate::cutout::{self, cutout_schema};
-use crate::error::Error;
-use crate::lake::Lake;
+use crate::config::ReindexAction;
+use crate::error::{Error, Result};
+use crate::lake::{Dataset, Lake};
 use crate::storage::IoStats;
+use crate::tickets::{self, cutout::cutout_schema, Planned};
+use record::{Recent, RequestRecord, RECENT_REQUESTS};
 
 /// Largest Flight message the encoder produces (batches are split to fit), below gRPC's
 /// customary 4 MiB receive limit.
 pub const MAX_FLIGHT_DATA_BYTES: usize = 2 << 20;
 
-/// DoGet requests remembered for the `stats` action.
-const RECENT_REQUESTS: usize = 256;
+/// Tickets larger than this are decoded on the blocking pool, not on a gRPC worker.
+const INLINE_TICKET_BYTES: usize = 16 << 10;
 
 pub struct AstroFlight {
     lake: Arc<Lake>,
     deadline: Duration,
-    recent: Arc<Mutex<VecDeque<serde_json::Value>>>,
+    recent: Recent,
     next_request: AtomicU64,
+}
+
+/// Decode a ticket or command; a large one off the gRPC runtime.
+async fn decode(bytes: &[u8]) -> Result<Command> {
+    if bytes.len() <= INLINE_TICKET_BYTES {
+        return Ok(decode_command(bytes)?);
+    }
+    let owned = bytes.to_vec();
+    Ok(tokio::task::spawn_blocking(move || decode_command(&owned)).await??)
+}
+
+/// Run catalog work (a scan of every file entry) on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 impl AstroFlight {
@@ -53,14 +75,18 @@ impl AstroFlight {
         }
     }
 
-    fn dataset_info(&self, name: &str) -> Result<FlightInfo, Error> {
-        let (_, ds) = self.lake.dataset(name)?;
+    /// A dataset's FlightInfo (blocking: scans the catalog).
+    fn dataset_info(lake: &Lake, ds: &Dataset) -> Result<FlightInfo> {
         let schema = cutout_schema(ds.kind, StampFormat::Fits);
         let sum = ds.index.summary()?;
-        let meta = json!({
-            "dataset": ds.name, "kind": ds.kind.name(), "root": ds.root, "storage": ds.backend.name(),
+        let mut meta = json!({
+            "dataset": ds.name, "kind": ds.kind.name(), "storage": ds.backend.name(),
             "files": sum.files, "alerts": sum.alerts, "bytes": sum.bytes,
+            "indexing": ds.first_build_pending(),
         });
+        if lake.publish_roots {
+            meta["root"] = json!(ds.root);
+        }
         Ok(FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Error::Internal(e.to_string()))?
@@ -70,15 +96,48 @@ impl AstroFlight {
             .with_app_metadata(meta.to_string()))
     }
 
-    async fn plan(&self, cmd: &[u8]) -> Result<cutout::CutoutPlan, Error> {
-        match decode_command(cmd)? {
-            Command::Cutout(req) => {
-                if req.selector.len() <= cutout::INLINE_IDS {
-                    return cutout::plan(&self.lake, &req);
+    async fn plan(&self, cmd: &[u8]) -> Result<Arc<dyn Planned>> {
+        let command = decode(cmd).await?;
+        tickets::plan(&self.lake, command, cmd).await
+    }
+
+    fn stats(lake: &Lake, recent: &Recent) -> Result<serde_json::Value> {
+        let datasets = lake
+            .datasets()
+            .map(|d| {
+                let sum = d.index.summary()?;
+                let mut v = json!({"name": d.name, "kind": d.kind.name(), "storage": d.backend.name(),
+                                   "files": sum.files, "alerts": sum.alerts, "indexing": d.first_build_pending()});
+                if lake.publish_roots {
+                    v["root"] = json!(d.root);
                 }
-                let lake = self.lake.clone();
-                tokio::task::spawn_blocking(move || cutout::plan(&lake, &req)).await?
-            }
+                Ok(v)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let recent: Vec<serde_json::Value> = recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        Ok(
+            json!({"io": lake.io.snapshot(), "footer_cache_files": lake.footers.len(),
+                  "footer_cache_bytes": lake.footers.bytes(), "ready": lake.is_ready(),
+                  "datasets": datasets, "requests": recent}),
+        )
+    }
+
+    /// May this caller run the `reindex` action?
+    fn may_reindex(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Status> {
+        match self.lake.reindex_action {
+            ReindexAction::Any => Ok(()),
+            ReindexAction::Off => Err(Status::permission_denied(
+                "the reindex action is disabled on this server (reindex_action = \"off\")",
+            )),
+            ReindexAction::Local if peer.is_some_and(|p| p.ip().is_loopback()) => Ok(()),
+            ReindexAction::Local => Err(Status::permission_denied(
+                "the reindex action is allowed from the server's own host only (reindex_action = \"local\")",
+            )),
         }
     }
 }
@@ -108,6 +167,35 @@ fn dataset_path(d: &FlightDescriptor) -> Result<&str, Status> {
     }
 }
 
+/// The plan's stream, checked: it must end with exactly the rows the plan promised. Fewer (an
+/// early end anywhere below) or more is an error, never an OK stream with a different answer.
+fn checked(batches: BoxStream<'static, Result<RecordBatch>>, planned: u64) -> BoxStream<'static, Result<RecordBatch>> {
+    stream::unfold((batches, 0u64, false), move |(mut batches, seen, done)| async move {
+        if done {
+            return None;
+        }
+        match batches.next().await {
+            Some(Ok(b)) => {
+                let seen = seen + b.num_rows() as u64;
+                if seen > planned {
+                    let e = Error::Internal(format!("the stream held more rows than the {planned} planned"));
+                    return Some((Err(e), (batches, seen, true)));
+                }
+                Some((Ok(b), (batches, seen, false)))
+            }
+            Some(Err(e)) => Some((Err(e), (batches, seen, true))),
+            None if seen == planned => None,
+            None => {
+                let e = Error::Internal(format!(
+                    "the stream ended after {seen} of {planned} planned rows; the answer is incomplete"
+                ));
+                Some((Err(e), (batches, seen, true)))
+            }
+        }
+    })
+    .boxed()
+}
+
 type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -131,28 +219,36 @@ impl FlightService for AstroFlight {
 
     #[instrument(skip_all)]
     async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let infos: Vec<Result<FlightInfo, Status>> = self
-            .lake
-            .datasets()
-            .map(|d| self.dataset_info(&d.name).map_err(|e| e.to_status()))
-            .collect();
-        Ok(Response::new(stream::iter(infos).boxed()))
+        let lake = self.lake.clone();
+        let infos = blocking(move || {
+            lake.datasets()
+                .map(|d| Self::dataset_info(&lake, d))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await?;
+        Ok(Response::new(stream::iter(infos.into_iter().map(Ok)).boxed()))
     }
 
     #[instrument(skip_all)]
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let d = request.into_inner();
         let Some(cmd) = descriptor_cmd(&d)? else {
-            return Ok(Response::new(self.dataset_info(dataset_path(&d)?)?));
+            let lake = self.lake.clone();
+            let name = dataset_path(&d)?.to_string();
+            let info = blocking(move || Self::dataset_info(&lake, lake.dataset(&name)?)).await?;
+            return Ok(Response::new(info));
         };
         let plan = self.plan(cmd).await?;
-        let info = FlightInfo::new()
+        let mut info = FlightInfo::new()
             .try_with_schema(&plan.schema())
             .map_err(|e| Status::internal(e.to_string()))?
             .with_descriptor(d.clone())
             .with_total_records(plan.rows() as i64)
-            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(d.cmd.clone())))
+            .with_total_bytes(plan.estimated_bytes() as i64)
             .with_ordered(true);
+        for t in plan.endpoint_tickets() {
+            info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(t)));
+        }
         Ok(Response::new(info))
     }
 
@@ -167,15 +263,10 @@ impl FlightService for AstroFlight {
         let d = request.into_inner();
         let schema = match descriptor_cmd(&d)? {
             None => {
-                let (_, ds) = self.lake.dataset(dataset_path(&d)?)?;
+                let ds = self.lake.dataset(dataset_path(&d)?)?;
                 cutout_schema(ds.kind, StampFormat::Fits)
             }
-            Some(cmd) => match decode_command(cmd).map_err(Error::from)? {
-                Command::Cutout(req) => {
-                    let (_, ds) = cutout::check_request(&self.lake, &req)?;
-                    cutout_schema(ds.kind, req.format)
-                }
-            },
+            Some(cmd) => tickets::schema(&self.lake, &decode(cmd).await?)?,
         };
         Ok(Response::new(schema_result(&schema)?))
     }
@@ -195,21 +286,21 @@ impl FlightService for AstroFlight {
             Ok(plan) => plan?,
             Err(_) => return Err(deadline_status(deadline)),
         };
-        span.record("dataset", plan.dataset.name.as_str());
-        span.record("alerts", plan.targets.len());
+        span.record("dataset", plan.dataset());
+        span.record("alerts", plan.alerts());
         let record = RequestRecord {
             id,
-            dataset: plan.dataset.name.clone(),
-            alerts: plan.targets.len(),
+            dataset: plan.dataset().to_string(),
+            alerts: plan.alerts(),
             io: Arc::new(IoStats::default()),
             started,
             span,
             outcome: Mutex::new(None),
             recent: self.recent.clone(),
         };
-        let schema = plan.schema();
-        let batches = cutout::execute(self.lake.clone(), plan, record.io.clone())
-            .map_err(|e| FlightError::Tonic(Box::new(e.to_status())));
+        let (schema, planned) = (plan.schema(), plan.rows());
+        let batches =
+            checked(plan.execute(record.io.clone()), planned).map_err(|e| FlightError::Tonic(Box::new(e.to_status())));
         let encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_max_flight_data_size(MAX_FLIGHT_DATA_BYTES)
@@ -258,26 +349,24 @@ impl FlightService for AstroFlight {
 
     #[instrument(skip_all, fields(action))]
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        let peer = request.remote_addr();
         let action = request.into_inner();
         tracing::Span::current().record("action", action.r#type.as_str());
         let body = match action.r#type.as_str() {
             "stats" => {
-                let datasets = self
+                let (lake, recent) = (self.lake.clone(), self.recent.clone());
+                blocking(move || Self::stats(&lake, &recent)).await?
+            }
+            "health" => {
+                let datasets: Vec<_> = self
                     .lake
                     .datasets()
-                    .map(|d| {
-                        let sum = d.index.summary().map_err(Error::from)?;
-                        Ok(
-                            json!({"name": d.name, "kind": d.kind.name(), "storage": d.backend.name(),
-                                  "files": sum.files, "alerts": sum.alerts}),
-                        )
-                    })
-                    .collect::<Result<Vec<_>, Error>>()?;
-                let recent: Vec<serde_json::Value> = self.recent.lock().expect("recent lock").iter().cloned().collect();
-                json!({"io": self.lake.io.snapshot(), "footer_cache_files": self.lake.footers.len(),
-                       "datasets": datasets, "requests": recent})
+                    .map(|d| json!({"name": d.name, "indexing": d.first_build_pending()}))
+                    .collect();
+                json!({"ready": self.lake.is_ready(), "datasets": datasets})
             }
             "reindex" => {
+                self.may_reindex(peer)?;
                 let stats = self.lake.reindex().await;
                 let out: Vec<_> = stats
                     .into_iter()
@@ -292,7 +381,8 @@ impl FlightService for AstroFlight {
             }
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action {other:?}; this server has: stats, reindex"
+                    "unknown action {}; this server has: stats, health, reindex",
+                    crate::error::quoted(other)
                 )))
             }
         };
@@ -309,8 +399,12 @@ impl FlightService for AstroFlight {
                 "storage I/O totals (requests, bytes), the last DoGet requests with their own I/O, footer cache size and per-dataset counts, as JSON",
             ),
             (
+                "health",
+                "readiness as JSON: `ready` once the first index build of every dataset since start has ended, and which datasets are still indexing",
+            ),
+            (
                 "reindex",
-                "incrementally re-index every dataset now; returns what changed, as JSON",
+                "incrementally re-index every dataset now (builds never overlap); returns what changed, as JSON",
             ),
         ];
         let list: Vec<Result<ActionType, Status>> = actions
@@ -388,57 +482,43 @@ fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::DataLoss => "DATA_LOSS",
         tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
         tonic::Code::Internal => "INTERNAL",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         tonic::Code::Cancelled => "CANCELLED",
         _ => "OTHER",
-    }
-}
-
-/// One DoGet: what it read from storage and how it ended. Logged, and remembered for `stats`,
-/// when the stream is dropped: finished, failed, or abandoned by the client ("cancelled").
-struct RequestRecord {
-    id: String,
-    dataset: String,
-    alerts: usize,
-    io: Arc<IoStats>,
-    started: Instant,
-    span: tracing::Span,
-    outcome: Mutex<Option<&'static str>>,
-    recent: Arc<Mutex<VecDeque<serde_json::Value>>>,
-}
-
-impl RequestRecord {
-    fn finish(&self, outcome: &'static str) {
-        self.outcome.lock().expect("outcome lock").get_or_insert(outcome);
-    }
-}
-
-impl Drop for RequestRecord {
-    fn drop(&mut self) {
-        let io = self.io.snapshot();
-        let ms = self.started.elapsed().as_secs_f64() * 1e3;
-        let outcome = self
-            .outcome
-            .lock()
-            .map(|o| o.unwrap_or("cancelled"))
-            .unwrap_or("cancelled");
-        {
-            let _g = self.span.enter();
-            info!(requests = io.requests, bytes = io.bytes, ms, outcome, "do_get done");
-        }
-        let entry = json!({"id": self.id, "dataset": self.dataset, "alerts": self.alerts,
-                           "requests": io.requests, "bytes": io.bytes, "ms": ms, "outcome": outcome});
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT_REQUESTS {
-                recent.pop_front();
-            }
-            recent.push_back(entry);
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn batch(n: usize) -> RecordBatch {
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "x",
+            arrow_schema::DataType::Int64,
+            false,
+        )]));
+        RecordBatch::try_new(schema, vec![Arc::new(arrow::array::Int64Array::from(vec![0; n]))]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_must_hold_exactly_the_planned_rows() {
+        let run = |sizes: Vec<usize>, planned: u64| async move {
+            let s = stream::iter(sizes.into_iter().map(|n| Ok(batch(n)))).boxed();
+            checked(s, planned).collect::<Vec<_>>().await
+        };
+        let ok = run(vec![2, 3], 5).await;
+        assert!(ok.len() == 2 && ok.iter().all(|r| r.is_ok()));
+        let short = run(vec![2], 5).await;
+        assert!(short[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("ended after 2 of 5"));
+        let long = run(vec![4, 4], 5).await;
+        assert!(long[1].as_ref().unwrap_err().to_string().contains("more rows"));
+        assert_eq!(long.len(), 2);
+    }
 
     #[test]
     fn grpc_timeouts() {

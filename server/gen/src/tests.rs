@@ -6,6 +6,7 @@ use parquet::file::metadata::PageIndexPolicy;
 
 use super::*;
 use crate::testdata::shared_data_or_skip;
+use astroflight_fits as fits;
 
 fn small(survey: SurveyKind, dir: &Path, page_index: bool) -> Vec<GeneratedFile> {
     generate(&GenOptions {

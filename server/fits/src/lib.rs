@@ -1,4 +1,4 @@
-//! Just enough FITS for image stamps: read the primary HDU of a 2-D image into float32 pixels,
+//! astroflight's FITS codec. Just enough FITS for image stamps: read the primary HDU of a 2-D image into float32 pixels,
 //! and write one (for the generator).
 //!
 //! A FITS file is 2880-byte blocks: header blocks of 80-character `KEY = value` cards ending
@@ -92,6 +92,15 @@ fn parse_header(data: &[u8]) -> Result<(Header, usize), FitsError> {
             .get(at..at + CARD)
             .ok_or_else(|| FitsError::Format("header has no END card".into()))?;
         at += CARD;
+        // FITS headers are printable ASCII (0x20-0x7E). Anything else is refused here, before
+        // the card is sliced by column: slicing UTF-8 text at byte offsets panics inside a
+        // multi-byte character.
+        if !card.iter().all(|b| (0x20..=0x7e).contains(b)) {
+            return Err(FitsError::Format(format!(
+                "header card {} holds bytes that are not printable ASCII",
+                at / CARD
+            )));
+        }
         let card = std::str::from_utf8(card).map_err(|_| FitsError::Format("header is not ASCII".into()))?;
         let key = card[..8].trim_end();
         if key == "END" {
@@ -282,6 +291,19 @@ mod tests {
         let img = decode_image(&f).unwrap();
         assert_eq!(img.pixels[0], 20.0);
         assert!(img.pixels[1].is_nan());
+    }
+
+    #[test]
+    fn non_ascii_header_bytes_are_an_error_not_a_panic() {
+        let px = vec![0f32; 4];
+        // A UTF-8 multi-byte character straddling the key/value columns (bytes 7-8), and a
+        // Latin-1 byte in a value: both used to panic or pass.
+        for (at, bytes) in [(80 * 5 + 7, "é".as_bytes()), (80 * 5 + 12, &[0xe9u8][..])] {
+            let mut f = encode_image_f32(2, 2, &px, &[("OBSERVER", "'someone'".into(), "")]);
+            f[at..at + bytes.len()].copy_from_slice(bytes);
+            let e = decode_image(&f).unwrap_err();
+            assert!(e.to_string().contains("not printable ASCII"), "{e}");
+        }
     }
 
     #[test]

@@ -1,0 +1,109 @@
+//! The file catalog of a dataset: which files are indexed, at which version (size, ETag,
+//! modification time), with which row groups, and where their metadata starts. Scans plan from
+//! it; the id trees ([`crate::DatasetIndex`]) only map ids to locations and use the catalog as
+//! their commit record.
+//!
+//! A catalog entry is written last when a file is indexed (after its ids are flushed) and
+//! removed first when it is dropped, so "the catalog has the file" is the commit bit of every
+//! id that points into it.
+
+use crate::keys;
+use crate::Result;
+
+/// What a dataset's catalog holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CatalogSummary {
+    pub files: usize,
+    pub alerts: u64,
+    pub bytes: u64,
+}
+
+/// The catalog entry of one indexed (committed) file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileEntry {
+    pub file_id: u64,
+    /// Path inside the dataset's store (as object_store names it).
+    pub path: String,
+    pub size: u64,
+    pub e_tag: Option<String>,
+    /// Milliseconds since the epoch.
+    pub last_modified_ms: i64,
+    /// Rows of each row group.
+    pub row_groups: Vec<u64>,
+    /// Bytes at the end of the file after the last column chunk: the footer, page indexes
+    /// (and bloom filters). A reader fetches exactly this suffix to open the file in one read.
+    /// 0 when unknown (entries written by older versions).
+    pub metadata_len: u64,
+}
+
+impl FileEntry {
+    /// The file is unchanged if its size, and its etag or modification time, are the same.
+    pub fn same_version(&self, meta: &object_store::ObjectMeta) -> bool {
+        self.size == meta.size
+            && match (&self.e_tag, &meta.e_tag) {
+                (Some(a), Some(b)) => a == b,
+                _ => self.last_modified_ms == meta.last_modified.timestamp_millis(),
+            }
+    }
+
+    /// The alerts (rows) of the file.
+    pub fn rows(&self) -> u64 {
+        self.row_groups.iter().sum()
+    }
+}
+
+/// The catalog tree of one dataset.
+#[derive(Clone)]
+pub struct Catalog {
+    pub(crate) files: sled::Tree,
+}
+
+impl Catalog {
+    /// True when the file's entry is committed.
+    pub fn contains(&self, file_id: u64) -> Result<bool> {
+        Ok(self.files.contains_key(file_id.to_be_bytes())?)
+    }
+
+    /// The committed entry of a file.
+    pub fn file(&self, file_id: u64) -> Result<Option<FileEntry>> {
+        match self.files.get(file_id.to_be_bytes())? {
+            Some(v) => keys::decode_file_entry(file_id, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every committed file, in file id order.
+    pub fn files(&self) -> Result<Vec<FileEntry>> {
+        self.files
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                keys::decode_file_entry(keys::u64_at(&k, 0)?, &v)
+            })
+            .collect()
+    }
+
+    /// Committed files, their alerts (counting copies) and bytes, from one catalog scan.
+    pub fn summary(&self) -> Result<CatalogSummary> {
+        let mut s = CatalogSummary::default();
+        for kv in self.files.iter() {
+            let (k, v) = kv?;
+            let f = keys::decode_file_entry(keys::u64_at(&k, 0)?, &v)?;
+            s.files += 1;
+            s.alerts += f.rows();
+            s.bytes += f.size;
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn commit(&self, entry: &FileEntry) -> Result<()> {
+        self.files
+            .insert(entry.file_id.to_be_bytes(), keys::encode_file_entry(entry))?;
+        Ok(())
+    }
+
+    pub(crate) fn uncommit(&self, file_id: u64) -> Result<()> {
+        self.files.remove(file_id.to_be_bytes())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! Ticket kinds. Each kind is one room: its result schema, its plan (which may produce several
+//! endpoints) and its execution, behind the small [`Planned`] interface that the Flight edge
+//! (`crate::service`) dispatches to with one match. The edge applies what every kind shares
+//! (request id, deadline, limits, stats, error mapping, and the check that a stream holds
+//! exactly the rows its plan promised); a kind never sees gRPC.
+//!
+//! Kinds so far: [`cutout`]. Alert batches, Flight SQL and header tables come next.
+
+pub mod cutout;
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow_schema::SchemaRef;
+use futures::stream::BoxStream;
+
+use astroflight_proto::Command;
+
+use crate::error::Result;
+use crate::lake::Lake;
+use crate::storage::IoStats;
+
+/// What the edge enforces on every plan before anything is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most alerts a ticket may resolve to.
+    pub max_alerts: usize,
+    /// Most bytes a ticket may be estimated to return.
+    pub max_bytes: u64,
+}
+
+/// A planned ticket: everything resolved, nothing read yet.
+pub trait Planned: Send + Sync {
+    /// The dataset the plan reads.
+    fn dataset(&self) -> &str;
+    /// The result schema.
+    fn schema(&self) -> SchemaRef;
+    /// Exactly how many rows the stream will hold; the edge checks it.
+    fn rows(&self) -> u64;
+    /// How many alerts the plan reads.
+    fn alerts(&self) -> usize;
+    /// What the result is estimated to weigh, in bytes.
+    fn estimated_bytes(&self) -> u64;
+    /// The tickets of the plan's endpoints: each self-contained, so that any replica can serve
+    /// it. A kind that answers in one stream returns its own command.
+    fn endpoint_tickets(&self) -> Vec<Vec<u8>>;
+    /// Stream the result. Nothing is read until the stream is polled.
+    fn execute(self: Arc<Self>, io: Arc<IoStats>) -> BoxStream<'static, Result<RecordBatch>>;
+}
+
+/// Plan a decoded command (the one dispatch over kinds). May block on index lookups: large
+/// plans run on the blocking pool, small ones inline.
+pub async fn plan(lake: &Arc<Lake>, cmd: Command, encoded: &[u8]) -> Result<Arc<dyn Planned>> {
+    match cmd {
+        Command::Cutout(req) => Ok(Arc::new(cutout::plan(lake, req, encoded).await?)),
+    }
+}
+
+/// The result schema of a command, without touching the index or storage.
+pub fn schema(lake: &Lake, cmd: &Command) -> Result<SchemaRef> {
+    match cmd {
+        Command::Cutout(req) => cutout::schema(lake, req),
+    }
+}
