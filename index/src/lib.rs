@@ -133,6 +133,9 @@ pub struct LsstHit {
 /// means the trees were written by another version and are rebuilt.
 const FORMAT: &[u8] = b"2";
 
+/// The index's default in-memory cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
 /// The index database: one sled database holding the trees of every dataset.
 #[derive(Clone)]
 pub struct Index {
@@ -175,9 +178,15 @@ impl std::fmt::Display for OpenError {
 }
 
 impl Index {
-    /// Open (or create) the index in a directory. Only one process may hold it open.
+    /// Open (or create) the index in a directory, with the default cache (256 MiB). Only one
+    /// process may hold it open.
     pub fn open(dir: &Path) -> std::result::Result<Self, OpenError> {
-        match sled::Config::new().path(dir).cache_capacity(256 << 20).open() {
+        Index::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Open (or create) the index, keeping up to `cache_bytes` of it in memory.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> std::result::Result<Self, OpenError> {
+        match sled::Config::new().path(dir).cache_capacity(cache_bytes).open() {
             Ok(db) => Ok(Index::with_db(db)),
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 Err(OpenError::Locked(sled::Error::Io(e)))

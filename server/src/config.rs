@@ -34,6 +34,9 @@ pub struct Config {
     /// Directory of the sled index.
     #[serde(default = "default_index_dir")]
     pub index_dir: PathBuf,
+    /// Bytes of the index kept in memory (sled's page cache).
+    #[serde(default = "default_index_cache_bytes")]
+    pub index_cache_bytes: u64,
     /// Parquet footers (with their offset index) kept in memory, at most this many files...
     #[serde(default = "default_footer_cache")]
     pub footer_cache_files: usize,
@@ -194,6 +197,9 @@ fn default_index_dir() -> PathBuf {
 }
 fn default_footer_cache() -> usize {
     1024
+}
+fn default_index_cache_bytes() -> u64 {
+    astroflight_index::DEFAULT_CACHE_BYTES
 }
 fn default_footer_cache_bytes() -> u64 {
     256 << 20

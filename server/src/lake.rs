@@ -60,8 +60,8 @@ pub struct Lake {
 
 /// Open the index directory; one that cannot be opened because its files are broken (a crash,
 /// a full disk) is moved aside and a new one is built from the lake.
-fn open_index(dir: &Path) -> Result<Index> {
-    match Index::open(dir) {
+fn open_index(dir: &Path, cache_bytes: u64) -> Result<Index> {
+    match Index::open_with_cache(dir, cache_bytes) {
         Ok(ix) => Ok(ix),
         Err(OpenError::Locked(e)) => Err(Error::Unavailable(format!(
             "cannot open the index in {}: another astroflight process is using it ({e})",
@@ -96,7 +96,7 @@ impl Lake {
         std::fs::create_dir_all(&config.index_dir).map_err(|e| {
             Error::InvalidArgument(format!("cannot create index_dir {}: {e}", config.index_dir.display()))
         })?;
-        let index = open_index(&config.index_dir)?;
+        let index = open_index(&config.index_dir, config.index_cache_bytes)?;
         let mut datasets = Vec::new();
         let mut by_name = BTreeMap::new();
         for d in &config.datasets {

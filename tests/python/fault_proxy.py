@@ -7,7 +7,8 @@ slowly. The rest are forwarded unchanged (Host header included, so S3 signatures
                           [--truncate 0.05] [--slow 0.05] [--slow-secs 3]
 
 prints `listening 127.0.0.1:PORT`. Control (not forwarded):
-  GET /__faults__            -> JSON: the rates and what was injected so far
+  GET /__faults__            -> JSON: the rates and what was injected so far; `rounds` counts
+                                the requests that arrived with no other request in flight
   GET /__faults__/set?error=1 -> change rates (error, reset, truncate, slow, slow_secs)
 """
 import argparse
@@ -27,7 +28,8 @@ class Proxy:
         self.rng = random.Random(seed)
         self.rates = dict(rates)
         self.slow_secs = slow_secs
-        self.counts = {"requests": 0, "forwarded": 0, **{f: 0 for f in FAULTS}}
+        self.counts = {"requests": 0, "forwarded": 0, "rounds": 0, **{f: 0 for f in FAULTS}}
+        self.inflight = 0
 
     def pick(self):
         x = self.rng.random()
@@ -54,44 +56,56 @@ class Proxy:
                     await self.control(target, writer)
                     continue
                 self.counts["requests"] += 1
-                fault = self.pick()
-                if fault:
-                    self.counts[fault] += 1
-                if fault == "error":
-                    code = self.rng.choice([500, 503])
-                    msg = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-                    reason = "Internal Server Error" if code == 500 else "Service Unavailable"
-                    writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Length: {len(msg)}\r\n"
-                                 f"Content-Type: application/xml\r\n\r\n".encode() + msg)
-                    await writer.drain()
-                    continue
-                if fault == "reset":
-                    writer.transport.abort()
-                    return
-                if fault == "slow":
-                    await asyncio.sleep(self.slow_secs)
-                status, rheaders, rbody = await self.forward(method, target, headers, body)
-                self.counts["forwarded"] += 1
-                out = [f"HTTP/1.1 {status}"]
-                for k, v in rheaders:
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        out.append(f"{k}:{v}")
-                out.append(f"Content-Length: {len(rbody)}")
-                head_bytes = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
-                if method == "HEAD":
-                    rbody = b""
-                if fault == "truncate" and len(rbody) > 1:
-                    writer.write(head_bytes + rbody[: len(rbody) // 2])
-                    await writer.drain()
-                    writer.transport.abort()
-                    return
-                writer.write(head_bytes + rbody)
-                await writer.drain()
+                if self.inflight == 0:
+                    self.counts["rounds"] += 1
+                self.inflight += 1
+                try:
+                    if not await self.answer(method, target, headers, body, writer):
+                        return
+                finally:
+                    self.inflight -= 1
         except ConnectionError:
             return
         finally:
             if not writer.transport.is_closing():
                 writer.close()
+
+    async def answer(self, method, target, headers, body, writer):
+        """Answer one request, faulty or not; False when the connection was dropped."""
+        fault = self.pick()
+        if fault:
+            self.counts[fault] += 1
+        if fault == "error":
+            code = self.rng.choice([500, 503])
+            msg = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+            reason = "Internal Server Error" if code == 500 else "Service Unavailable"
+            writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Length: {len(msg)}\r\n"
+                         f"Content-Type: application/xml\r\n\r\n".encode() + msg)
+            await writer.drain()
+            return True
+        if fault == "reset":
+            writer.transport.abort()
+            return False
+        if fault == "slow":
+            await asyncio.sleep(self.slow_secs)
+        status, rheaders, rbody = await self.forward(method, target, headers, body)
+        self.counts["forwarded"] += 1
+        out = [f"HTTP/1.1 {status}"]
+        for k, v in rheaders:
+            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                out.append(f"{k}:{v}")
+        out.append(f"Content-Length: {len(rbody)}")
+        head_bytes = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
+        if method == "HEAD":
+            rbody = b""
+        if fault == "truncate" and len(rbody) > 1:
+            writer.write(head_bytes + rbody[: len(rbody) // 2])
+            await writer.drain()
+            writer.transport.abort()
+            return False
+        writer.write(head_bytes + rbody)
+        await writer.drain()
+        return True
 
     async def forward(self, method, target, headers, body):
         r, w = await asyncio.open_connection(*self.upstream)

@@ -2,10 +2,12 @@
 `bytes=-n`), answers HEAD, and sends ETag / Last-Modified / Content-Length, like nginx or an
 archive's CDN. Python's http.server ignores Range, so the tests and benchmarks use this one.
 
-    python range_http.py --root DIR [--port 0]
+    python range_http.py --root DIR [--port 0] [--host 127.0.0.1] [--redirect /PREFIX/=URL/ ...]
 
-prints `listening 127.0.0.1:PORT` once it accepts connections. Loopback only. Every request
-is counted; `GET /__stats__` returns {"requests": n, "bytes": n} as JSON (not a file path).
+prints `listening HOST:PORT` once it accepts connections. Loopback only (any 127.x.y.z). Every
+request is counted; `GET /__stats__` returns {"requests": n, "bytes": n} as JSON (not a file
+path). `If-Match` is honoured (412 when the ETag differs). `--redirect` answers 302 for paths
+under PREFIX, with `Location: URL` + the rest of the path (a CDN or a mirror moving files).
 """
 import argparse
 import email.utils
@@ -26,6 +28,7 @@ class Handler(BaseHTTPRequestHandler):
     # until the client's delayed ACK of the headers (~40 ms per request), as any real server avoids.
     disable_nagle_algorithm = True
     root = "."
+    redirects = []
     lock = threading.Lock()
     stats = {"requests": 0, "bytes": 0}
 
@@ -61,14 +64,24 @@ class Handler(BaseHTTPRequestHandler):
             with self.lock:
                 body = json.dumps(self.stats).encode()
             return self._send(200, body, [("Content-Type", "application/json")])
+        path = urlsplit(self.path).path
+        for prefix, target in self.redirects:
+            if path.startswith(prefix):
+                self._count(0)
+                return self._send(302, headers=[("Location", target + path[len(prefix):])], head=head)
         full = self._file()
         if full is None:
             self._count(0)
             return self._send(404, b"not found\n", head=head)
         st = os.stat(full)
         size = st.st_size
+        etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+        if_match = self.headers.get("If-Match")
+        if if_match and if_match.strip() != "*" and etag not in [t.strip() for t in if_match.split(",")]:
+            self._count(0)
+            return self._send(412, b"precondition failed\n", head=head)
         validators = [
-            ("ETag", f'"{st.st_size:x}-{st.st_mtime_ns:x}"'),
+            ("ETag", etag),
             ("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True)),
             ("Accept-Ranges", "bytes"),
         ]
@@ -115,11 +128,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--redirect", action="append", default=[])
     args = ap.parse_args()
+    if not args.host.startswith("127."):
+        sys.exit("range_http serves on loopback only")
     Handler.root = os.path.realpath(args.root)
-    srv = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    Handler.redirects = [tuple(r.split("=", 1)) for r in args.redirect]
+    srv = ThreadingHTTPServer((args.host, args.port), Handler)
     srv.daemon_threads = True
-    print(f"listening 127.0.0.1:{srv.server_address[1]}", flush=True)
+    print(f"listening {args.host}:{srv.server_address[1]}", flush=True)
     try:
         srv.serve_forever()
     except KeyboardInterrupt:

@@ -214,11 +214,11 @@ class HdfsCluster(_Process):
 
 
 class RangeHttp(_Process):
-    def __init__(self, workdir, root, name="range_http"):
-        super().__init__(
-            "range HTTP server", [sys.executable, str(HERE / "range_http.py"), "--root", str(root)],
-            "listening ", 30, pathlib.Path(workdir) / f"{name}.log",
-        )
+    def __init__(self, workdir, root, name="range_http", host="127.0.0.1", redirects=()):
+        args = [sys.executable, str(HERE / "range_http.py"), "--root", str(root), "--host", host]
+        for prefix, target in redirects:
+            args += ["--redirect", f"{prefix}={target}"]
+        super().__init__("range HTTP server", args, "listening ", 30, pathlib.Path(workdir) / f"{name}.log")
         self.url = "http://" + self.ready_line.split()[1]
 
     def stats(self):

@@ -654,6 +654,81 @@ fn write_file(
     })
 }
 
+/// A ZTF lake of id columns only (`objectId`, `candid`, `candidate.jd`), for index-scale
+/// measurements: tens of millions of alerts in a few hundred MB. `files` files of
+/// `alerts_per_file` alerts, one night per file, about three alerts per object, in the same hive
+/// layout as [`generate`]. Deterministic for a seed.
+pub fn generate_ids_only(
+    out: &Path,
+    files: u32,
+    alerts_per_file: u32,
+    seed: u64,
+) -> Result<Vec<GeneratedFile>, GenError> {
+    let cand = arrow_schema::Fields::from(vec![Field::new("jd", DataType::Float64, false)]);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("objectId", DataType::Utf8, false),
+        Field::new("candid", DataType::Int64, false),
+        Field::new("candidate", DataType::Struct(cand.clone()), false),
+    ]));
+    let n_objects = (files as u64 * alerts_per_file as u64 / 3).max(1);
+    let mut rng = Rng::new(seed);
+    let mut done = Vec::new();
+    for file in 0..files {
+        let night_jd = 2458849.5 + file as f64;
+        let (y, m, d) = civil_from_jd(night_jd);
+        let dir = out.join(format!("year={y:04}/month={m:02}/day={d:02}"));
+        let path = dir.join(format!("part-{file:05}-ids.c000.snappy.parquet"));
+        let io = |source| GenError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = path.with_extension("parquet.tmp");
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(1 << 20))
+            .build();
+        let f = std::fs::File::create(&tmp).map_err(io)?;
+        let mut w = ArrowWriter::try_new(
+            std::io::BufWriter::with_capacity(1 << 20, f),
+            schema.clone(),
+            Some(props),
+        )?;
+        let chunk = 65_536u32;
+        let mut i = 0u32;
+        while i < alerts_per_file {
+            let n = chunk.min(alerts_per_file - i);
+            let mut oid = StringBuilder::with_capacity(n as usize, n as usize * 12);
+            let mut candid = Int64Builder::with_capacity(n as usize);
+            let mut jd = Float64Builder::with_capacity(n as usize);
+            for k in i..i + n {
+                oid.append_value(ztf_object_id(rng.below(n_objects)));
+                candid.append_value(1_100_000_000_000_000_000 + file as i64 * 100_000_000 + k as i64);
+                jd.append_value(night_jd + 0.1 + 0.3 * (k as f64 / alerts_per_file as f64));
+            }
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(oid.finish()),
+                    Arc::new(candid.finish()),
+                    Arc::new(StructArray::new(cand.clone(), vec![Arc::new(jd.finish())], None)),
+                ],
+            )?;
+            w.write(&batch)?;
+            i += n;
+        }
+        w.close()?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        let bytes = std::fs::metadata(&path).map_err(io)?.len();
+        done.push(GeneratedFile {
+            path,
+            bytes,
+            alerts: alerts_per_file,
+        });
+    }
+    Ok(done)
+}
+
 /// True if `dir` already holds a generated lake (any parquet file under it).
 pub fn lake_exists(dir: &Path) -> bool {
     fn walk(d: &Path) -> bool {
