@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--pause", type=float, default=0.05, help="seconds a client waits after each batch")
     ap.add_argument("--kind", default="All")
     args = ap.parse_args()
+    args.data = args.data.resolve()
 
     lake = ensure_lake(args)
     candids = []

@@ -401,50 +401,59 @@ impl IdColumns {
     }
 }
 
+/// Rows of one file written per sled batch.
+const WRITE_SLICE_ROWS: usize = 8192;
+
 /// Write one file's rows, flush, then its commit record.
 fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
     let file_id = ix.db.generate_id()?;
-    let (mut a, mut b, mut byfile) = (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
-    for (n, (rg, row, rid, t)) in ids.rows.iter().enumerate() {
-        match rid {
-            RowIds::Ztf { candid, jd, object_id } => {
-                a.insert(
-                    keys::obj_key(object_id, *jd, *candid, file_id),
-                    &keys::obj_value(*rg, *row)[..],
-                );
-                b.insert(
-                    &keys::id_file_key(*candid, file_id)[..],
-                    keys::candid_value(*rg, *row, *t, object_id),
-                );
+    // In slices: sled holds a whole batch in memory several times over while applying it (a
+    // batch of a million rows took gigabytes), so a large file is written a slice at a time.
+    // Nothing of the file is visible before its commit record anyway.
+    for (slice_no, slice) in ids.rows.chunks(WRITE_SLICE_ROWS).enumerate() {
+        let (mut a, mut b, mut byfile) = (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
+        for (k, (rg, row, rid, t)) in slice.iter().enumerate() {
+            let n = slice_no * WRITE_SLICE_ROWS + k;
+            match rid {
+                RowIds::Ztf { candid, jd, object_id } => {
+                    a.insert(
+                        keys::obj_key(object_id, *jd, *candid, file_id),
+                        &keys::obj_value(*rg, *row)[..],
+                    );
+                    b.insert(
+                        &keys::id_file_key(*candid, file_id)[..],
+                        keys::candid_value(*rg, *row, *t, object_id),
+                    );
+                }
+                RowIds::Lsst {
+                    dia_source_id,
+                    dia_object_id,
+                } => {
+                    a.insert(
+                        &keys::id_file_key(*dia_source_id, file_id)[..],
+                        keys::dia_value(*rg, *row, *t, *dia_object_id),
+                    );
+                    b.insert(
+                        &keys::diaobj_key(*dia_object_id, *dia_source_id, file_id)[..],
+                        keys::diaobj_value(*rg, *row, *t),
+                    );
+                }
             }
-            RowIds::Lsst {
-                dia_source_id,
-                dia_object_id,
-            } => {
-                a.insert(
-                    &keys::id_file_key(*dia_source_id, file_id)[..],
-                    keys::dia_value(*rg, *row, *t, *dia_object_id),
-                );
-                b.insert(
-                    &keys::diaobj_key(*dia_object_id, *dia_source_id, file_id)[..],
-                    keys::diaobj_value(*rg, *row, *t),
-                );
+            byfile.insert(&keys::byfile_key(file_id, n as u64)[..], keys::byfile_value(rid));
+        }
+        // byfile first: if we die after it, repair() knows what to remove.
+        ix.byfile.apply_batch(byfile)?;
+        match slice.first().map(|r| &r.2) {
+            Some(RowIds::Ztf { .. }) => {
+                ix.obj.apply_batch(a)?;
+                ix.candid.apply_batch(b)?;
             }
+            Some(RowIds::Lsst { .. }) => {
+                ix.dia.apply_batch(a)?;
+                ix.diaobj.apply_batch(b)?;
+            }
+            None => {}
         }
-        byfile.insert(&keys::byfile_key(file_id, n as u64)[..], keys::byfile_value(rid));
-    }
-    // byfile first: if we die after it, repair() knows what to remove.
-    ix.byfile.apply_batch(byfile)?;
-    match ids.rows.first().map(|r| &r.2) {
-        Some(RowIds::Ztf { .. }) => {
-            ix.obj.apply_batch(a)?;
-            ix.candid.apply_batch(b)?;
-        }
-        Some(RowIds::Lsst { .. }) => {
-            ix.dia.apply_batch(a)?;
-            ix.diaobj.apply_batch(b)?;
-        }
-        None => {}
     }
     ix.db.flush()?;
     let entry = FileEntry {

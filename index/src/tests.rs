@@ -14,7 +14,13 @@ use crate::*;
 
 /// Write a minimal ZTF-shaped file: (objectId, candid, jd) rows, `rg_rows` rows per row group.
 fn write_ztf(dir: &std::path::Path, name: &str, rows: &[(&str, i64, f64)], rg_rows: usize) {
-    let cand = Fields::from(vec![Field::new("jd", DataType::Float64, false)]);
+    let rows: Vec<(&str, i64, Option<f64>)> = rows.iter().map(|r| (r.0, r.1, Some(r.2))).collect();
+    write_ztf_nullable_jd(dir, name, &rows, rg_rows);
+}
+
+/// The same, with a `jd` column that may hold nulls.
+fn write_ztf_nullable_jd(dir: &std::path::Path, name: &str, rows: &[(&str, i64, Option<f64>)], rg_rows: usize) {
+    let cand = Fields::from(vec![Field::new("jd", DataType::Float64, true)]);
     let schema = Arc::new(Schema::new(vec![
         Field::new("objectId", DataType::Utf8, true),
         Field::new("candid", DataType::Int64, true),
@@ -140,29 +146,6 @@ async fn the_same_alert_in_two_files_is_found_once_and_survives_losing_one_copy(
     assert_eq!(ix.file(h.location.file_id).unwrap().unwrap().path, "science/b.parquet");
 }
 
-/// Write a ZTF-shaped file whose jd column may hold nulls.
-fn write_ztf_nullable_jd(dir: &std::path::Path, name: &str, rows: &[(&str, i64, Option<f64>)]) {
-    let cand = Fields::from(vec![Field::new("jd", DataType::Float64, true)]);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("objectId", DataType::Utf8, true),
-        Field::new("candid", DataType::Int64, true),
-        Field::new("candidate", DataType::Struct(cand.clone()), true),
-    ]));
-    let jd: ArrayRef = Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>()));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-            Arc::new(StructArray::new(cand, vec![jd], None)),
-        ],
-    )
-    .unwrap();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(dir.join(name)).unwrap(), schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-}
-
 #[tokio::test]
 async fn an_alert_without_jd_is_never_the_latest() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,6 +159,7 @@ async fn an_alert_without_jd_is_never_the_latest() {
             ("ZTF1", 13, Some(2458849.9)),
             ("ZTF2", 20, None),
         ],
+        100,
     );
     let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
     build(dir.path(), &ix).await;

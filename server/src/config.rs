@@ -181,6 +181,13 @@ pub enum DatasetKind {
 }
 
 impl DatasetKind {
+    pub fn of_survey(s: SurveyKind) -> Self {
+        match s {
+            SurveyKind::Ztf => DatasetKind::Ztf,
+            SurveyKind::Lsst => DatasetKind::Lsst,
+        }
+    }
+
     pub fn survey(self) -> SurveyKind {
         match self {
             DatasetKind::Ztf => SurveyKind::Ztf,
@@ -372,6 +379,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.datasets.len(), 2);
         assert_eq!(c.deadline_secs, 120.0);
+        assert_eq!(c.reindex_action, ReindexAction::Local);
+        assert_eq!(c.reindex_interval_secs, 3600.0);
+        assert!(!c.publish_roots);
     }
 
     #[test]

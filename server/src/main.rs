@@ -311,15 +311,10 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
 /// The configuration of the demo lake: its datasets, and its index in `dir/index`.
 fn demo_config(dir: &Path, datasets: &[demo::DemoDataset]) -> Config {
     let mut config = Config::default();
-    for d in datasets {
-        let kind = match d.survey {
-            SurveyKind::Ztf => DatasetKind::Ztf,
-            SurveyKind::Lsst => DatasetKind::Lsst,
-        };
-        config
-            .datasets
-            .push(DatasetConfig::new(d.name, kind, d.root.to_string_lossy()));
-    }
+    config.datasets = datasets
+        .iter()
+        .map(|d| DatasetConfig::new(d.name, DatasetKind::of_survey(d.survey), d.root.to_string_lossy()))
+        .collect();
     config.index_dir = dir.join("index");
     config.apply_env(|k| std::env::var(k).ok());
     config

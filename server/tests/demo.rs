@@ -9,7 +9,6 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use arrow_flight::FlightClient;
 use astroflight_gen::demo::{self, DEMO_ALERTS_PER_FILE, DEMO_CANDID, DEMO_DIA_SOURCE_ID, DEMO_OBJECT_ID};
-use astroflight_index::SurveyKind;
 use astroflight_server::config::{Config, DatasetConfig, DatasetKind};
 use astroflight_server::App;
 use common::get;
@@ -22,15 +21,10 @@ fn demo_config(dir: &Path) -> Config {
         index_dir: dir.join("index"),
         ..Config::default()
     };
-    for d in datasets {
-        let kind = match d.survey {
-            SurveyKind::Ztf => DatasetKind::Ztf,
-            SurveyKind::Lsst => DatasetKind::Lsst,
-        };
-        config
-            .datasets
-            .push(DatasetConfig::new(d.name, kind, d.root.to_string_lossy()));
-    }
+    config.datasets = datasets
+        .iter()
+        .map(|d| DatasetConfig::new(d.name, DatasetKind::of_survey(d.survey), d.root.to_string_lossy()))
+        .collect();
     config
 }
 

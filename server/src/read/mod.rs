@@ -42,6 +42,11 @@ use crate::storage::{IoStats, RangeReads};
 /// Rows decoded per parquet batch (and so per output batch).
 pub const BATCH_ROWS: usize = 32;
 
+/// Rows of a file with an offset index read at once: each may need its own ~1 MB page per
+/// column, and the reader holds all the pages of what it reads, so this bounds a request's
+/// memory (8 rows x 3 stamp columns: ~24 MB of pages for an `All` cutout ticket).
+pub const READ_ROWS: usize = 8;
+
 /// What one request reads through: the lake, one dataset, and the request's I/O counters.
 #[derive(Clone)]
 pub struct ReadCtx {
@@ -167,42 +172,45 @@ where
             "{what}: rows to read are not ascending and distinct"
         )));
     }
-    let mut selectors = Vec::new();
-    let mut next = 0usize;
-    for &r in &at.rows {
-        let r = r as usize;
-        if r >= rg_rows {
-            return Err(Error::DataLoss(format!(
-                "{what}: row {r} is past the end of row group {rg} (the index is stale)"
-            )));
-        }
-        if r > next {
-            selectors.push(RowSelector::skip(r - next));
-        }
-        selectors.push(RowSelector::select(1));
-        next = r + 1;
+    if let Some(&r) = at.rows.iter().find(|&&r| r as usize >= rg_rows) {
+        return Err(Error::DataLoss(format!(
+            "{what}: row {r} is past the end of row group {rg} (the index is stale)"
+        )));
     }
-    let selection = RowSelection::from(selectors);
-
-    let mut parts = Vec::with_capacity(projections.len());
-    for leaves in projections {
-        let reader = ctx.reader(&entry).with_metadata(md.clone());
-        let what = what.clone();
-        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_md.clone())
-            .with_row_groups(vec![rg])
-            .with_row_selection(selection.clone())
-            .with_projection(ProjectionMask::leaves(schema, leaves))
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(|e| Error::parquet(&what, e))?
-            .map_err(move |e| Error::parquet(&what, e));
-        parts.push(stream.boxed());
-    }
+    // With an offset index, each row costs the pages that hold it (~1 MB per stamp column in
+    // Spark files), and the parquet reader holds every page of its selection at once: rows are
+    // read a few at a time, so a request holds at most READ_ROWS pages per column. Without one,
+    // every read costs the whole column chunks, so the rows are read in one go.
+    let chunk = if md.offset_index().is_some() {
+        READ_ROWS
+    } else {
+        at.rows.len().max(1)
+    };
+    let selections: Vec<RowSelection> = at.rows.chunks(chunk).map(|c| selection(c, rg_rows)).collect();
+    let (reader_ctx, reader_entry, reader_what) = (ctx.clone(), entry.clone(), what.clone());
+    let open = move |sel: RowSelection| -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        let schema = md.file_metadata().schema_descr();
+        let mut parts = Vec::with_capacity(projections.len());
+        for leaves in &projections {
+            let reader = reader_ctx.reader(&reader_entry).with_metadata(md.clone());
+            let what = reader_what.clone();
+            let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_md.clone())
+                .with_row_groups(vec![rg])
+                .with_row_selection(sel.clone())
+                .with_projection(ProjectionMask::leaves(schema, leaves.clone()))
+                .with_batch_size(BATCH_ROWS)
+                .build()
+                .map_err(|e| Error::parquet(&what, e))?
+                .map_err(move |e| Error::parquet(&what, e));
+            parts.push(stream.boxed());
+        }
+        Ok(zip_columns(parts))
+    };
     let id_leaf = id_leaf.to_string();
     let planned = at.rows.len();
     Ok(on_cpu(
         &ctx.lake.cpu,
-        move || zip_columns(parts),
+        move || stream::iter(selections).map(open).try_flatten().boxed(),
         move |raw, offset| {
             let range = *offset..*offset + raw.num_rows();
             *offset = range.end;
@@ -218,6 +226,24 @@ where
             (offset != planned).then(|| Error::Internal(format!("a read ended after {offset} of {planned} rows")))
         },
     ))
+}
+
+/// The selection of `rows` (ascending, inside the row group) in a row group of `total` rows.
+fn selection(rows: &[u32], total: usize) -> RowSelection {
+    let mut selectors = Vec::with_capacity(2 * rows.len() + 1);
+    let mut next = 0usize;
+    for &r in rows {
+        let r = r as usize;
+        if r > next {
+            selectors.push(RowSelector::skip(r - next));
+        }
+        selectors.push(RowSelector::select(1));
+        next = r + 1;
+    }
+    if total > next {
+        selectors.push(RowSelector::skip(total - next));
+    }
+    RowSelection::from(selectors)
 }
 
 /// Make the stream (its tasks start there) and run it and `step` on the CPU runtime, handing
