@@ -310,12 +310,14 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
 
 /// The configuration of the demo lake: its datasets, and its index in `dir/index`.
 fn demo_config(dir: &Path, datasets: &[demo::DemoDataset]) -> Config {
-    let mut config = Config::default();
-    config.datasets = datasets
-        .iter()
-        .map(|d| DatasetConfig::new(d.name, DatasetKind::of_survey(d.survey), d.root.to_string_lossy()))
-        .collect();
-    config.index_dir = dir.join("index");
+    let mut config = Config {
+        datasets: datasets
+            .iter()
+            .map(|d| DatasetConfig::new(d.name, DatasetKind::of_survey(d.survey), d.root.to_string_lossy()))
+            .collect(),
+        index_dir: dir.join("index"),
+        ..Config::default()
+    };
     config.apply_env(|k| std::env::var(k).ok());
     config
 }
