@@ -94,10 +94,14 @@ class Proxy:
         for k, v in rheaders:
             if k.lower() not in ("content-length", "transfer-encoding", "connection"):
                 out.append(f"{k}:{v}")
-        out.append(f"Content-Length: {len(rbody)}")
-        head_bytes = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
         if method == "HEAD":
+            # A HEAD answer has no body, but its Content-Length is the object's size: keep it.
+            size = next((v.strip() for k, v in rheaders if k.strip().lower() == "content-length"), "0")
+            out.append(f"Content-Length: {size}")
             rbody = b""
+        else:
+            out.append(f"Content-Length: {len(rbody)}")
+        head_bytes = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
         if fault == "truncate" and len(rbody) > 1:
             writer.write(head_bytes + rbody[: len(rbody) // 2])
             await writer.drain()
