@@ -111,6 +111,16 @@ pub struct Location {
     pub row: u32,
 }
 
+impl Location {
+    pub fn new(file_id: u64, row_group: u32, row: u32) -> Self {
+        Location {
+            file_id,
+            row_group,
+            row,
+        }
+    }
+}
+
 /// One ZTF alert in the index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZtfHit {
@@ -311,11 +321,7 @@ impl DatasetIndex {
                 object_id: object_id.to_string(),
                 candid,
                 jd: jd.unwrap_or(f64::NAN),
-                location: Location {
-                    file_id,
-                    row_group,
-                    row,
-                },
+                location: Location::new(file_id, row_group, row),
             };
             // Copies of one alert are adjacent (same time and candid), in file id order.
             match hits.last_mut() {
@@ -345,11 +351,7 @@ impl DatasetIndex {
                 object_id: object_id.to_string(),
                 candid,
                 jd,
-                location: Location {
-                    file_id,
-                    row_group,
-                    row,
-                },
+                location: Location::new(file_id, row_group, row),
             }));
         }
         Ok(None)
@@ -378,11 +380,7 @@ impl DatasetIndex {
             object_id,
             candid,
             jd,
-            location: Location {
-                file_id,
-                row_group,
-                row,
-            },
+            location: Location::new(file_id, row_group, row),
         }))
     }
 
@@ -396,11 +394,7 @@ impl DatasetIndex {
             dia_source_id: id,
             dia_object_id,
             mjd,
-            location: Location {
-                file_id,
-                row_group,
-                row,
-            },
+            location: Location::new(file_id, row_group, row),
         }))
     }
 
@@ -420,11 +414,7 @@ impl DatasetIndex {
                 dia_source_id,
                 dia_object_id,
                 mjd,
-                location: Location {
-                    file_id,
-                    row_group,
-                    row,
-                },
+                location: Location::new(file_id, row_group, row),
             };
             match hits.last_mut() {
                 Some(last) if last.dia_source_id == dia_source_id => *last = hit,

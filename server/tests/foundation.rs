@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::AsArray;
@@ -141,7 +141,10 @@ async fn a_file_truncated_or_rewritten_in_place_is_data_loss() {
 
 /// Builds in a loop (two at a time), while the object's alerts move to new files and gain a
 /// newer alert each round, and clients ask for its latest alert and all its alerts: never an
-/// error, never an older latest than one already seen, never fewer alerts.
+/// error, never an older latest than one already seen, never fewer alerts. An old file is
+/// deleted only once every reader has started a request after the new file was committed
+/// (a request planned earlier may still be reading the old file: deleting it then would be the
+/// lake's doing, not the index's); its removal from the index happens while readers ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_never_go_back_while_the_index_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,13 +160,17 @@ async fn answers_never_go_back_while_the_index_is_rebuilt() {
     config.reindex_action = ReindexAction::Any;
     let server = Server::start_with(config).await;
     let done = Arc::new(AtomicBool::new(false));
+    // The round whose new file is committed, and the round each reader last started a request in.
+    let round = Arc::new(AtomicU64::new(0));
+    let seen: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let mut readers = Vec::new();
-    for _ in 0..2 {
-        let (addr, done) = (server.addr, done.clone());
+    for i in 0..2 {
+        let (addr, done, round, seen) = (server.addr, done.clone(), round.clone(), seen.clone());
         readers.push(tokio::spawn(async move {
             let mut c = client(addr).await;
             let (mut latest, mut count, mut asked) = (0i64, 0usize, 0usize);
             while !done.load(Ordering::Acquire) {
+                seen[i].store(round.load(Ordering::Acquire), Ordering::Release);
                 let b = get(&mut c, r#"{"cutout": {"dataset": "ztf", "objectId": "ZTF1", "kind": "Science", "format": "gzip"}}"#)
                     .await
                     .unwrap_or_else(|e| panic!("latest after {asked} answers: {e}"));
@@ -191,6 +198,16 @@ async fn answers_never_go_back_while_the_index_is_rebuilt() {
             .map(|r| r["datasets"][0]["indexed"].as_u64().unwrap())
             .sum();
         assert_eq!(indexed, 1, "round {k}: the new file is indexed once");
+        round.store(k as u64, Ordering::Release);
+        let caught_up = async {
+            while seen.iter().any(|s| s.load(Ordering::Acquire) < k as u64) {
+                tokio::task::yield_now().await;
+            }
+        };
+        // A bound, not a timing window: only a reader that stopped (failed) misses it.
+        tokio::time::timeout(std::time::Duration::from_secs(120), caught_up)
+            .await
+            .unwrap_or_else(|_| panic!("round {k}: a reader stopped asking"));
         std::fs::remove_file(lake.join(format!("f{}.parquet", k - 1))).unwrap();
         let (r1, r2) = tokio::join!(action(&mut c1, "reindex"), action(&mut c2, "reindex"));
         r1.unwrap();
