@@ -58,18 +58,16 @@ def ensure_lake(args):
     return lake
 
 
-def start_server(args, lake):
-    cfg = args.data / "astroflight.toml"
-    cfg.write_text(f'listen = "127.0.0.1:0"\nindex_dir = "{args.data / "index"}"\n'
-                   f'[[dataset]]\nname = "ztf"\nkind = "ztf"\nroot = "{lake}"\n')
-    proc = subprocess.Popen([args.bin, "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=open(args.data / "server.log", "wb"), text=True, env={"RUST_LOG": "warn"})
+def serve(bin_path, cfg, log, env, timeout):
+    """Start `astroflight serve --config cfg` and wait for it to be ready: it prints its address
+    once it listens, and `astroflight ready` once the first index build has ended."""
+    proc = subprocess.Popen([bin_path, "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=open(log, "wb"), text=True, env=env)
     addr = []
     ready = threading.Event()
 
     def read():
         for line in proc.stdout:
-            # Serve once the first index build has ended (the server listens before that).
             if line.startswith("astroflight listening on "):
                 addr.append(line.split()[-1])
             elif line.strip() == "astroflight ready":
@@ -77,10 +75,17 @@ def start_server(args, lake):
                 return
 
     threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(600):
+    if not ready.wait(timeout):
         proc.kill()
-        sys.exit(f"server did not start: {(args.data / 'server.log').read_text()[-2000:]}")
+        sys.exit(f"server did not start: {pathlib.Path(log).read_text()[-2000:]}")
     return proc, f"grpc://{addr[0]}"
+
+
+def start_server(args, lake):
+    cfg = args.data / "astroflight.toml"
+    cfg.write_text(f'listen = "127.0.0.1:0"\nindex_dir = "{args.data / "index"}"\n'
+                   f'[[dataset]]\nname = "ztf"\nkind = "ztf"\nroot = "{lake}"\n')
+    return serve(args.bin, cfg, args.data / "server.log", {"RUST_LOG": "warn"}, 600)
 
 
 def io_stats(client):

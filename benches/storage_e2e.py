@@ -17,9 +17,7 @@ import json
 import pathlib
 import random
 import statistics
-import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -29,7 +27,7 @@ from pyarrow import flight
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "python"))
-from cutout_e2e import ensure_lake, pct  # noqa: E402  (the same lake generation and percentiles)
+from cutout_e2e import ensure_lake, pct, serve  # noqa: E402  (the same lake generation and percentiles)
 from storage_servers import (  # noqa: E402
     S3_KEY, S3_REGION, S3_SECRET, HdfsCluster, RangeHttp, S3Server, env_without_aws, toml_value,
 )
@@ -45,25 +43,7 @@ def start_server(args, datasets, workdir):
         lines += [f"{k} = {toml_value(v)}" for k, v in opts.items()]
     cfg = workdir / "astroflight.toml"
     cfg.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([args.bin, "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=open(workdir / "server.log", "wb"), text=True,
-                            env={**env_without_aws(), "RUST_LOG": "warn"})
-    addr, ready = [], threading.Event()
-
-    def read():
-        for line in proc.stdout:
-            # Serve once the first index build has ended (the server listens before that).
-            if line.startswith("astroflight listening on "):
-                addr.append(line.split()[-1])
-            elif line.strip() == "astroflight ready":
-                ready.set()
-                return
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(900):
-        proc.kill()
-        sys.exit(f"server did not start: {(workdir / 'server.log').read_text()[-2000:]}")
-    return proc, f"grpc://{addr[0]}"
+    return serve(args.bin, cfg, workdir / "server.log", {**env_without_aws(), "RUST_LOG": "warn"}, 900)
 
 
 def main():
