@@ -30,7 +30,7 @@ use crate::error::{quoted, Error, Result};
 use crate::lake::{Dataset, Lake};
 use crate::read::{self, column_at, ReadCtx, RowsAt};
 use crate::storage::IoStats;
-use crate::tickets::Planned;
+use crate::tickets::{too_many_alerts, Planned};
 
 /// A plan naming this few ids runs its sled lookups on the gRPC worker itself: tens of
 /// microseconds, far below the ~500 us a poll may block, and cheaper than a hop to the
@@ -183,12 +183,6 @@ pub async fn plan(lake: &Arc<Lake>, req: CutoutRequest, command: &[u8]) -> Resul
     tokio::task::spawn_blocking(move || resolve(lake, &req, command)).await?
 }
 
-fn too_many(n: usize, max: usize) -> Error {
-    Error::ResourceExhausted(format!(
-        "the ticket names at least {n} alerts; this server's limit is {max} per ticket (max_ticket_alerts): split it"
-    ))
-}
-
 /// Resolve every id through the index (blocking).
 fn resolve(lake: Arc<Lake>, req: &CutoutRequest, command: Vec<u8>) -> Result<CutoutPlan> {
     let ds = check_request(&lake, req)?;
@@ -225,8 +219,9 @@ fn resolve(lake: Arc<Lake>, req: &CutoutRequest, command: Vec<u8>) -> Result<Cut
                         None => missing.push(quoted(oid)),
                     }
                 }
+                // Stop expanding objects as soon as the limit is passed: planning stays cheap.
                 if targets.len() > max {
-                    return Err(too_many(targets.len(), max));
+                    return Err(too_many_alerts(targets.len(), max));
                 }
             }
             if !missing.is_empty() {
@@ -276,17 +271,8 @@ fn resolve(lake: Arc<Lake>, req: &CutoutRequest, command: Vec<u8>) -> Result<Cut
     }
     targets.sort_by_key(|t| t.location);
     targets.dedup_by_key(|t| t.location);
-    if targets.len() > max {
-        return Err(too_many(targets.len(), max));
-    }
     let kinds = req.kind.expand();
     let estimated_bytes = estimate_bytes(&ds, &targets, kinds.len())?;
-    if estimated_bytes > lake.limits.max_bytes {
-        return Err(Error::ResourceExhausted(format!(
-            "the ticket would return about {estimated_bytes} bytes; this server's limit is {} per ticket (max_ticket_bytes): ask for fewer alerts or stamp kinds",
-            lake.limits.max_bytes
-        )));
-    }
     Ok(CutoutPlan {
         lake,
         dataset: ds,

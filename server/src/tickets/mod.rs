@@ -16,7 +16,7 @@ use futures::stream::BoxStream;
 
 use astroflight_proto::Command;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::storage::IoStats;
 
@@ -48,12 +48,39 @@ pub trait Planned: Send + Sync {
     fn execute(self: Arc<Self>, io: Arc<IoStats>) -> BoxStream<'static, Result<RecordBatch>>;
 }
 
-/// Plan a decoded command (the one dispatch over kinds). May block on index lookups: large
-/// plans run on the blocking pool, small ones inline.
+/// Plan a decoded command (the one dispatch over kinds), then check the plan against the
+/// limits, whatever its kind. May block on index lookups: large plans run on the blocking pool,
+/// small ones inline.
 pub async fn plan(lake: &Arc<Lake>, cmd: Command, encoded: &[u8]) -> Result<Arc<dyn Planned>> {
-    match cmd {
-        Command::Cutout(req) => Ok(Arc::new(cutout::plan(lake, req, encoded).await?)),
+    let plan: Arc<dyn Planned> = match cmd {
+        Command::Cutout(req) => Arc::new(cutout::plan(lake, req, encoded).await?),
+    };
+    check_limits(plan.as_ref(), &lake.limits)?;
+    Ok(plan)
+}
+
+/// RESOURCE_EXHAUSTED, naming the limit, for a plan that would cost more than the limits allow.
+/// (A kind may also stop planning early once it knows it is past `max_alerts`, so that planning
+/// itself stays cheap.)
+pub fn check_limits(plan: &dyn Planned, limits: &Limits) -> Result<()> {
+    if plan.alerts() > limits.max_alerts {
+        return Err(too_many_alerts(plan.alerts(), limits.max_alerts));
     }
+    if plan.estimated_bytes() > limits.max_bytes {
+        return Err(Error::ResourceExhausted(format!(
+            "the ticket would return about {} bytes; this server's limit is {} per ticket (max_ticket_bytes): ask for fewer alerts or stamp kinds",
+            plan.estimated_bytes(),
+            limits.max_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// The error of a ticket that resolves to more than `max` alerts (at least `n`).
+pub fn too_many_alerts(n: usize, max: usize) -> Error {
+    Error::ResourceExhausted(format!(
+        "the ticket names at least {n} alerts; this server's limit is {max} per ticket (max_ticket_alerts): split it"
+    ))
 }
 
 /// The result schema of a command, without touching the index or storage.
