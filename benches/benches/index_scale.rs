@@ -93,19 +93,7 @@ fn main() {
         // The lake grows a file at a time: a view holding the first k files, one build each.
         let view = root.join(format!("view-{alerts}-{per_file}"));
         let _ = std::fs::remove_dir_all(&view);
-        let mut files_sorted: Vec<std::path::PathBuf> = Vec::new();
-        let mut stack = vec![lake.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "parquet") {
-                    files_sorted.push(p);
-                }
-            }
-        }
-        files_sorted.sort();
+        let files_sorted = astroflight_gen::lake_files(&lake);
         let mut rows = 0;
         for (k, f) in files_sorted.iter().enumerate() {
             let rel = f.strip_prefix(&lake).unwrap();

@@ -729,17 +729,25 @@ pub fn generate_ids_only(
     Ok(done)
 }
 
-/// True if `dir` already holds a generated lake (any parquet file under it).
-pub fn lake_exists(dir: &Path) -> bool {
-    fn walk(d: &Path) -> bool {
-        std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| {
+/// Every parquet file under `dir`, in path order.
+pub fn lake_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
             if p.is_dir() {
-                walk(&p)
-            } else {
-                p.extension().is_some_and(|x| x == "parquet")
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
             }
-        })
+        }
     }
-    walk(dir)
+    out.sort();
+    out
+}
+
+/// True if `dir` already holds a generated lake (any parquet file under it).
+pub fn lake_exists(dir: &Path) -> bool {
+    !lake_files(dir).is_empty()
 }

@@ -118,22 +118,7 @@ pub struct LakeAlert {
     pub stamps: [Option<Vec<u8>>; 3],
 }
 
-pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
+pub use astroflight_gen::lake_files as parquet_files;
 
 /// Every alert of the lake under `dir`, read with the plain parquet reader.
 pub fn lake_alerts(dir: &Path, ztf: bool) -> Vec<LakeAlert> {
