@@ -53,6 +53,24 @@ pub struct IndexBuilder {
     kind: SurveyKind,
     index: DatasetIndex,
     concurrency: usize,
+    classes: Option<ClassSpec>,
+}
+
+/// Computes the class of each row of a batch that holds (at least) the spec's columns: a
+/// string array (or anything castable to one), null for unclassified rows.
+pub type ClassFn = Arc<dyn Fn(&RecordBatch) -> std::result::Result<arrow::array::ArrayRef, String> + Send + Sync>;
+
+/// How a dataset's alerts are classed, for the per-night, per-class counts of the catalog.
+/// The index crate knows nothing of SQL: the server compiles the dataset's `class` option
+/// (a column or an expression) into `eval`.
+#[derive(Clone)]
+pub struct ClassSpec {
+    /// Names the definition (the option as written); files counted under another key are
+    /// counted again.
+    pub key: String,
+    /// Top-level or dotted columns `eval` reads (every leaf under each is read).
+    pub columns: Vec<String>,
+    pub eval: ClassFn,
 }
 
 /// The id columns of one file, in row order.
@@ -62,6 +80,7 @@ struct FileIds {
     rows: Vec<(u32, u32, RowIds, f64)>,
     null_ids: u64,
     metadata_len: u64,
+    stats: crate::FileStats,
 }
 
 /// Bytes after the end of the last column chunk: what a reader must fetch to get the footer
@@ -105,7 +124,18 @@ impl IndexBuilder {
             kind,
             index,
             concurrency: 4,
+            classes: None,
         }
+    }
+
+    /// Count each file's alerts per class (and night) with this definition.
+    pub fn with_classes(mut self, spec: Option<ClassSpec>) -> Self {
+        self.classes = spec;
+        self
+    }
+
+    fn class_key(&self) -> &str {
+        self.classes.as_ref().map(|c| c.key.as_str()).unwrap_or("")
     }
 
     /// How many files are read at once (remote stores gain from more).
@@ -154,7 +184,12 @@ impl IndexBuilder {
         let mut todo = Vec::new();
         for meta in listing {
             match catalog.get(meta.location.as_ref()) {
-                Some(old) if old.same_version(&meta) => stats.unchanged += 1,
+                Some(old)
+                    if old.same_version(&meta)
+                        && old.stats.as_ref().is_some_and(|s| s.class_key == self.class_key()) =>
+                {
+                    stats.unchanged += 1
+                }
                 old => todo.push((meta, old.map(|o| o.file_id))),
             }
         }
@@ -237,6 +272,21 @@ impl IndexBuilder {
                 .ok_or_else(|| file_err(format!("no column `{w}`: not a {} alert file", self.kind.name())))?;
             leaves.push(i);
         }
+        // The class columns, when the file has them (a file of an older schema without them
+        // counts its alerts as unclassified).
+        let mut has_class_columns = self.classes.is_some();
+        for c in self.classes.iter().flat_map(|c| &c.columns) {
+            let under: Vec<usize> = (0..schema.num_columns())
+                .filter(|&i| {
+                    let p = schema.column(i).path().string();
+                    p == *c || p.starts_with(&format!("{c}."))
+                })
+                .collect();
+            has_class_columns &= !under.is_empty();
+            leaves.extend(under);
+        }
+        leaves.sort_unstable();
+        leaves.dedup();
         let mask = ProjectionMask::leaves(schema, leaves);
         let row_groups: Vec<u64> = md.row_groups().iter().map(|rg| rg.num_rows() as u64).collect();
         let mut stream = builder
@@ -252,12 +302,40 @@ impl IndexBuilder {
             row_groups: row_groups.clone(),
             null_ids: 0,
             metadata_len: metadata_len(&md, meta_size),
+            stats: crate::FileStats {
+                class_key: self.class_key().to_string(),
+                counts: Vec::new(),
+            },
         };
+        let mut counts: HashMap<(Option<i32>, Option<String>), u64> = HashMap::new();
         let (mut rg, mut row_in_rg) = (0usize, 0u64);
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| storage_or_file(&path, e))?;
             let cols = IdColumns::new(&batch, self.kind).map_err(file_err)?;
+            let classes = match &self.classes {
+                Some(spec) if has_class_columns => {
+                    let c = (spec.eval)(&batch).map_err(|e| file_err(format!("computing the class: {e}")))?;
+                    let c = arrow::compute::cast(&c, &DataType::Utf8)
+                        .map_err(|e| file_err(format!("the class is not a string: {e}")))?;
+                    if c.len() != batch.num_rows() {
+                        return Err(file_err("the class has the wrong length".into()));
+                    }
+                    Some(c)
+                }
+                _ => None,
+            };
+            let times = cols.times();
             for i in 0..batch.num_rows() {
+                let night = if times.is_null(i) {
+                    None
+                } else {
+                    self.kind.night_of(times.as_primitive::<Float64Type>().value(i))
+                };
+                let class = classes
+                    .as_ref()
+                    .filter(|c| !c.is_null(i))
+                    .map(|c| c.as_string::<i32>().value(i).to_string());
+                *counts.entry((night, class)).or_default() += 1;
                 while rg < row_groups.len() && row_in_rg >= row_groups[rg] {
                     rg += 1;
                     row_in_rg = 0;
@@ -269,6 +347,11 @@ impl IndexBuilder {
                 row_in_rg += 1;
             }
         }
+        out.stats.counts = counts
+            .into_iter()
+            .map(|((night, class), rows)| crate::NightClass { night, class, rows })
+            .collect();
+        out.stats.counts.sort();
         Ok(out)
     }
 }
@@ -352,6 +435,14 @@ impl IdColumns {
     /// The ids of row `i` and its time, or None when an id is null (or an objectId holds a NUL,
     /// which the key layout cannot hold). A null time indexes as NaN: undated, never an
     /// object's latest alert.
+    /// The alert time column (float64).
+    fn times(&self) -> &Arc<dyn Array> {
+        match self {
+            IdColumns::Ztf { jd, .. } => jd,
+            IdColumns::Lsst { mjd, .. } => mjd,
+        }
+    }
+
     fn row(&self, i: usize) -> Option<(RowIds, f64)> {
         let time = |a: &Arc<dyn Array>| {
             if a.is_null(i) {
@@ -464,6 +555,7 @@ fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
         last_modified_ms: ids.meta.last_modified.timestamp_millis(),
         row_groups: ids.row_groups,
         metadata_len: ids.metadata_len,
+        stats: Some(ids.stats),
     };
     ix.catalog().commit(&entry)?;
     Ok(())
@@ -560,6 +652,7 @@ pub(crate) mod test_support {
             rows,
             null_ids: 0,
             metadata_len: 0,
+            stats: crate::FileStats::default(),
         };
         write_file(ix, ids)?;
         // Take the commit record back out: what a crash between rows and commit leaves.

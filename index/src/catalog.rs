@@ -34,6 +34,39 @@ pub struct FileEntry {
     /// (and bloom filters). A reader fetches exactly this suffix to open the file in one read.
     /// 0 when unknown (entries written by older versions).
     pub metadata_len: u64,
+    /// Alerts per night and class, counted when the file was indexed. None for entries written
+    /// before statistics existed (the file is then planned as if it held every night and class).
+    pub stats: Option<FileStats>,
+}
+
+/// What the catalog knows of a file's content: how many alerts of each night and class it holds.
+/// Scans plan from it (nights and classes prune files) and estimates come from it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FileStats {
+    /// The class definition the counts were made with ("" when the dataset has none); a file
+    /// counted with another definition is counted again by the next build.
+    pub class_key: String,
+    /// Sorted, one entry per (night, class) present.
+    pub counts: Vec<NightClass>,
+}
+
+/// Alerts of one night and class in one file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NightClass {
+    /// Days since 1970-01-01 of the UTC date of the alert time; None for alerts without a time.
+    pub night: Option<i32>,
+    /// None for alerts without a class (or datasets without one).
+    pub class: Option<String>,
+    pub rows: u64,
+}
+
+impl FileStats {
+    /// The nights present, sorted.
+    pub fn nights(&self) -> Vec<Option<i32>> {
+        let mut v: Vec<Option<i32>> = self.counts.iter().map(|c| c.night).collect();
+        v.dedup();
+        v
+    }
 }
 
 impl FileEntry {

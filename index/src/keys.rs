@@ -3,7 +3,7 @@
 //! Fixed-width big-endian fields; signed integers have their sign bit flipped so that the
 //! byte order of keys is the numeric order.
 
-use crate::{FileEntry, IndexError, Result};
+use crate::{FileEntry, FileStats, IndexError, Result};
 
 fn corrupt(what: &str) -> IndexError {
     IndexError::Corrupt(format!("truncated or malformed {what}"))
@@ -249,7 +249,66 @@ pub(crate) fn encode_file_entry(f: &FileEntry) -> Vec<u8> {
     }
     // Appended field: entries written before it existed end here and decode as 0.
     v.extend_from_slice(&f.metadata_len.to_be_bytes());
+    // Appended field: statistics (tag 1), absent in older entries.
+    if let Some(st) = &f.stats {
+        v.push(1);
+        put_str(&mut v, &st.class_key);
+        v.extend_from_slice(&(st.counts.len() as u32).to_be_bytes());
+        for c in &st.counts {
+            match c.night {
+                Some(n) => {
+                    v.push(1);
+                    v.extend_from_slice(&n.to_be_bytes());
+                }
+                None => v.push(0),
+            }
+            match &c.class {
+                Some(k) => {
+                    v.push(1);
+                    put_str(&mut v, k);
+                }
+                None => v.push(0),
+            }
+            v.extend_from_slice(&c.rows.to_be_bytes());
+        }
+    }
     v
+}
+
+fn decode_stats(b: &[u8], mut at: usize) -> Result<FileStats> {
+    let class_key = get_str(b, &mut at)?;
+    let n = u32_at(b, at)? as usize;
+    at += 4;
+    let mut counts = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let night = match b.get(at) {
+            Some(1) => {
+                let v = u32_at(b, at + 1)? as i32;
+                at += 5;
+                Some(v)
+            }
+            Some(0) => {
+                at += 1;
+                None
+            }
+            _ => return Err(corrupt("file statistics")),
+        };
+        let class = match b.get(at) {
+            Some(1) => {
+                at += 1;
+                Some(get_str(b, &mut at)?)
+            }
+            Some(0) => {
+                at += 1;
+                None
+            }
+            _ => return Err(corrupt("file statistics")),
+        };
+        let rows = u64_at(b, at)?;
+        at += 8;
+        counts.push(crate::NightClass { night, class, rows });
+    }
+    Ok(FileStats { class_key, counts })
 }
 
 pub(crate) fn decode_file_entry(file_id: u64, b: &[u8]) -> Result<FileEntry> {
@@ -273,7 +332,14 @@ pub(crate) fn decode_file_entry(file_id: u64, b: &[u8]) -> Result<FileEntry> {
     let row_groups = (0..n).map(|i| u64_at(b, at + 8 * i)).collect::<Result<Vec<_>>>()?;
     at += 8 * n;
     let metadata_len = if at == b.len() { 0 } else { u64_at(b, at)? };
+    at += 8;
+    let stats = match b.get(at) {
+        None => None,
+        Some(1) => Some(decode_stats(b, at + 1)?),
+        Some(_) => return Err(corrupt("file entry statistics")),
+    };
     Ok(FileEntry {
+        stats,
         metadata_len,
         file_id,
         path,
@@ -308,8 +374,28 @@ mod tests {
             last_modified_ms: 1_700_000_000_000,
             row_groups: vec![2500, 13],
             metadata_len: 300_123,
+            stats: None,
         };
         assert_eq!(decode_file_entry(9, &encode_file_entry(&f)).unwrap(), f);
+        let with_stats = FileEntry {
+            stats: Some(FileStats {
+                class_key: "cdsxmatch".into(),
+                counts: vec![
+                    crate::NightClass {
+                        night: None,
+                        class: None,
+                        rows: 3,
+                    },
+                    crate::NightClass {
+                        night: Some(-2),
+                        class: Some("SN".into()),
+                        rows: 1 << 40,
+                    },
+                ],
+            }),
+            ..f.clone()
+        };
+        assert_eq!(decode_file_entry(9, &encode_file_entry(&with_stats)).unwrap(), with_stats);
         // An entry written before `metadata_len` existed decodes with 0.
         let old = encode_file_entry(&f);
         let old = &old[..old.len() - 8];

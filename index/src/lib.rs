@@ -53,8 +53,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-pub use build::{is_data_file, BuildStats, IndexBuilder};
-pub use catalog::{Catalog, CatalogSummary, FileEntry};
+pub use build::{is_data_file, BuildStats, ClassFn, ClassSpec, IndexBuilder};
+pub use catalog::{Catalog, CatalogSummary, FileEntry, FileStats, NightClass};
 
 /// The survey a dataset holds, which decides its id columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +72,30 @@ impl SurveyKind {
             SurveyKind::Ztf => "ztf",
             SurveyKind::Lsst => "lsst",
         }
+    }
+
+    /// The leaf column holding the alert time (`candidate.jd`, `diaSource.midpointMjdTai`).
+    pub fn time_leaf(self) -> &'static str {
+        match self {
+            SurveyKind::Ztf => "candidate.jd",
+            SurveyKind::Lsst => "diaSource.midpointMjdTai",
+        }
+    }
+
+    /// The alert time column's value at the Unix epoch (JD 2440587.5; MJD 40587): a time `t`
+    /// is `t - epoch` days since 1970-01-01 UTC (Rubin's TAI is 37 s ahead of UTC; nights are
+    /// counted on the time as stored).
+    pub fn time_epoch(self) -> f64 {
+        match self {
+            SurveyKind::Ztf => 2_440_587.5,
+            SurveyKind::Lsst => 40_587.0,
+        }
+    }
+
+    /// The night (days since 1970-01-01, UTC date) of an alert time; None for NaN.
+    pub fn night_of(self, t: f64) -> Option<i32> {
+        let d = (t - self.time_epoch()).floor();
+        (d.is_finite() && d.abs() < 1e8).then_some(d as i32)
     }
 }
 

@@ -34,6 +34,7 @@ pub struct StoreReader {
     metadata: Option<Arc<ParquetMetaData>>,
     prefetch: usize,
     offset_index: PageIndexPolicy,
+    column_index: PageIndexPolicy,
     version: Option<FileVersion>,
     coalesce: u64,
 }
@@ -98,6 +99,7 @@ impl StoreReader {
             metadata: None,
             prefetch: DEFAULT_FOOTER_PREFETCH,
             offset_index: PageIndexPolicy::Skip,
+            column_index: PageIndexPolicy::Skip,
             version: None,
             coalesce: object_store::OBJECT_STORE_COALESCE_DEFAULT,
         }
@@ -173,6 +175,14 @@ impl StoreReader {
         self
     }
 
+    /// Also load the page index (offset index and column index: page locations and page
+    /// statistics) when it is there, for scans that prune pages.
+    pub fn with_page_index(mut self) -> Self {
+        self.offset_index = PageIndexPolicy::Optional;
+        self.column_index = PageIndexPolicy::Optional;
+        self
+    }
+
     pub fn with_prefetch(mut self, bytes: usize) -> Self {
         self.prefetch = bytes;
         self
@@ -186,7 +196,7 @@ impl StoreReader {
         let size = self.size;
         let md = ParquetMetaDataReader::new()
             .with_offset_index_policy(self.offset_index)
-            .with_column_index_policy(PageIndexPolicy::Skip)
+            .with_column_index_policy(self.column_index)
             .with_prefetch_hint(Some(self.prefetch))
             .load_and_finish(&mut *self, size)
             .await?;

@@ -6,12 +6,63 @@
 
 use serde::Deserialize;
 
-use crate::{quoted, Command, CutoutTicket, StampFormat, StampKind, TicketError};
+use crate::{quoted, AlertsQuery, Command, Content, CutoutTicket, StampFormat, StampKind, TicketError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 enum JsonTicket {
     Cutout(JsonCutout),
+    Alerts(JsonAlerts),
+}
+
+/// `{"alerts": {...}}`: the names of the contract (`where`, `from`, `to` included).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JsonAlerts {
+    dataset: Option<String>,
+    nights: Option<Vec<String>>,
+    from: Option<String>,
+    to: Option<String>,
+    classes: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    where_: Option<String>,
+    content: Option<String>,
+    columns: Option<Vec<String>>,
+    stamps: Option<String>,
+    limit: Option<u64>,
+    exact: Option<bool>,
+    compression: Option<String>,
+    annotate: Option<Vec<String>>,
+}
+
+impl JsonAlerts {
+    fn into_query(self) -> Result<AlertsQuery, TicketError> {
+        let alerts_err = |e: TicketError| match e {
+            TicketError::Cutout(m) => TicketError::Alerts(m.replace("format", "stamps")),
+            e => e,
+        };
+        Ok(AlertsQuery {
+            dataset: self.dataset.unwrap_or_default(),
+            nights: self.nights.unwrap_or_default(),
+            from: self.from.unwrap_or_default(),
+            to: self.to.unwrap_or_default(),
+            classes: self.classes.unwrap_or_default(),
+            r#where: self.where_.unwrap_or_default(),
+            content: match self.content.as_deref() {
+                None => Content::Lightcurve,
+                Some(c) => crate::alerts::parse_content(c)?,
+            } as i32,
+            columns: self.columns.unwrap_or_default(),
+            stamps: match self.stamps.as_deref() {
+                None => StampFormat::Fits,
+                Some(f) => parse_format(f).map_err(alerts_err)?,
+            } as i32,
+            limit: self.limit,
+            exact: self.exact.unwrap_or(false),
+            compression: crate::alerts::parse_compression(self.compression.as_deref().unwrap_or("none"))? as i32,
+            annotate: self.annotate.unwrap_or_default(),
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -57,11 +108,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Command, TicketError> {
         // serde's message quotes the offending key or value whole: cut it.
         let e = cut_message(&e.to_string());
         TicketError::Json(format!(
-            "{e}; expected {{\"cutout\": {{\"dataset\", \"objectId\" | \"objectIds\" | \"candid\" | \"candids\" | \"diaSourceId\" | \"diaSourceIds\", \"kind\", \"format\", \"all\"}}}}"
+            "{e}; expected {{\"cutout\": {{\"dataset\", \"objectId\" | \"objectIds\" | \"candid\" | \"candids\" | \"diaSourceId\" | \"diaSourceIds\", \"kind\", \"format\", \"all\"}}}} or {{\"alerts\": {{\"dataset\", \"nights\" | \"from\"/\"to\", \"classes\", \"where\", \"content\", \"columns\", \"stamps\", \"limit\", \"exact\", \"compression\", \"annotate\"}}}}"
         ))
     })?;
     match t {
         JsonTicket::Cutout(c) => c.into_ticket()?.validate().map(Command::Cutout),
+        JsonTicket::Alerts(a) => a.into_query()?.validate().map(Command::Alerts),
     }
 }
 
@@ -148,7 +200,10 @@ mod tests {
     use crate::{decode_command, Command, Selector, StampFormat, StampKind, TicketError};
 
     fn cut(s: &str) -> Result<crate::CutoutRequest, TicketError> {
-        decode_command(s.as_bytes()).map(|Command::Cutout(c)| c)
+        decode_command(s.as_bytes()).map(|c| match c {
+            Command::Cutout(c) => c,
+            c => panic!("not a cutout: {c:?}"),
+        })
     }
 
     #[test]

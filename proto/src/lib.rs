@@ -10,10 +10,15 @@
 //! validated [`Command`], or a [`TicketError`] whose message says what was wrong and what is
 //! accepted.
 
+pub mod alerts;
 pub mod json;
 pub mod ticket;
 
-pub use ticket::{Any, CutoutTicket, StampFormat, StampKind, Ticket, CUTOUT_TYPE_URL, FLIGHT_SQL_TYPE_PREFIX};
+pub use alerts::{AlertsPartRequest, AlertsRequest, Annotation, TimeRange};
+pub use ticket::{
+    AlertsPart, AlertsQuery, Any, Compression, Content, CutoutTicket, PartFile, StampFormat, StampKind, Ticket,
+    ALERTS_PART_TYPE_URL, ALERTS_TYPE_URL, CUTOUT_TYPE_URL, FLIGHT_SQL_TYPE_PREFIX,
+};
 
 /// Most ids one cutout ticket may name; larger pulls belong to alert queries.
 pub const MAX_IDS_PER_TICKET: usize = 100_000;
@@ -22,6 +27,10 @@ pub const MAX_IDS_PER_TICKET: usize = 100_000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Cutout(CutoutRequest),
+    /// An alert batch query (planned into endpoints by GetFlightInfo, or streamed whole by DoGet).
+    Alerts(AlertsRequest),
+    /// One endpoint of a planned alert batch query.
+    AlertsPart(AlertsPartRequest),
 }
 
 /// Which alerts a cutout request names.
@@ -108,6 +117,8 @@ pub enum TicketError {
     FlightSql(String),
     #[error("invalid cutout ticket: {0}")]
     Cutout(String),
+    #[error("invalid alerts query: {0}")]
+    Alerts(String),
 }
 
 /// Decode a ticket or command: JSON when the first non-blank byte is `{`, else a protobuf
@@ -125,6 +136,14 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, TicketError> {
                         .map_err(|e| TicketError::Protobuf(format!("{CUTOUT_TYPE_URL}: {e}")))?;
                     c.validate().map(Command::Cutout)
                 }
+                ALERTS_TYPE_URL => <AlertsQuery as prost::Message>::decode(any.value.as_slice())
+                    .map_err(|e| TicketError::Protobuf(format!("{ALERTS_TYPE_URL}: {e}")))?
+                    .validate()
+                    .map(Command::Alerts),
+                ALERTS_PART_TYPE_URL => <AlertsPart as prost::Message>::decode(any.value.as_slice())
+                    .map_err(|e| TicketError::Protobuf(format!("{ALERTS_PART_TYPE_URL}: {e}")))?
+                    .validate()
+                    .map(Command::AlertsPart),
                 t if t.starts_with(FLIGHT_SQL_TYPE_PREFIX) => Err(TicketError::FlightSql(t.to_string())),
                 t => Err(TicketError::Protobuf(format!("unknown command type {}", quoted(t)))),
             }
@@ -143,7 +162,7 @@ pub fn quoted(s: &str) -> String {
 }
 
 /// Keep the first of each repeated value, in order: a ticket naming an id twice costs once.
-fn dedup<T: Eq + std::hash::Hash + Clone>(v: Vec<T>) -> Vec<T> {
+pub(crate) fn dedup<T: Eq + std::hash::Hash + Clone>(v: Vec<T>) -> Vec<T> {
     let mut seen = std::collections::HashSet::with_capacity(v.len());
     v.into_iter().filter(|x| seen.insert(x.clone())).collect()
 }
