@@ -71,6 +71,16 @@ pub struct Config {
     /// read never hangs a client. Storage retry budgets should be shorter.
     #[serde(default = "default_deadline")]
     pub deadline_secs: f64,
+    /// Alert batch queries are split into endpoints of about this many output bytes each
+    /// (estimated from the catalog and the files' column sizes). Default 256 MiB.
+    #[serde(default = "default_endpoint_bytes")]
+    pub endpoint_bytes: u64,
+    /// Addresses put in the endpoints' locations (`grpc://host:port`, `grpc+tls://host:port`),
+    /// for clients to spread parallel pulls over replicas: endpoint i lists them starting at
+    /// the i-th (round robin). Empty (the default): no locations, the client reuses the
+    /// connection it planned on.
+    #[serde(default)]
+    pub advertise: Vec<String>,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
 }
@@ -82,6 +92,11 @@ pub struct Config {
 pub struct DatasetConfig {
     pub name: String,
     pub kind: DatasetKind,
+    /// The class of an alert, for the `classes` of alert queries and the per-night class
+    /// counts: a column (`cdsxmatch`) or a SQL expression over the alert's fields. Default for
+    /// `ztf` datasets: `cdsxmatch` (Fink's CDS cross-match label, present in its science
+    /// lake); none for `lsst`. `class = ""` turns classes off.
+    pub class: Option<String>,
     /// `file:///abs/path` or a plain path (relative to the config file), `s3://bucket/prefix`,
     /// `hdfs://namenode:port/path` (or `hdfs://nameservice/path`), `http(s)://host/path`.
     pub root: String,
@@ -220,6 +235,10 @@ fn default_max_ticket_bytes() -> u64 {
 fn default_true() -> bool {
     true
 }
+fn default_endpoint_bytes() -> u64 {
+    256 << 20
+}
+
 fn default_deadline() -> f64 {
     120.0
 }
@@ -292,6 +311,22 @@ impl Config {
             return Err(Error::InvalidArgument(
                 "max_ticket_alerts, max_ticket_bytes and footer_cache_bytes must be positive".into(),
             ));
+        }
+        if self.endpoint_bytes == 0 {
+            return Err(Error::InvalidArgument("endpoint_bytes must be positive".into()));
+        }
+        for a in &self.advertise {
+            let ok = a
+                .strip_prefix("grpc://")
+                .or_else(|| a.strip_prefix("grpc+tcp://"))
+                .or_else(|| a.strip_prefix("grpc+tls://"))
+                .and_then(|rest| rest.rsplit_once(':'))
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(Error::InvalidArgument(format!(
+                    "advertise entry {a:?} is not an address such as grpc://host:8815"
+                )));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for d in &self.datasets {

@@ -29,6 +29,8 @@ pub struct Dataset {
     pub backend: Backend,
     /// The id index; its catalog is `index.catalog()`.
     pub index: DatasetIndex,
+    /// The class of an alert (a column or a SQL expression), when the dataset has one.
+    pub class_sql: Option<String>,
     /// True until the first index build since the server started has finished (or failed):
     /// an id not found meanwhile may be in a file not indexed yet.
     first_build: AtomicBool,
@@ -53,6 +55,12 @@ pub struct Lake {
     /// Publish dataset roots (storage addresses) to clients.
     pub publish_roots: bool,
     pub reindex_action: ReindexAction,
+    /// The query engine of alert batch conditions.
+    pub engine: crate::scan::Engine,
+    /// Target output bytes per endpoint of an alert batch query.
+    pub endpoint_bytes: u64,
+    /// Locations put in endpoints (empty: none).
+    pub advertise: Vec<String>,
     index: Index,
     /// Becomes true when every dataset's first build since start has ended.
     ready: tokio::sync::watch::Sender<bool>,
@@ -111,6 +119,12 @@ impl Lake {
                 range_reads: opened.range_reads,
                 backend: opened.backend,
                 index: index.dataset(&d.name)?,
+                class_sql: match (&d.class, d.kind.survey()) {
+                    (Some(c), _) if c.trim().is_empty() => None,
+                    (Some(c), _) => Some(c.trim().to_string()),
+                    (None, SurveyKind::Ztf) => Some("cdsxmatch".to_string()),
+                    (None, SurveyKind::Lsst) => None,
+                },
                 first_build: AtomicBool::new(config.index_on_start),
             }));
         }
@@ -127,6 +141,9 @@ impl Lake {
             },
             publish_roots: config.publish_roots,
             reindex_action: config.reindex_action,
+            engine: crate::scan::Engine::new(),
+            endpoint_bytes: config.endpoint_bytes,
+            advertise: config.advertise.clone(),
             index,
             ready,
         })
@@ -184,6 +201,7 @@ impl Lake {
             let concurrency = if ds.backend == Backend::File { 4 } else { 8 };
             let result = IndexBuilder::new(store, None, ds.kind, ds.index.clone())
                 .with_concurrency(concurrency)
+                .with_classes(ds.class_sql.as_deref().map(|c| crate::tickets::alerts::class_spec(self.engine.clone(), c)))
                 .run()
                 .await
                 .map_err(Error::from);

@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod lake;
 pub mod read;
+pub mod scan;
 pub mod service;
 pub mod storage;
 pub mod tickets;

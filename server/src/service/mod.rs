@@ -96,9 +96,9 @@ impl AstroFlight {
             .with_app_metadata(meta.to_string()))
     }
 
-    async fn plan(&self, cmd: &[u8]) -> Result<Arc<dyn Planned>> {
+    async fn plan(&self, cmd: &[u8], for_info: bool) -> Result<Arc<dyn Planned>> {
         let command = decode(cmd).await?;
-        tickets::plan(&self.lake, command, cmd).await
+        tickets::plan(&self.lake, command, cmd, for_info).await
     }
 
     fn stats(lake: &Lake, recent: &Recent) -> Result<serde_json::Value> {
@@ -238,16 +238,26 @@ impl FlightService for AstroFlight {
             let info = blocking(move || Self::dataset_info(&lake, lake.dataset(&name)?)).await?;
             return Ok(Response::new(info));
         };
-        let plan = self.plan(cmd).await?;
+        let plan = self.plan(cmd, true).await?;
         let mut info = FlightInfo::new()
             .try_with_schema(&plan.schema())
             .map_err(|e| Status::internal(e.to_string()))?
             .with_descriptor(d.clone())
-            .with_total_records(plan.rows() as i64)
+            .with_total_records(plan.estimated_rows())
             .with_total_bytes(plan.estimated_bytes() as i64)
             .with_ordered(true);
-        for t in plan.endpoint_tickets() {
-            info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(t)));
+        if let Some(meta) = plan.app_metadata() {
+            info = info.with_app_metadata(meta.to_string());
+        }
+        let advertise = &self.lake.advertise;
+        for (i, t) in plan.endpoint_tickets().into_iter().enumerate() {
+            let mut e = FlightEndpoint::new().with_ticket(Ticket::new(t));
+            // Round robin: endpoint i lists the advertised addresses starting at the i-th, so
+            // that clients taking the first location spread over replicas.
+            for k in 0..advertise.len() {
+                e = e.with_location(advertise[(i + k) % advertise.len()].clone());
+            }
+            info = info.with_endpoint(e);
         }
         Ok(Response::new(info))
     }
@@ -266,7 +276,7 @@ impl FlightService for AstroFlight {
                 let ds = self.lake.dataset(dataset_path(&d)?)?;
                 cutout_schema(ds.kind, StampFormat::Fits)
             }
-            Some(cmd) => tickets::schema(&self.lake, &decode(cmd).await?)?,
+            Some(cmd) => tickets::schema(&self.lake, decode(cmd).await?, cmd).await?,
         };
         Ok(Response::new(schema_result(&schema)?))
     }
@@ -282,7 +292,7 @@ impl FlightService for AstroFlight {
             dataset = tracing::field::Empty,
             alerts = tracing::field::Empty
         );
-        let plan = match tokio::time::timeout_at(deadline_at, self.plan(&ticket).instrument(span.clone())).await {
+        let plan = match tokio::time::timeout_at(deadline_at, self.plan(&ticket, false).instrument(span.clone())).await {
             Ok(plan) => plan?,
             Err(_) => return Err(deadline_status(deadline)),
         };
@@ -298,10 +308,18 @@ impl FlightService for AstroFlight {
             outcome: Mutex::new(None),
             recent: self.recent.clone(),
         };
-        let (schema, planned) = (plan.schema(), plan.rows());
-        let batches =
-            checked(plan.execute(record.io.clone()), planned).map_err(|e| FlightError::Tonic(Box::new(e.to_status())));
+        let (schema, planned, compression) = (plan.schema(), plan.rows(), plan.compression());
+        let batches = plan.execute(record.io.clone());
+        let batches = match planned {
+            Some(n) => checked(batches, n),
+            None => batches,
+        }
+        .map_err(|e| FlightError::Tonic(Box::new(e.to_status())));
+        let options = IpcWriteOptions::default()
+            .try_with_compression(compression)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let encoded = FlightDataEncoderBuilder::new()
+            .with_options(options)
             .with_schema(schema)
             .with_max_flight_data_size(MAX_FLIGHT_DATA_BYTES)
             .build(batches)

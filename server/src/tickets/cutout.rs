@@ -80,8 +80,8 @@ impl Planned for CutoutPlan {
     fn schema(&self) -> SchemaRef {
         cutout_schema(self.dataset.kind, self.format)
     }
-    fn rows(&self) -> u64 {
-        (self.targets.len() * self.kinds.len()) as u64
+    fn rows(&self) -> Option<u64> {
+        Some((self.targets.len() * self.kinds.len()) as u64)
     }
     fn alerts(&self) -> usize {
         self.targets.len()

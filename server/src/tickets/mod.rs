@@ -4,8 +4,10 @@
 //! (request id, deadline, limits, stats, error mapping, and the check that a stream holds
 //! exactly the rows its plan promised); a kind never sees gRPC.
 //!
-//! Kinds so far: [`cutout`]. Alert batches, Flight SQL and header tables come next.
+//! Kinds so far: [`cutout`] and [`alerts`] (alert batches). Flight SQL and header tables come
+//! next.
 
+pub mod alerts;
 pub mod cutout;
 
 use std::sync::Arc;
@@ -35,8 +37,12 @@ pub trait Planned: Send + Sync {
     fn dataset(&self) -> &str;
     /// The result schema.
     fn schema(&self) -> SchemaRef;
-    /// Exactly how many rows the stream will hold; the edge checks it.
-    fn rows(&self) -> u64;
+    /// Exactly how many rows the stream will hold, when the plan knows; the edge checks it.
+    fn rows(&self) -> Option<u64>;
+    /// FlightInfo's `total_records`: exact when known, else the plan's estimate (-1: none).
+    fn estimated_rows(&self) -> i64 {
+        self.rows().map_or(-1, |r| r as i64)
+    }
     /// How many alerts the plan reads.
     fn alerts(&self) -> usize;
     /// What the result is estimated to weigh, in bytes.
@@ -44,6 +50,19 @@ pub trait Planned: Send + Sync {
     /// The tickets of the plan's endpoints: each self-contained, so that any replica can serve
     /// it. A kind that answers in one stream returns its own command.
     fn endpoint_tickets(&self) -> Vec<Vec<u8>>;
+    /// Whether `max_ticket_alerts` and `max_ticket_bytes` apply (kinds that resolve ids and
+    /// answer in one stream); bulk kinds stream in bounded endpoints instead.
+    fn limited(&self) -> bool {
+        true
+    }
+    /// JSON for FlightInfo's `app_metadata` (how the figures were obtained).
+    fn app_metadata(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Arrow IPC buffer compression of the stream, when the client asked for it.
+    fn compression(&self) -> Option<arrow::ipc::CompressionType> {
+        None
+    }
     /// Stream the result. Nothing is read until the stream is polled.
     fn execute(self: Arc<Self>, io: Arc<IoStats>) -> BoxStream<'static, Result<RecordBatch>>;
 }
@@ -51,11 +70,17 @@ pub trait Planned: Send + Sync {
 /// Plan a decoded command (the one dispatch over kinds), then check the plan against the
 /// limits, whatever its kind. May block on index lookups: large plans run on the blocking pool,
 /// small ones inline.
-pub async fn plan(lake: &Arc<Lake>, cmd: Command, encoded: &[u8]) -> Result<Arc<dyn Planned>> {
+/// `for_info`: the plan answers GetFlightInfo (a kind may then do more work up front, such as
+/// counting rows exactly or splitting into endpoints); otherwise it is streamed by DoGet.
+pub async fn plan(lake: &Arc<Lake>, cmd: Command, encoded: &[u8], for_info: bool) -> Result<Arc<dyn Planned>> {
     let plan: Arc<dyn Planned> = match cmd {
         Command::Cutout(req) => Arc::new(cutout::plan(lake, req, encoded).await?),
+        Command::Alerts(req) => Arc::new(alerts::plan(lake, req, for_info).await?),
+        Command::AlertsPart(part) => Arc::new(alerts::plan_part(lake, part, encoded)?),
     };
-    check_limits(plan.as_ref(), &lake.limits)?;
+    if plan.limited() {
+        check_limits(plan.as_ref(), &lake.limits)?;
+    }
     Ok(plan)
 }
 
@@ -83,9 +108,11 @@ pub fn too_many_alerts(n: usize, max: usize) -> Error {
     ))
 }
 
-/// The result schema of a command, without touching the index or storage.
-pub fn schema(lake: &Lake, cmd: &Command) -> Result<SchemaRef> {
+/// The result schema of a command (an alert query reads one footer for it).
+pub async fn schema(lake: &Arc<Lake>, cmd: Command, encoded: &[u8]) -> Result<SchemaRef> {
     match cmd {
-        Command::Cutout(req) => cutout::schema(lake, req),
+        Command::Cutout(req) => cutout::schema(lake, &req),
+        Command::Alerts(req) => Ok(alerts::plan(lake, req, false).await?.schema()),
+        Command::AlertsPart(part) => Ok(alerts::plan_part(lake, part, encoded)?.schema()),
     }
 }
