@@ -8,4 +8,6 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/tests/python/requirements.txt"
+# The project's own Python client (pure Python, editable: tests use the checkout's code).
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$here/client/python"
 echo "$venv"

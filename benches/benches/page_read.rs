@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
                 };
                 let out: Vec<_> = rt
                     .block_on(async {
-                        let plan = tickets::plan(&lake, Command::Cutout(req), b"").await?;
+                        let plan = tickets::plan(&lake, Command::Cutout(req), b"", false).await?;
                         plan.execute(Arc::new(IoStats::default())).try_collect().await
                     })
                     .unwrap();

@@ -395,7 +395,10 @@ mod tests {
             }),
             ..f.clone()
         };
-        assert_eq!(decode_file_entry(9, &encode_file_entry(&with_stats)).unwrap(), with_stats);
+        assert_eq!(
+            decode_file_entry(9, &encode_file_entry(&with_stats)).unwrap(),
+            with_stats
+        );
         // An entry written before `metadata_len` existed decodes with 0.
         let old = encode_file_entry(&f);
         let old = &old[..old.len() - 8];

@@ -301,8 +301,16 @@ impl AlertsQuery {
                 Some(merge(days.into_iter().map(TimeRange::night).collect()))
             }
             (true, true) => {
-                let start_ms = if self.from.is_empty() { i64::MIN } else { parse_from(&self.from)? };
-                let end_ms = if self.to.is_empty() { i64::MAX } else { parse_to(&self.to)? };
+                let start_ms = if self.from.is_empty() {
+                    i64::MIN
+                } else {
+                    parse_from(&self.from)?
+                };
+                let end_ms = if self.to.is_empty() {
+                    i64::MAX
+                } else {
+                    parse_to(&self.to)?
+                };
                 if start_ms >= end_ms {
                     return Err(bad(format!(
                         "`from` {} is not before `to` {}",
@@ -331,12 +339,7 @@ impl AlertsQuery {
         match (content, self.columns.is_empty()) {
             (Content::Columns, true) => return Err(bad("content `columns` needs a list of `columns`")),
             (Content::Columns, false) => {}
-            (c, false) => {
-                return Err(bad(format!(
-                    "`columns` is for content `columns`, not `{}`",
-                    c.name()
-                )))
-            }
+            (c, false) => return Err(bad(format!("`columns` is for content `columns`, not `{}`", c.name()))),
             _ => {}
         }
         if let Some(c) = self.columns.iter().find(|c| c.trim().is_empty()) {
@@ -402,9 +405,7 @@ impl AlertsRequest {
 
 impl AlertsPart {
     pub fn validate(self) -> Result<AlertsPartRequest, TicketError> {
-        let query = self
-            .query
-            .ok_or_else(|| bad("an endpoint ticket without its query"))?;
+        let query = self.query.ok_or_else(|| bad("an endpoint ticket without its query"))?;
         if self.files.len() > MAX_PART_FILES {
             return Err(bad(format!(
                 "an endpoint ticket names {} files; at most {MAX_PART_FILES}",
@@ -457,11 +458,23 @@ mod tests {
 
     #[test]
     fn dates_round_trip() {
-        for (s, d) in [("1970-01-01", 0), ("2019-09-03", 18142), ("2000-02-29", 11016), ("1969-12-31", -1)] {
+        for (s, d) in [
+            ("1970-01-01", 0),
+            ("2019-09-03", 18142),
+            ("2000-02-29", 11016),
+            ("1969-12-31", -1),
+        ] {
             assert_eq!(parse_night(s), Some(d), "{s}");
             assert_eq!(night_name(d), s);
         }
-        for s in ["2019-02-29", "2019-13-01", "2019-9-03", "20190903", "2019-09-00", "abcd-ef-gh"] {
+        for s in [
+            "2019-02-29",
+            "2019-13-01",
+            "2019-9-03",
+            "20190903",
+            "2019-09-00",
+            "abcd-ef-gh",
+        ] {
             assert_eq!(parse_night(s), None, "{s}");
         }
         assert_eq!(parse_instant("1970-01-02T00:00:01.5Z"), Some(86_401_500));
@@ -516,7 +529,10 @@ mod tests {
     #[test]
     fn from_to_bounds() {
         let a = alerts(r#"{"alerts": {"dataset": "ztf", "from": "2019-09-03", "to": "2019-09-03"}}"#).unwrap();
-        assert_eq!(a.window, Some(vec![TimeRange::night(parse_night("2019-09-03").unwrap())]));
+        assert_eq!(
+            a.window,
+            Some(vec![TimeRange::night(parse_night("2019-09-03").unwrap())])
+        );
         let a = alerts(r#"{"alerts": {"dataset": "ztf", "from": "2019-09-03T12:00:00Z"}}"#).unwrap();
         assert_eq!(a.window.unwrap()[0].end_ms, i64::MAX);
     }
@@ -534,9 +550,12 @@ mod tests {
         let e = |s: &str| alerts(s).unwrap_err().to_string();
         assert!(e(r#"{"alerts": {}}"#).contains("`dataset` is required"));
         assert!(e(r#"{"alerts": {"dataset": "ztf", "nights": ["2019-09-3"]}}"#).contains("is not a date"));
-        assert!(e(r#"{"alerts": {"dataset": "ztf", "nights": ["2019-09-03"], "from": "2019-09-01"}}"#)
-            .contains("not both"));
-        assert!(e(r#"{"alerts": {"dataset": "ztf", "from": "2019-09-05", "to": "2019-09-01"}}"#).contains("not before"));
+        assert!(
+            e(r#"{"alerts": {"dataset": "ztf", "nights": ["2019-09-03"], "from": "2019-09-01"}}"#).contains("not both")
+        );
+        assert!(
+            e(r#"{"alerts": {"dataset": "ztf", "from": "2019-09-05", "to": "2019-09-01"}}"#).contains("not before")
+        );
         assert!(e(r#"{"alerts": {"dataset": "ztf", "content": "lc"}}"#).contains("lightcurve, cutouts, full, columns"));
         assert!(e(r#"{"alerts": {"dataset": "ztf", "content": "columns"}}"#).contains("needs a list"));
         assert!(e(r#"{"alerts": {"dataset": "ztf", "columns": ["candid"]}}"#).contains("is for content `columns`"));

@@ -201,7 +201,11 @@ impl Lake {
             let concurrency = if ds.backend == Backend::File { 4 } else { 8 };
             let result = IndexBuilder::new(store, None, ds.kind, ds.index.clone())
                 .with_concurrency(concurrency)
-                .with_classes(ds.class_sql.as_deref().map(|c| crate::tickets::alerts::class_spec(self.engine.clone(), c)))
+                .with_classes(
+                    ds.class_sql
+                        .as_deref()
+                        .map(|c| crate::tickets::alerts::class_spec(self.engine.clone(), c)),
+                )
                 .run()
                 .await
                 .map_err(Error::from);

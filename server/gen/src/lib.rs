@@ -453,6 +453,21 @@ impl FileGen<'_> {
                 format!("candid{}_pid{}_targ_{tag}.fits.gz", a.candid, a.candid / 10_000_000)
             }
             "pdiffimfilename" => format!("ztf_{}_diff.fits", a.candid / 10_000_000),
+            "cdsxmatch" => {
+                // One label per object, drawn by weight from the object number.
+                let total: u64 = GEN_CLASSES.iter().map(|c| c.1).sum();
+                let mut x = a.object.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+                x %= total;
+                let mut label = GEN_CLASSES[0].0;
+                for (name, w) in GEN_CLASSES {
+                    if x < w {
+                        label = name;
+                        break;
+                    }
+                    x -= w;
+                }
+                label.into()
+            }
             "programpi" => "Kulkarni".into(),
             "observation_reason" => "wfd".into(),
             "target_name" => format!("field{}", a.object % 1000),
@@ -501,12 +516,33 @@ impl FileGen<'_> {
 }
 
 fn schema_for(opts: &GenOptions) -> Schema {
-    schema::parse(match (opts.survey, opts.lsst_schema) {
+    let s = schema::parse(match (opts.survey, opts.lsst_schema) {
         (SurveyKind::Ztf, _) => schema::ZTF_RAW,
         (SurveyKind::Lsst, LsstSchema::V9_0) => schema::LSST_V9_0,
         (SurveyKind::Lsst, LsstSchema::V10_0) => schema::LSST_V10_0,
-    })
+    });
+    match opts.survey {
+        // Fink's science lake adds its classification fields to the raw alert; the generator
+        // adds the one alert classes default to: `cdsxmatch`, the CDS cross-match label.
+        SurveyKind::Ztf => {
+            let mut fields: Vec<Field> = s.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new("cdsxmatch", DataType::Utf8, true));
+            Schema::new_with_metadata(fields, s.metadata().clone())
+        }
+        SurveyKind::Lsst => s,
+    }
 }
+
+/// The `cdsxmatch` labels of generated ZTF alerts and their weights (most alerts have no
+/// cross-match, as in Fink's lake).
+pub const GEN_CLASSES: [(&str, u64); 6] = [
+    ("Unknown", 60),
+    ("Star", 15),
+    ("RRLyr", 10),
+    ("EB*", 8),
+    ("QSO", 5),
+    ("SN", 2),
+];
 
 fn writer_props(opts: &GenOptions, rows: usize) -> WriterProperties {
     let mut b = WriterProperties::builder()

@@ -44,8 +44,15 @@ fn ztf_files_are_spark_like_with_valid_distinct_stamps() {
     let md = b.metadata().clone();
     assert_eq!(md.num_row_groups(), 1);
     assert_eq!(md.row_group(0).num_rows(), 150);
-    // The embedded schema is what was written (field names, types, nullability).
-    assert_eq!(schema::strip_schema(b.schema()), schema::parse(schema::ZTF_RAW));
+    // The embedded schema is what was written (field names, types, nullability): the raw
+    // alert, plus Fink's `cdsxmatch`.
+    let mut expect: Vec<_> = schema::parse(schema::ZTF_RAW).fields().iter().cloned().collect();
+    expect.push(Arc::new(arrow_schema::Field::new(
+        "cdsxmatch",
+        arrow_schema::DataType::Utf8,
+        true,
+    )));
+    assert_eq!(schema::strip_schema(b.schema()), arrow_schema::Schema::new(expect));
     // Offset index present; the stamp column is cut into ~1 MB pages.
     let sd = md.file_metadata().schema_descr();
     let col = (0..sd.num_columns())

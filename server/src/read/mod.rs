@@ -283,11 +283,19 @@ where
 
 /// Run a stream on the CPU runtime (with panic capture), handing batches over a one-batch
 /// channel: the reads and decoding happen there, and the stream stops when the consumer goes.
-pub fn on_cpu_stream(cpu: &cpu::CpuPool, s: BoxStream<'static, Result<RecordBatch>>) -> BoxStream<'static, Result<RecordBatch>> {
-    on_cpu(cpu, move || s, |b, n| {
-        *n += b.num_rows();
-        Ok(b)
-    }, |_| None)
+pub fn on_cpu_stream(
+    cpu: &cpu::CpuPool,
+    s: BoxStream<'static, Result<RecordBatch>>,
+) -> BoxStream<'static, Result<RecordBatch>> {
+    on_cpu(
+        cpu,
+        move || s,
+        |b, n| {
+            *n += b.num_rows();
+            Ok(b)
+        },
+        |_| None,
+    )
 }
 
 fn panicked(doing: &str, p: Box<dyn std::any::Any + Send>) -> Error {

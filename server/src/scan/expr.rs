@@ -255,7 +255,10 @@ mod tests {
         );
         RecordBatch::try_new(
             s,
-            vec![Arc::new(StringArray::from(vec!["ZTFa", "ZTFb", "ZTFc"])), Arc::new(cand)],
+            vec![
+                Arc::new(StringArray::from(vec!["ZTFa", "ZTFb", "ZTFc"])),
+                Arc::new(cand),
+            ],
         )
         .unwrap()
     }
@@ -297,7 +300,10 @@ mod tests {
         };
         assert!(err("candidate.magpsf >").contains("where"));
         assert!(err("candidate.nope > 1").to_lowercase().contains("nope"));
-        assert!(err("objectid = 'x'").contains("objectid"), "identifiers are case-sensitive");
+        assert!(
+            err("objectid = 'x'").contains("objectid"),
+            "identifiers are case-sensitive"
+        );
         assert!(err("candidate.magpsf + 1").contains("not a condition"));
         assert!(err("candidate.magpsf > 'abc'").to_lowercase().contains("abc"));
     }

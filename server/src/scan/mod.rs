@@ -242,7 +242,12 @@ impl ScanSpec {
     fn output_leaves(&self, sd: &SchemaDescriptor) -> Result<Vec<usize>> {
         let mut paths: Vec<String> = match &self.columns {
             Some(c) => c.clone(),
-            None => sd.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect(),
+            None => sd
+                .root_schema()
+                .get_fields()
+                .iter()
+                .map(|f| f.name().to_string())
+                .collect(),
         };
         for a in &self.annotate {
             match a {
@@ -263,11 +268,20 @@ impl ScanSpec {
 
 /// The output schema of a query, from one file's footer: the projected columns, stamps in
 /// their output form, annotations last.
-pub fn output_schema(spec_columns: &Option<Vec<String>>, spec: &ScanSpec, md: &ArrowReaderMetadata) -> Result<SchemaRef> {
+pub fn output_schema(
+    spec_columns: &Option<Vec<String>>,
+    spec: &ScanSpec,
+    md: &ArrowReaderMetadata,
+) -> Result<SchemaRef> {
     let sd = md.metadata().file_metadata().schema_descr();
     let paths: Vec<String> = match spec_columns {
         Some(c) => c.clone(),
-        None => sd.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect(),
+        None => sd
+            .root_schema()
+            .get_fields()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect(),
     };
     let leaves = leaves_of(sd, &paths).map_err(|p| {
         Error::InvalidArgument(format!(
@@ -296,8 +310,12 @@ pub fn output_schema(spec_columns: &Option<Vec<String>>, spec: &ScanSpec, md: &A
 /// The Arrow schema a projection of the file reads as.
 fn projected_schema(md: &ArrowReaderMetadata, mask: ProjectionMask) -> Result<SchemaRef> {
     let sd = md.metadata().file_metadata().schema_descr();
-    let s = parquet::arrow::parquet_to_arrow_schema_by_columns(sd, mask, md.metadata().file_metadata().key_value_metadata())
-        .map_err(|e| Error::Internal(format!("projecting the file schema: {e}")))?;
+    let s = parquet::arrow::parquet_to_arrow_schema_by_columns(
+        sd,
+        mask,
+        md.metadata().file_metadata().key_value_metadata(),
+    )
+    .map_err(|e| Error::Internal(format!("projecting the file schema: {e}")))?;
     Ok(Arc::new(s))
 }
 
@@ -354,8 +372,8 @@ fn convert_stamp(col: &ArrayRef, stamps: StampFormat, what: &str, name: &str) ->
     let bad = |e: fits::FitsError| Error::DataLoss(format!("{what}: a {name} stamp is not a valid FITS image: {e}"));
     let bytes = stamp_bytes(col)
         .ok_or_else(|| Error::DataLoss(format!("{what}: column {name} is not a stamp ({})", col.data_type())))?;
-    let bytes = arrow::compute::cast(&bytes, &DataType::Binary)
-        .map_err(|e| Error::DataLoss(format!("{what}: {name}: {e}")))?;
+    let bytes =
+        arrow::compute::cast(&bytes, &DataType::Binary).map_err(|e| Error::DataLoss(format!("{what}: {name}: {e}")))?;
     let bytes = bytes.as_binary::<i32>();
     match stamps {
         StampFormat::Gzip => Ok(col.clone()),
@@ -418,7 +436,9 @@ fn convert_stamp(col: &ArrayRef, stamps: StampFormat, what: &str, name: &str) ->
                     }
                 }
             }
-            let DataType::Struct(fields) = pixels_type() else { unreachable!() };
+            let DataType::Struct(fields) = pixels_type() else {
+                unreachable!()
+            };
             Ok(Arc::new(
                 StructArray::try_new(
                     fields,
@@ -507,8 +527,12 @@ impl ScanCtx {
             e_tag: f.e_tag.clone(),
             last_modified_ms: f.last_modified_ms,
         };
-        let reader = StoreReader::new(self.lake.store_for(&self.ds, &self.io), Path::from(f.path.as_str()), f.size)
-            .with_version(version);
+        let reader = StoreReader::new(
+            self.lake.store_for(&self.ds, &self.io),
+            Path::from(f.path.as_str()),
+            f.size,
+        )
+        .with_version(version);
         match self.ds.range_reads {
             RangeReads::Exact => reader.with_coalesce(0),
             RangeReads::Coalesced => reader,
@@ -558,7 +582,12 @@ fn file_condition(ctx: &ScanCtx, md: &ArrowReaderMetadata, sql: &str, what: &str
 }
 
 /// The row groups of a file the condition may match.
-fn kept_row_groups(md: &ParquetMetaData, planned: &[u32], cond: Option<&FileCondition>, what: &str) -> Result<Vec<usize>> {
+fn kept_row_groups(
+    md: &ParquetMetaData,
+    planned: &[u32],
+    cond: Option<&FileCondition>,
+    what: &str,
+) -> Result<Vec<usize>> {
     let n = md.num_row_groups();
     let rgs: Vec<usize> = planned.iter().map(|r| *r as usize).collect();
     if let Some(bad) = rgs.iter().find(|r| **r >= n) {
@@ -625,6 +654,9 @@ fn batch_rows(md: &ParquetMetaData, leaves: &[usize]) -> usize {
     let per_row = (bytes / rows.max(1)).max(1);
     ((BATCH_BYTES as u64 / per_row) as usize).clamp(16, 8192)
 }
+
+/// An expression compiled for one batch schema (recompiled when a file's schema differs).
+pub type Compiled = Option<(SchemaRef, Arc<dyn PhysicalExpr>)>;
 
 /// What a scan of one file yields: output batches (or, counting, batches of the condition's
 /// columns only, whose row counts are what matters).
@@ -725,7 +757,7 @@ pub async fn scan_file(
         Mode::Count => Ok(raw.boxed()),
         Mode::Output => {
             let spec = ctx.spec.clone();
-            let class_expr: Arc<Mutex<Option<(SchemaRef, Arc<dyn PhysicalExpr>)>>> = Arc::default();
+            let class_expr: Arc<Mutex<Compiled>> = Arc::default();
             let lake = ctx.lake.clone();
             Ok(raw
                 .and_then(move |b| {
@@ -757,9 +789,11 @@ fn predicate(
     mask: ProjectionMask,
     expr: Expr,
     what: String,
-) -> ArrowPredicateFn<impl FnMut(RecordBatch) -> std::result::Result<arrow::array::BooleanArray, arrow::error::ArrowError>> {
+) -> ArrowPredicateFn<
+    impl FnMut(RecordBatch) -> std::result::Result<arrow::array::BooleanArray, arrow::error::ArrowError>,
+> {
     let lake = ctx.lake.clone();
-    let mut compiled: Option<(SchemaRef, Arc<dyn PhysicalExpr>)> = None;
+    let mut compiled: Compiled = None;
     ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
         let fail = |e: Error| arrow::error::ArrowError::ComputeError(format!("{CONDITION_ERROR}{what}: {e}"));
         let phys = match &compiled {
@@ -784,7 +818,7 @@ fn shape_output(
     spec: &ScanSpec,
     b: &RecordBatch,
     what: &str,
-    class_expr: &Mutex<Option<(SchemaRef, Arc<dyn PhysicalExpr>)>>,
+    class_expr: &Mutex<Compiled>,
 ) -> Result<RecordBatch> {
     let mut cols = Vec::with_capacity(spec.schema.fields().len());
     for f in spec.schema.fields() {
@@ -795,7 +829,9 @@ fn shape_output(
                 let t = arrow::compute::cast(&t, &DataType::Float64).map_err(|e| Error::DataLoss(e.to_string()))?;
                 let t = t.as_primitive::<Float64Type>();
                 let kind = spec.kind;
-                Arc::new(Date32Array::from_iter(t.iter().map(|v| v.and_then(|v| kind.night_of(v))))) as ArrayRef
+                Arc::new(Date32Array::from_iter(
+                    t.iter().map(|v| v.and_then(|v| kind.night_of(v))),
+                )) as ArrayRef
             }
             "class" if spec.annotate.contains(&Annotation::Class) && b.column_by_name("class").is_none() => {
                 match &spec.class_sql {
@@ -826,7 +862,9 @@ fn shape_output(
                     c.clone()
                 };
                 shape_to(&c, f.data_type(), name).map_err(|e| {
-                    Error::DataLoss(format!("{what} does not have the schema the query was planned with: {e}"))
+                    Error::DataLoss(format!(
+                        "{what} does not have the schema the query was planned with: {e}"
+                    ))
                 })?
             }
         };
@@ -850,11 +888,11 @@ pub fn bytes_per_row(md: &ParquetMetaData, leaves: &[usize]) -> f64 {
 
 /// Leaves of the output of a spec, for estimates.
 pub fn estimate_leaves(spec: &ScanSpec, md: &ParquetMetaData) -> Vec<usize> {
-    spec.output_leaves(md.file_metadata().schema_descr()).unwrap_or_default()
+    spec.output_leaves(md.file_metadata().schema_descr())
+        .unwrap_or_default()
 }
 
 /// Alerts of a file version per row group (from its footer), for planners.
 pub fn row_group_rows(md: &ParquetMetaData) -> Vec<u64> {
     md.row_groups().iter().map(|r| r.num_rows() as u64).collect()
 }
-

@@ -26,7 +26,9 @@ use super::expr::{column_paths, conjuncts, Engine};
 /// list's own levels and they have no per-row statistics).
 pub fn leaf_indices(md: &ParquetMetaData) -> HashMap<String, usize> {
     let sd = md.file_metadata().schema_descr();
-    (0..sd.num_columns()).map(|i| (sd.column(i).path().string(), i)).collect()
+    (0..sd.num_columns())
+        .map(|i| (sd.column(i).path().string(), i))
+        .collect()
 }
 
 /// The pruning predicates of one condition on one file: the whole condition for row groups,
@@ -43,7 +45,9 @@ impl Pruner {
     pub fn new(engine: &Engine, flat_expr: &Expr, flat: SchemaRef) -> Self {
         let build = |e: &Expr| -> Option<Arc<PruningPredicate>> {
             let phys = engine.compile(e, &flat, "pruning").ok()?;
-            PruningPredicateBuilder::new().with_file_schema(flat.clone()).build(phys)
+            PruningPredicateBuilder::new()
+                .with_file_schema(flat.clone())
+                .build(phys)
         };
         let whole = build(flat_expr);
         let mut per_column = Vec::new();
@@ -110,13 +114,14 @@ impl Pruner {
             let mut selectors = Vec::with_capacity(keep.len());
             for (i, k) in keep.iter().enumerate() {
                 let start = locations[i].first_row_index as usize;
-                let end = locations
-                    .get(i + 1)
-                    .map(|l| l.first_row_index as usize)
-                    .unwrap_or(rows);
+                let end = locations.get(i + 1).map(|l| l.first_row_index as usize).unwrap_or(rows);
                 let n = end.saturating_sub(start);
                 if n > 0 {
-                    selectors.push(if *k { RowSelector::select(n) } else { RowSelector::skip(n) });
+                    selectors.push(if *k {
+                        RowSelector::select(n)
+                    } else {
+                        RowSelector::skip(n)
+                    });
                 }
             }
             let sel = RowSelection::from(selectors);
@@ -158,7 +163,9 @@ impl PruningStatistics for Stats<'_> {
     fn min_values(&self, column: &Column) -> Option<ArrayRef> {
         let c = self.converter(column)?;
         match self.pages {
-            None => c.row_group_mins(self.row_groups.iter().map(|i| self.md.row_group(*i))).ok(),
+            None => c
+                .row_group_mins(self.row_groups.iter().map(|i| self.md.row_group(*i)))
+                .ok(),
             Some(_) => c
                 .data_page_mins(self.md.column_index()?, self.md.offset_index()?, self.row_groups)
                 .ok(),
@@ -168,7 +175,9 @@ impl PruningStatistics for Stats<'_> {
     fn max_values(&self, column: &Column) -> Option<ArrayRef> {
         let c = self.converter(column)?;
         match self.pages {
-            None => c.row_group_maxes(self.row_groups.iter().map(|i| self.md.row_group(*i))).ok(),
+            None => c
+                .row_group_maxes(self.row_groups.iter().map(|i| self.md.row_group(*i)))
+                .ok(),
             Some(_) => c
                 .data_page_maxes(self.md.column_index()?, self.md.offset_index()?, self.row_groups)
                 .ok(),

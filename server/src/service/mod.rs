@@ -292,7 +292,8 @@ impl FlightService for AstroFlight {
             dataset = tracing::field::Empty,
             alerts = tracing::field::Empty
         );
-        let plan = match tokio::time::timeout_at(deadline_at, self.plan(&ticket, false).instrument(span.clone())).await {
+        let plan = match tokio::time::timeout_at(deadline_at, self.plan(&ticket, false).instrument(span.clone())).await
+        {
             Ok(plan) => plan?,
             Err(_) => return Err(deadline_status(deadline)),
         };
@@ -375,6 +376,22 @@ impl FlightService for AstroFlight {
                 let (lake, recent) = (self.lake.clone(), self.recent.clone());
                 blocking(move || Self::stats(&lake, &recent)).await?
             }
+            "classes" => {
+                // Body: {"dataset": "ztf"} (or the bare name).
+                let body = String::from_utf8_lossy(&action.body).trim().to_string();
+                let name = if body.starts_with('{') {
+                    serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("dataset").and_then(|d| d.as_str()).map(str::to_string))
+                        .ok_or_else(|| {
+                            Status::invalid_argument("the classes action takes {\"dataset\": \"NAME\"} as its body")
+                        })?
+                } else {
+                    body
+                };
+                let lake = self.lake.clone();
+                blocking(move || tickets::alerts::classes_action(&lake, &name)).await?
+            }
             "health" => {
                 let datasets: Vec<_> = self
                     .lake
@@ -419,6 +436,10 @@ impl FlightService for AstroFlight {
             (
                 "health",
                 "readiness as JSON: `ready` once the first index build of every dataset since start has ended, and which datasets are still indexing",
+            ),
+            (
+                "classes",
+                "alerts per night and class of a dataset (body: {\"dataset\": \"ztf\"}), from the catalog, as JSON",
             ),
             (
                 "reindex",

@@ -41,7 +41,7 @@ const COUNT_CONCURRENCY: usize = 4;
 /// schema (the batch holds the id columns and the columns the expression may read).
 pub fn class_spec(engine: expr::Engine, sql: &str) -> ClassSpec {
     let owned = sql.to_string();
-    let compiled: Mutex<Option<(SchemaRef, Arc<dyn datafusion::physical_expr::PhysicalExpr>)>> = Mutex::new(None);
+    let compiled: Mutex<scan::Compiled> = Mutex::new(None);
     ClassSpec {
         key: owned.clone(),
         columns: expr::words(sql),
@@ -263,7 +263,12 @@ fn check_dataset(lake: &Lake, req: &AlertsRequest) -> Result<Arc<Dataset>> {
 
 /// The scan spec of a request, with the schema from `sample`'s footer (checks the columns and
 /// type-checks the conditions against it).
-async fn spec_from_sample(lake: &Arc<Lake>, ds: &Arc<Dataset>, req: &AlertsRequest, sample: &PartFile) -> Result<ScanSpec> {
+async fn spec_from_sample(
+    lake: &Arc<Lake>,
+    ds: &Arc<Dataset>,
+    req: &AlertsRequest,
+    sample: &PartFile,
+) -> Result<ScanSpec> {
     let mut spec = ScanSpec {
         kind: ds.kind,
         columns: scan::preset_columns(ds.kind, req.content, &req.columns),
@@ -348,7 +353,10 @@ pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool) -> Resul
         spec: spec.clone(),
     };
     let sample_md = ctx.footer(&sample).await?;
-    let per_row = scan::bytes_per_row(sample_md.metadata(), &scan::estimate_leaves(&spec, sample_md.metadata()));
+    let per_row = scan::bytes_per_row(
+        sample_md.metadata(),
+        &scan::estimate_leaves(&spec, sample_md.metadata()),
+    );
     let bytes_of = |rows: u64| (rows as f64 * per_row) as u64;
     let target = lake.endpoint_bytes;
 
@@ -605,7 +613,10 @@ mod tests {
             hive_night("science/year=2019/month=09/day=03/part-0.parquet").map(night_name),
             Some("2019-09-03".to_string())
         );
-        assert_eq!(hive_night("year=2019/month=9/day=3/x.parquet").map(night_name), Some("2019-09-03".into()));
+        assert_eq!(
+            hive_night("year=2019/month=9/day=3/x.parquet").map(night_name),
+            Some("2019-09-03".into())
+        );
         assert_eq!(hive_night("online/20200101/x.parquet"), None);
     }
 

@@ -1,0 +1,138 @@
+"""astroflight's Python client: pure Python on pyarrow.flight.
+
+    import astroflight
+    af = astroflight.connect("grpc://127.0.0.1:8815")
+    t = af.alerts("ztf", nights=["2019-09-03"], where="candidate.magpsf > 19.5", content="lightcurve")
+    for batch in af.iter_batches("ztf", classes=["SN"], content="cutouts", stamps="array"):
+        ...
+    x = astroflight.stamps_as_numpy(t, "cutoutScience")   # N x 63 x 63 float32
+
+`alerts()` plans the query with GetFlightInfo and pulls every endpoint in parallel (each on
+its own connection to the endpoint's first advertised location, or to this server), then
+concatenates them in plan order: the same rows, in the same order, as one sequential pull.
+"""
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+from pyarrow import flight
+
+__all__ = ["Client", "connect", "stamps_as_numpy", "query"]
+
+
+def query(dataset, nights=None, start=None, end=None, classes=None, where=None, content="lightcurve",
+          columns=None, stamps=None, limit=None, exact=False, compression=None, annotate=None):
+    """The JSON alerts command (the server's contract: see the README). `where` may be a string
+    or a list of conditions (combined with AND); `start`/`end` are the command's `from`/`to`."""
+    q = {"dataset": dataset, "content": content}
+    if nights is not None:
+        q["nights"] = list(nights)
+    if start is not None:
+        q["from"] = start
+    if end is not None:
+        q["to"] = end
+    if classes:
+        q["classes"] = list(classes)
+    if where:
+        q["where"] = where if isinstance(where, str) else "; ".join(where)
+    if columns:
+        q["columns"] = list(columns)
+        q["content"] = "columns"
+    if stamps:
+        q["stamps"] = stamps
+    if limit is not None:
+        q["limit"] = int(limit)
+    if exact:
+        q["exact"] = True
+    if compression:
+        q["compression"] = compression
+    if annotate:
+        q["annotate"] = list(annotate)
+    return json.dumps({"alerts": q}).encode()
+
+
+class Client:
+    def __init__(self, location, parallel=4, **kwargs):
+        self.location = location
+        self.parallel = parallel
+        self._kwargs = kwargs
+        self._flight = flight.connect(location, **kwargs)
+
+    def close(self):
+        self._flight.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def plan(self, dataset, **q):
+        """GetFlightInfo of a query: schema, total_records, total_bytes and the endpoints."""
+        return self._flight.get_flight_info(flight.FlightDescriptor.for_command(query(dataset, **q)))
+
+    def _read_endpoint(self, endpoint):
+        loc = endpoint.locations[0].uri.decode() if endpoint.locations else None
+        if loc is None or loc == self.location:
+            c, own = flight.connect(self.location, **self._kwargs), True
+        else:
+            c, own = flight.connect(loc, **self._kwargs), True
+        try:
+            return c.do_get(endpoint.ticket).read_all()
+        finally:
+            if own:
+                c.close()
+
+    def iter_batches(self, dataset, **q):
+        """Yield the record batches of a query, endpoint by endpoint in plan order, while up to
+        `parallel` endpoints are pulled at once."""
+        info = self.plan(dataset, **q)
+        if not info.endpoints:
+            return
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            futures = [pool.submit(self._read_endpoint, e) for e in info.endpoints]
+            for f in futures:
+                yield from f.result().to_batches()
+
+    def alerts(self, dataset, as_pandas=False, **q):
+        """The whole result of a query as one pyarrow.Table (or a pandas DataFrame)."""
+        info = self.plan(dataset, **q)
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            tables = list(pool.map(self._read_endpoint, info.endpoints))
+        t = pa.concat_tables(tables) if tables else info.schema.empty_table()
+        return t.to_pandas() if as_pandas else t
+
+    def classes(self, dataset):
+        """Alerts per night and class of a dataset (the `classes` action)."""
+        body = json.dumps({"dataset": dataset}).encode()
+        r = next(iter(self._flight.do_action(flight.Action("classes", body))))
+        return json.loads(r.body.to_pybytes())
+
+
+def connect(location="grpc://127.0.0.1:8815", parallel=4, **kwargs):
+    return Client(location, parallel=parallel, **kwargs)
+
+
+def stamps_as_numpy(table, column="cutoutScience"):
+    """The stamps of a table pulled with stamps="array" as one float32 array N x H x W (every
+    stamp must have the same size, as ZTF's 63 x 63 do; null stamps are NaN-filled)."""
+    col = table.column(column).combine_chunks()
+    width = col.field("width").to_numpy(zero_copy_only=False)
+    height = col.field("height").to_numpy(zero_copy_only=False)
+    n = len(col)
+    if n == 0:
+        return np.empty((0, 0, 0), dtype=np.float32)
+    valid = ~np.isnan(width.astype(float))
+    if not valid.any():
+        raise ValueError(f"every {column} stamp is null")
+    w, h = int(width[valid][0]), int(height[valid][0])
+    if not (np.all(width[valid] == w) and np.all(height[valid] == h)):
+        raise ValueError(f"{column} stamps have different sizes; stack them one by one")
+    out = np.full((n, h, w), np.nan, dtype=np.float32)
+    pixels = col.field("pixels")
+    flat = pixels.flatten().to_numpy(zero_copy_only=False)
+    offsets = pixels.offsets.to_numpy()
+    for i in np.nonzero(valid)[0]:
+        out[i] = flat[offsets[i]:offsets[i + 1]].reshape(h, w)
+    return out
