@@ -278,3 +278,54 @@ def test_real_samples(start_server, shared_data, tmp_path):
                    "columns": ["candid", "candidate.magpsf"]})
     expect = duck(tmp_path / "avro-lake", "candidate.magpsf > 0")
     assert sorted(t.column("candid").to_pylist()) == sorted(expect) and expect
+
+
+from test_storage import BACKENDS, place  # noqa: E402,F401  (the `place` fixture)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_alert_batches_on_every_backend(backend, binary, place, start_server, tmp_path, request):  # noqa: F811
+    """The batch suite on S3, HDFS and HTTP: presets and conditions equal DuckDB on the local
+    copy, every endpoint pulled, exact counts, and a file replaced after planning is DATA_LOSS
+    for its endpoint only."""
+    gen(binary, tmp_path / "ztf", "ztf", 2, 2, 40)
+    gen(binary, tmp_path / "lsst", "lsst", 1, 2, 30, "--no-page-index")
+    zroot, zopts = place(backend, tmp_path / "ztf", f"batch-ztf-{backend}")
+    lroot, lopts = place(backend, tmp_path / "lsst", f"batch-lsst-{backend}")
+    s = start_server([("ztf", "ztf", zroot, zopts), ("lsst", "lsst", lroot, lopts)], top={"endpoint_bytes": 1})
+    c = s.client()
+    src = source_rows(tmp_path / "ztf")
+    for cond in CONDITIONS[:2]:
+        expect = duck(tmp_path / "ztf", " AND ".join(f"({x})" for x in cond.replace("\n", ";").split(";")))
+        for content in ["lightcurve", "full"]:
+            t = do_get(c, {"dataset": "ztf", "where": cond, "content": content, "stamps": "gzip"})
+            assert t.column("candid").to_pylist() == expect, (backend, cond, content)
+            if content == "full":
+                for r in rows_of(t):
+                    assert r == src[r["candid"]]
+        i = info(c, {"dataset": "ztf", "where": cond, "exact": True})
+        assert i.total_records == len(expect) and len(i.endpoints) == 4
+        assert [x for e in i.endpoints for x in c.do_get(e.ticket).read_all().column("candid").to_pylist()] == expect
+    expect = duck(tmp_path / "lsst", "diaSource.psfFlux > 20000", "diaSource.diaSourceId")
+    t = do_get(c, {"dataset": "lsst", "where": "diaSource.psfFlux > 20000", "content": "cutouts", "stamps": "array"})
+    assert t.column("diaSource").combine_chunks().field("diaSourceId").to_pylist() == expect
+    assert astroflight.stamps_as_numpy(t, "cutoutScience").shape[1:] == (51, 51)
+
+    i = info(c, {"dataset": "ztf", "content": "lightcurve"})
+    files = sorted((tmp_path / "ztf").rglob("*.parquet"))
+    rel = files[0].relative_to(tmp_path / "ztf").as_posix()
+    other = files[1]
+    if backend == "s3":
+        request.getfixturevalue("s3_server").s3.upload_file(str(other), "lake", f"batch-ztf-{backend}/{rel}")
+    elif backend == "hdfs":
+        request.getfixturevalue("hdfs_cluster").put(other, f"/lakes/batch-ztf-{backend}/{rel}")
+    else:
+        files[0].write_bytes(other.read_bytes())
+    outcomes = []
+    for e in i.endpoints:
+        try:
+            outcomes.append(c.do_get(e.ticket).read_all().num_rows)
+        except flight.FlightInternalError as err:
+            assert "data loss" in str(err).lower(), str(err)
+            outcomes.append("data loss")
+    assert outcomes == ["data loss", 40, 40, 40], (backend, outcomes)
