@@ -133,17 +133,8 @@ impl Rng {
 
 /// Proleptic Gregorian date of a Julian date.
 pub fn civil_from_jd(jd: f64) -> (i32, u32, u32) {
-    // Days since 1970-01-01, then Howard Hinnant's civil_from_days.
-    let z = (jd - 2440587.5).floor() as i64 + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = (yoe + era * 400 + if m <= 2 { 1 } else { 0 }) as i32;
-    (y, m, d)
+    let (y, m, d) = astroflight_proto::alerts::civil_from_days((jd - 2440587.5).floor() as i64);
+    (y as i32, m, d)
 }
 
 /// The objectId of the n-th generated ZTF object: `ZTF` + 2-digit year + 7 letters.

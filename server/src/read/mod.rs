@@ -27,7 +27,6 @@ use arrow_schema::{DataType, Schema};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use futures::FutureExt;
 use object_store::path::Path;
-use object_store::ObjectStore;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
@@ -56,17 +55,14 @@ pub struct ReadCtx {
 }
 
 impl ReadCtx {
-    fn store(&self) -> Arc<dyn ObjectStore> {
-        self.lake.store_for(&self.ds, &self.io)
-    }
-
     fn reader(&self, entry: &FileEntry) -> StoreReader {
-        let reader = StoreReader::new(self.store(), Path::from(entry.path.as_str()), entry.size)
-            .with_version(FileVersion::of_entry(entry));
-        match self.ds.range_reads {
-            RangeReads::Exact => reader.with_coalesce(0),
-            RangeReads::Coalesced => reader,
-        }
+        file_reader(
+            &self.lake,
+            &self.ds,
+            &self.io,
+            &entry.path,
+            FileVersion::of_entry(entry),
+        )
     }
 
     /// How a file is named in messages.
@@ -79,30 +75,63 @@ impl ReadCtx {
     /// footer whose row groups disagree with the index means the file changed since it was
     /// indexed.
     pub async fn footer(&self, entry: &FileEntry) -> Result<ArrowReaderMetadata> {
-        let key = (self.ds.number, entry.file_id);
-        self.lake
-            .footers
-            .get_or_load(key, || {
-                let mut reader = self.reader(entry).with_offset_index();
-                if entry.metadata_len > 0 {
-                    reader = reader.with_prefetch(entry.metadata_len as usize);
+        let (what, expect) = (self.what(entry), entry.row_groups.clone());
+        cached_footer(
+            &self.lake,
+            (self.ds.number, entry.file_id),
+            || self.reader(entry).with_offset_index(),
+            entry.metadata_len,
+            what.clone(),
+            move |md| {
+                let rows: Vec<u64> = md.row_groups().iter().map(|r| r.num_rows() as u64).collect();
+                if rows != expect {
+                    return Err(Error::DataLoss(format!(
+                        "{what} changed since it was indexed (row groups {rows:?}, index has {expect:?}): re-run `astroflight index`"
+                    )));
                 }
-                let (what, expect) = (self.what(entry), entry.row_groups.clone());
-                let load = async move {
-                    let md = reader.load_metadata().await.map_err(|e| Error::parquet(&what, e))?;
-                    let rows: Vec<u64> = md.row_groups().iter().map(|r| r.num_rows() as u64).collect();
-                    if rows != expect {
-                        return Err(Error::DataLoss(format!(
-                            "{what} changed since it was indexed (row groups {rows:?}, index has {expect:?}): re-run `astroflight index`"
-                        )));
-                    }
-                    ArrowReaderMetadata::try_new(md, ArrowReaderOptions::new()).map_err(|e| Error::parquet(&what, e))
-                };
-                let handle = self.lake.cpu.handle();
-                async move { handle.spawn(load).await? }
-            })
-            .await
+                Ok(())
+            },
+        )
+        .await
     }
+}
+
+/// A reader of one version of a file of `ds`, counting into `io`: every read carries the
+/// version, and ranges are coalesced or exact as the dataset's storage wants.
+pub fn file_reader(lake: &Lake, ds: &Dataset, io: &Arc<IoStats>, path: &str, version: FileVersion) -> StoreReader {
+    let reader = StoreReader::new(lake.store_for(ds, io), Path::from(path), version.size).with_version(version);
+    match ds.range_reads {
+        RangeReads::Exact => reader.with_coalesce(0),
+        RangeReads::Coalesced => reader,
+    }
+}
+
+/// A footer through the lake's cache: on a miss, one versioned read of the metadata suffix
+/// (`metadata_len` bytes when known, else the reader's default prefetch), decoded and
+/// checked by `check` on the CPU runtime.
+pub async fn cached_footer(
+    lake: &Lake,
+    key: footer::FileKey,
+    reader: impl FnOnce() -> StoreReader,
+    metadata_len: u64,
+    what: String,
+    check: impl FnOnce(&parquet::file::metadata::ParquetMetaData) -> Result<()> + Send + 'static,
+) -> Result<ArrowReaderMetadata> {
+    lake.footers
+        .get_or_load(key, || {
+            let mut reader = reader();
+            if metadata_len > 0 {
+                reader = reader.with_prefetch(metadata_len as usize);
+            }
+            let load = async move {
+                let md = reader.load_metadata().await.map_err(|e| Error::parquet(&what, e))?;
+                check(&md)?;
+                ArrowReaderMetadata::try_new(md, ArrowReaderOptions::new()).map_err(|e| Error::parquet(&what, e))
+            };
+            let handle = lake.cpu.handle();
+            async move { handle.spawn(load).await? }
+        })
+        .await
 }
 
 /// Rows of one row group of one file, and the id each must hold.

@@ -64,6 +64,11 @@ impl Engine {
             .map_err(|e| engine_error(what, e))
     }
 
+    /// Parse and compile a SQL expression for batches of `schema`.
+    pub fn compile_sql(&self, sql: &str, schema: &Schema, what: &str) -> Result<Arc<dyn PhysicalExpr>> {
+        self.compile(&self.parse(sql, schema, what)?, schema, what)
+    }
+
     /// Compile a condition and check, on an empty batch, that it evaluates to a boolean (a
     /// literal that cannot be cast to its column's type fails here, before anything is read).
     pub fn compile_condition(&self, expr: &Expr, schema: &SchemaRef, what: &str) -> Result<Arc<dyn PhysicalExpr>> {
@@ -76,6 +81,29 @@ impl Engine {
         }
         evaluate(&phys, &RecordBatch::new_empty(schema.clone()), what)?;
         Ok(phys)
+    }
+}
+
+/// An expression compiled for the schema of the batches it last saw, compiled again when a
+/// batch of another schema comes (files of one dataset may differ).
+#[derive(Default)]
+pub struct PerSchema(std::sync::Mutex<Option<(SchemaRef, Arc<dyn PhysicalExpr>)>>);
+
+impl PerSchema {
+    pub fn get(
+        &self,
+        schema: &SchemaRef,
+        compile: impl FnOnce() -> Result<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, p)) = &*cached {
+            if s == schema {
+                return Ok(p.clone());
+            }
+        }
+        let p = compile()?;
+        *cached = Some((schema.clone(), p.clone()));
+        Ok(p)
     }
 }
 

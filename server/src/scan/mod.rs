@@ -22,12 +22,8 @@ use arrow::array::{
 use arrow::datatypes::Float64Type;
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_expr::PhysicalExpr;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use object_store::path::Path;
-use parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter, RowSelection, RowSelector,
-};
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, RowFilter, RowSelection, RowSelector};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
@@ -40,7 +36,7 @@ use astroflight_proto::{Annotation, Content, PartFile, StampFormat};
 
 use crate::error::{Error, Result};
 use crate::lake::{Dataset, Lake};
-use crate::storage::{IoStats, RangeReads};
+use crate::storage::IoStats;
 
 pub use expr::Engine;
 
@@ -182,6 +178,7 @@ pub fn leaves_of(sd: &SchemaDescriptor, paths: &[String]) -> std::result::Result
 }
 
 /// What to read from each file of a query and how to shape it; the same for every file.
+#[derive(Clone)]
 pub struct ScanSpec {
     pub kind: SurveyKind,
     /// Output column paths (None: every column).
@@ -237,10 +234,9 @@ impl ScanSpec {
         (!parts.is_empty()).then(|| parts.join(" AND "))
     }
 
-    /// Leaves read for the output (output columns, plus the time or class columns of the
-    /// annotations).
-    fn output_leaves(&self, sd: &SchemaDescriptor) -> Result<Vec<usize>> {
-        let mut paths: Vec<String> = match &self.columns {
+    /// The output column paths in a file (`None` columns: every top-level column).
+    fn column_paths(&self, sd: &SchemaDescriptor) -> Vec<String> {
+        match &self.columns {
             Some(c) => c.clone(),
             None => sd
                 .root_schema()
@@ -248,7 +244,13 @@ impl ScanSpec {
                 .iter()
                 .map(|f| f.name().to_string())
                 .collect(),
-        };
+        }
+    }
+
+    /// Leaves read for the output (output columns, plus the time or class columns of the
+    /// annotations).
+    fn output_leaves(&self, sd: &SchemaDescriptor) -> Result<Vec<usize>> {
+        let mut paths = self.column_paths(sd);
         for a in &self.annotate {
             match a {
                 Annotation::Night => paths.push(self.kind.time_leaf().to_string()),
@@ -268,22 +270,9 @@ impl ScanSpec {
 
 /// The output schema of a query, from one file's footer: the projected columns, stamps in
 /// their output form, annotations last.
-pub fn output_schema(
-    spec_columns: &Option<Vec<String>>,
-    spec: &ScanSpec,
-    md: &ArrowReaderMetadata,
-) -> Result<SchemaRef> {
+pub fn output_schema(spec: &ScanSpec, md: &ArrowReaderMetadata) -> Result<SchemaRef> {
     let sd = md.metadata().file_metadata().schema_descr();
-    let paths: Vec<String> = match spec_columns {
-        Some(c) => c.clone(),
-        None => sd
-            .root_schema()
-            .get_fields()
-            .iter()
-            .map(|f| f.name().to_string())
-            .collect(),
-    };
-    let leaves = leaves_of(sd, &paths).map_err(|p| {
+    let leaves = leaves_of(sd, &spec.column_paths(sd)).map_err(|p| {
         Error::InvalidArgument(format!(
             "no column {} in the dataset's files (columns are dotted paths such as candidate.magpsf)",
             crate::error::quoted(&p)
@@ -522,43 +511,35 @@ impl ScanCtx {
     }
 
     fn reader(&self, f: &PartFile) -> StoreReader {
-        let version = FileVersion {
-            size: f.size,
-            e_tag: f.e_tag.clone(),
-            last_modified_ms: f.last_modified_ms,
-        };
-        let reader = StoreReader::new(
-            self.lake.store_for(&self.ds, &self.io),
-            Path::from(f.path.as_str()),
-            f.size,
-        )
-        .with_version(version);
-        match self.ds.range_reads {
-            RangeReads::Exact => reader.with_coalesce(0),
-            RangeReads::Coalesced => reader,
-        }
+        crate::read::file_reader(&self.lake, &self.ds, &self.io, &f.path, file_version(f))
     }
 
     /// The footer of a file version with its page index (cached).
     pub async fn footer(&self, f: &PartFile) -> Result<ArrowReaderMetadata> {
-        let key = (self.ds.number, version_key(f));
-        self.lake
-            .footers
-            .get_or_load(key, || {
-                let mut reader = self.reader(f).with_page_index();
-                if f.metadata_len > 0 {
-                    reader = reader.with_prefetch(f.metadata_len as usize);
-                }
-                let what = self.what(f);
-                let load = async move {
-                    let md = reader.load_metadata().await.map_err(|e| Error::parquet(&what, e))?;
-                    ArrowReaderMetadata::try_new(md, ArrowReaderOptions::new()).map_err(|e| Error::parquet(&what, e))
-                };
-                let handle = self.lake.cpu.handle();
-                async move { handle.spawn(load).await? }
-            })
-            .await
+        footer(&self.lake, &self.ds, &self.io, f).await
     }
+}
+
+fn file_version(f: &PartFile) -> FileVersion {
+    FileVersion {
+        size: f.size,
+        e_tag: f.e_tag.clone(),
+        last_modified_ms: f.last_modified_ms,
+    }
+}
+
+/// The footer of a file version named in a ticket, with its page index (cached under the
+/// version's key).
+pub async fn footer(lake: &Lake, ds: &Dataset, io: &Arc<IoStats>, f: &PartFile) -> Result<ArrowReaderMetadata> {
+    crate::read::cached_footer(
+        lake,
+        (ds.number, version_key(f)),
+        || crate::read::file_reader(lake, ds, io, &f.path, file_version(f)).with_page_index(),
+        f.metadata_len,
+        format!("file {} of dataset {:?}", f.path, ds.name),
+        |_| Ok(()),
+    )
+    .await
 }
 
 /// A condition compiled for one file: the leaves it reads, and its logical form (compiled on
@@ -643,20 +624,8 @@ fn slices(md: &ParquetMetaData, rg: usize, leaves: &[usize], pages: Option<RowSe
 
 /// Rows per decoded batch for these leaves (about BATCH_BYTES of uncompressed data).
 fn batch_rows(md: &ParquetMetaData, leaves: &[usize]) -> usize {
-    let (mut bytes, mut rows) = (0u64, 0u64);
-    for rg in md.row_groups() {
-        rows += rg.num_rows() as u64;
-        bytes += leaves
-            .iter()
-            .map(|l| rg.column(*l).uncompressed_size().max(0) as u64)
-            .sum::<u64>();
-    }
-    let per_row = (bytes / rows.max(1)).max(1);
-    ((BATCH_BYTES as u64 / per_row) as usize).clamp(16, 8192)
+    ((BATCH_BYTES as f64 / bytes_per_row(md, leaves).max(1.0)) as usize).clamp(16, 8192)
 }
-
-/// An expression compiled for one batch schema (recompiled when a file's schema differs).
-pub type Compiled = Option<(SchemaRef, Arc<dyn PhysicalExpr>)>;
 
 /// What a scan of one file yields: output batches (or, counting, batches of the condition's
 /// columns only, whose row counts are what matters).
@@ -757,7 +726,7 @@ pub async fn scan_file(
         Mode::Count => Ok(raw.boxed()),
         Mode::Output => {
             let spec = ctx.spec.clone();
-            let class_expr: Arc<Mutex<Compiled>> = Arc::default();
+            let class_expr: Arc<expr::PerSchema> = Arc::default();
             let lake = ctx.lake.clone();
             Ok(raw
                 .and_then(move |b| {
@@ -793,20 +762,14 @@ fn predicate(
     impl FnMut(RecordBatch) -> std::result::Result<arrow::array::BooleanArray, arrow::error::ArrowError>,
 > {
     let lake = ctx.lake.clone();
-    let mut compiled: Compiled = None;
+    let compiled = expr::PerSchema::default();
     ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
         let fail = |e: Error| arrow::error::ArrowError::ComputeError(format!("{CONDITION_ERROR}{what}: {e}"));
-        let phys = match &compiled {
-            Some((s, p)) if *s == batch.schema() => p.clone(),
-            _ => {
-                let p = lake
-                    .engine
-                    .compile(&expr, &batch.schema(), "the condition")
-                    .map_err(fail)?;
-                compiled = Some((batch.schema(), p.clone()));
-                p
-            }
-        };
+        let phys = compiled
+            .get(&batch.schema(), || {
+                lake.engine.compile(&expr, &batch.schema(), "the condition")
+            })
+            .map_err(fail)?;
         expr::evaluate_condition(&phys, &batch, "the condition").map_err(fail)
     })
 }
@@ -818,7 +781,7 @@ fn shape_output(
     spec: &ScanSpec,
     b: &RecordBatch,
     what: &str,
-    class_expr: &Mutex<Compiled>,
+    class_expr: &expr::PerSchema,
 ) -> Result<RecordBatch> {
     let mut cols = Vec::with_capacity(spec.schema.fields().len());
     for f in spec.schema.fields() {
@@ -837,16 +800,9 @@ fn shape_output(
                 match &spec.class_sql {
                     None => new_null_array(&DataType::Utf8, b.num_rows()),
                     Some(sql) => {
-                        let mut guard = class_expr.lock().expect("class lock");
-                        let phys = match &*guard {
-                            Some((s, p)) if *s == b.schema() => p.clone(),
-                            _ => {
-                                let e = lake.engine.parse(sql, &b.schema(), "the dataset's class")?;
-                                let p = lake.engine.compile(&e, &b.schema(), "the dataset's class")?;
-                                *guard = Some((b.schema(), p.clone()));
-                                p
-                            }
-                        };
+                        let phys = class_expr.get(&b.schema(), || {
+                            lake.engine.compile_sql(sql, &b.schema(), "the dataset's class")
+                        })?;
                         let v = expr::evaluate(&phys, b, "the dataset's class")?;
                         arrow::compute::cast(&v, &DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?
                     }
@@ -890,9 +846,4 @@ pub fn bytes_per_row(md: &ParquetMetaData, leaves: &[usize]) -> f64 {
 pub fn estimate_leaves(spec: &ScanSpec, md: &ParquetMetaData) -> Vec<usize> {
     spec.output_leaves(md.file_metadata().schema_descr())
         .unwrap_or_default()
-}
-
-/// Alerts of a file version per row group (from its footer), for planners.
-pub fn row_group_rows(md: &ParquetMetaData) -> Vec<u64> {
-    md.row_groups().iter().map(|r| r.num_rows() as u64).collect()
 }

@@ -20,6 +20,7 @@ use arrow::array::RecordBatch;
 use arrow::ipc::CompressionType;
 use arrow_schema::{Schema, SchemaRef};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use serde_json::json;
 
 use astroflight_index::{ClassSpec, FileEntry, SurveyKind};
@@ -41,25 +42,16 @@ const COUNT_CONCURRENCY: usize = 4;
 /// schema (the batch holds the id columns and the columns the expression may read).
 pub fn class_spec(engine: expr::Engine, sql: &str) -> ClassSpec {
     let owned = sql.to_string();
-    let compiled: Mutex<scan::Compiled> = Mutex::new(None);
+    let compiled = expr::PerSchema::default();
     ClassSpec {
         key: owned.clone(),
         columns: expr::words(sql),
         eval: Arc::new(move |batch: &RecordBatch| {
-            let mut guard = compiled.lock().map_err(|e| e.to_string())?;
-            let phys = match &*guard {
-                Some((s, p)) if *s == batch.schema() => p.clone(),
-                _ => {
-                    let e = engine
-                        .parse(&owned, &batch.schema(), "the dataset's class")
-                        .map_err(|e| e.to_string())?;
-                    let p = engine
-                        .compile(&e, &batch.schema(), "the dataset's class")
-                        .map_err(|e| e.to_string())?;
-                    *guard = Some((batch.schema(), p.clone()));
-                    p
-                }
-            };
+            let phys = compiled
+                .get(&batch.schema(), || {
+                    engine.compile_sql(&owned, &batch.schema(), "the dataset's class")
+                })
+                .map_err(|e| e.to_string())?;
             expr::evaluate(&phys, batch, "the dataset's class").map_err(|e| e.to_string())
         }),
     }
@@ -261,38 +253,30 @@ fn check_dataset(lake: &Lake, req: &AlertsRequest) -> Result<Arc<Dataset>> {
     Ok(ds)
 }
 
-/// The scan spec of a request, with the schema from `sample`'s footer (checks the columns and
-/// type-checks the conditions against it).
-async fn spec_from_sample(
-    lake: &Arc<Lake>,
-    ds: &Arc<Dataset>,
-    req: &AlertsRequest,
-    sample: &PartFile,
-) -> Result<ScanSpec> {
-    let mut spec = ScanSpec {
+/// The scan spec of a request, shaping its output to `schema`.
+fn scan_spec(ds: &Dataset, req: &AlertsRequest, schema: SchemaRef) -> ScanSpec {
+    ScanSpec {
         kind: ds.kind,
         columns: scan::preset_columns(ds.kind, req.content, &req.columns),
         stamps: req.stamps,
         annotate: req.annotate.clone(),
         where_sql: req.where_sql(),
         class_sql: ds.class_sql.clone(),
-        schema: Arc::new(Schema::empty()),
-    };
-    let ctx = ScanCtx {
-        lake: lake.clone(),
-        ds: ds.clone(),
-        io: lake.io.clone(),
-        spec: Arc::new(ScanSpec {
-            schema: Arc::new(Schema::empty()),
-            columns: spec.columns.clone(),
-            annotate: spec.annotate.clone(),
-            where_sql: spec.where_sql.clone(),
-            class_sql: spec.class_sql.clone(),
-            ..spec
-        }),
-    };
-    let md = ctx.footer(sample).await?;
-    spec.schema = scan::output_schema(&spec.columns, &spec, &md)?;
+        schema,
+    }
+}
+
+/// The scan spec of a request with the schema from `sample`'s footer (checks the columns and
+/// type-checks the conditions against it), and that footer.
+async fn spec_from_sample(
+    lake: &Arc<Lake>,
+    ds: &Arc<Dataset>,
+    req: &AlertsRequest,
+    sample: &PartFile,
+) -> Result<(ScanSpec, ArrowReaderMetadata)> {
+    let mut spec = scan_spec(ds, req, Arc::new(Schema::empty()));
+    let md = scan::footer(lake, ds, &lake.io, sample).await?;
+    spec.schema = scan::output_schema(&spec, &md)?;
     // Type-check the whole condition (where, and the class filter) on the file's schema.
     if let Some(sql) = spec.condition_sql(&file_filter(ds, req)) {
         let e = lake.engine.parse(&sql, md.schema(), "where")?;
@@ -301,7 +285,7 @@ async fn spec_from_sample(
             .map_err(|p| Error::InvalidArgument(format!("where: no column {}", quoted(&p))))?;
         lake.engine.compile_condition(&e, md.schema(), "where")?;
     }
-    Ok(spec)
+    Ok((spec, md))
 }
 
 fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
@@ -345,14 +329,14 @@ pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool) -> Resul
         .filter(|(_, n)| *n > 0)
         .collect();
     let sample = part_file(candidates.first().map(|c| &c.0).unwrap_or(first), Vec::new());
-    let spec = Arc::new(spec_from_sample(lake, &ds, &req, &sample).await?);
+    let (spec, sample_md) = spec_from_sample(lake, &ds, &req, &sample).await?;
+    let spec = Arc::new(spec);
     let ctx = ScanCtx {
         lake: lake.clone(),
         ds: ds.clone(),
         io: lake.io.clone(),
         spec: spec.clone(),
     };
-    let sample_md = ctx.footer(&sample).await?;
     let per_row = scan::bytes_per_row(
         sample_md.metadata(),
         &scan::estimate_leaves(&spec, sample_md.metadata()),
@@ -506,15 +490,7 @@ pub fn plan_part(lake: &Arc<Lake>, part: AlertsPartRequest, command: &[u8]) -> R
     let ds = check_dataset(lake, &part.request)?;
     let schema = decode_schema(&part.schema)?;
     let req = part.request;
-    let spec = Arc::new(ScanSpec {
-        kind: ds.kind,
-        columns: scan::preset_columns(ds.kind, req.content, &req.columns),
-        stamps: req.stamps,
-        annotate: req.annotate.clone(),
-        where_sql: req.where_sql(),
-        class_sql: ds.class_sql.clone(),
-        schema: schema.clone(),
-    });
+    let spec = Arc::new(scan_spec(&ds, &req, schema));
     let est_rows = part.rows.or(part.limit).unwrap_or(0);
     Ok(AlertsPlan {
         schema_ipc: part.schema,
