@@ -23,6 +23,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use astroflight_proto::{CutoutRequest, Selector, StampFormat, StampKind};
 
+pub mod transfer;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid server address {0:?}: use grpc://host:port")]

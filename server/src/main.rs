@@ -108,6 +108,74 @@ enum Cmd {
         #[arg(short = 'o', long, default_value = ".")]
         out: PathBuf,
     },
+    /// Pull an alert batch query into a folder of parquet files: endpoints in parallel, with a
+    /// progress bar, resumable (re-run the same command to finish an interrupted transfer).
+    Transfer(TransferArgs),
+}
+
+#[derive(clap::Args)]
+struct TransferArgs {
+    #[arg(long, default_value = "grpc://127.0.0.1:8815")]
+    server: String,
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Nights: 2019-09-03, 2019-09-03..2019-09-05 (inclusive), or a comma-separated list.
+    #[arg(long)]
+    nights: Option<String>,
+    /// Start of the time window (a night or a UTC instant; instead of --nights).
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the time window (a night is included whole; an instant is excluded).
+    #[arg(long)]
+    to: Option<String>,
+    /// A class to keep (repeatable).
+    #[arg(long = "class")]
+    classes: Vec<String>,
+    /// Conditions, Fink style: SQL, `;` or newline separated (repeatable; all must hold).
+    #[arg(long = "where")]
+    conditions: Vec<String>,
+    /// lightcurve, cutouts, full or columns.
+    #[arg(long, default_value = "lightcurve")]
+    content: String,
+    /// Columns (comma-separated) for --content columns.
+    #[arg(long, value_delimiter = ',')]
+    columns: Vec<String>,
+    /// Stamp format: fits, gzip or array.
+    #[arg(long)]
+    stamps: Option<String>,
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Count the matching alerts exactly before pulling (reads the conditions' columns).
+    #[arg(long)]
+    exact: bool,
+    /// Arrow IPC compression of the streams: lz4 or zstd (for slow links).
+    #[arg(long)]
+    compression: Option<String>,
+    /// Output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Folders: time (YYYY/MM/DD/), class (one per class) or none.
+    #[arg(long, value_enum, default_value_t = PartitionArg::Time)]
+    partition_by: PartitionArg,
+    /// Plan only: write the plan to this file and pull nothing.
+    #[arg(long, conflicts_with = "plan")]
+    plan_out: Option<PathBuf>,
+    /// Pull a plan saved with --plan-out (the query options must then be left out).
+    #[arg(long, conflicts_with_all = ["dataset", "nights", "from", "to", "classes", "conditions", "columns", "stamps", "limit", "exact", "compression"])]
+    plan: Option<PathBuf>,
+    /// Endpoints pulled at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PartitionArg {
+    Time,
+    Class,
+    None,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -274,6 +342,7 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Cmd::Transfer(args) => transfer(args, cli_server_given()).await,
         Cmd::Cutout {
             server,
             dataset,
@@ -422,6 +491,145 @@ fn npy_f32(rows: usize, cols: usize, v: &[f32]) -> Vec<u8> {
         out.extend_from_slice(&x.to_le_bytes());
     }
     out
+}
+
+/// Whether --server was given on the command line (a saved plan keeps its own server otherwise).
+fn cli_server_given() -> bool {
+    std::env::args().any(|a| a == "--server" || a.starts_with("--server="))
+}
+
+/// The `{"alerts": {...}}` command of the transfer options.
+fn transfer_query(a: &TransferArgs) -> AnyResult<serde_json::Value> {
+    let dataset = a
+        .dataset
+        .clone()
+        .ok_or("--dataset is required (or --plan FILE to pull a saved plan)")?;
+    let mut q = serde_json::Map::new();
+    q.insert("dataset".into(), dataset.into());
+    if let Some(n) = &a.nights {
+        let nights = astroflight_client::transfer::expand_nights(n)?;
+        q.insert("nights".into(), nights.into());
+    }
+    if let Some(f) = &a.from {
+        q.insert("from".into(), f.clone().into());
+    }
+    if let Some(t) = &a.to {
+        q.insert("to".into(), t.clone().into());
+    }
+    if !a.classes.is_empty() {
+        q.insert("classes".into(), a.classes.clone().into());
+    }
+    if !a.conditions.is_empty() {
+        q.insert("where".into(), a.conditions.join("; ").into());
+    }
+    q.insert("content".into(), a.content.clone().into());
+    if !a.columns.is_empty() {
+        q.insert("columns".into(), a.columns.clone().into());
+    }
+    if let Some(s) = &a.stamps {
+        q.insert("stamps".into(), s.clone().into());
+    }
+    if let Some(l) = a.limit {
+        q.insert("limit".into(), l.into());
+    }
+    if a.exact {
+        q.insert("exact".into(), true.into());
+    }
+    if let Some(c) = &a.compression {
+        q.insert("compression".into(), c.clone().into());
+    }
+    Ok(serde_json::json!({ "alerts": q }))
+}
+
+async fn transfer(a: TransferArgs, server_given: bool) -> AnyResult<ExitCode> {
+    use astroflight_client::transfer::{self as t, PartitionBy, PullOptions, TransferPlan};
+    let partition_by = match a.partition_by {
+        PartitionArg::Time => PartitionBy::Time,
+        PartitionArg::Class => PartitionBy::Class,
+        PartitionArg::None => PartitionBy::None,
+    };
+    let out = a.out.clone();
+    if out.is_none() && a.plan_out.is_none() {
+        return Err("--out DIR is required (or --plan-out FILE to only plan)".into());
+    }
+    let saved_state = out.as_ref().map(|o| o.join(".astroflight").join("plan.json"));
+    let plan = if let Some(file) = &a.plan {
+        let plan = TransferPlan::load(file)?;
+        if partition_by != plan.partition_by && std::env::args().any(|x| x.starts_with("--partition-by")) {
+            return Err(format!(
+                "the plan {} is partitioned by {:?}; leave out --partition-by",
+                file.display(),
+                plan.partition_by
+            )
+            .into());
+        }
+        plan
+    } else {
+        let query = transfer_query(&a)?;
+        // A re-run of the same command resumes the plan saved in the folder rather than planning
+        // again (the lake may have grown; the finished endpoints are those of the first plan).
+        match saved_state.as_ref().filter(|p| p.exists()) {
+            Some(p) => {
+                let saved = TransferPlan::load(p)?;
+                let mut asked = query.clone();
+                if let Some(ann) = partition_by.annotation() {
+                    asked["alerts"]["annotate"] = serde_json::json!([ann]);
+                }
+                if saved.query != asked || saved.partition_by != partition_by {
+                    return Err(format!(
+                        "{} holds a transfer of another query ({}); use another --out, or delete it to start over",
+                        out.as_ref().map(|o| o.display().to_string()).unwrap_or_default(),
+                        saved.query
+                    )
+                    .into());
+                }
+                eprintln!("resuming the transfer planned in {}", p.display());
+                saved
+            }
+            None => TransferPlan::create(&a.server, query, partition_by).await?,
+        }
+    };
+    eprintln!("plan: {}", plan.describe());
+    if let Some(file) = &a.plan_out {
+        plan.save(file)?;
+        eprintln!(
+            "plan written to {}; pull it with: astroflight transfer --plan {} --out DIR",
+            file.display(),
+            file.display()
+        );
+        if out.is_none() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let Some(out) = out else { return Ok(ExitCode::SUCCESS) };
+    let opts = PullOptions {
+        out: out.clone(),
+        parallel: a.parallel,
+        progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        server: (a.plan.is_some() && server_given).then(|| a.server.clone()),
+    };
+    let s = t::pull(&plan, &opts).await?;
+    eprintln!(
+        "{}: {} alerts, {} received in {:.1} s ({:.0} alerts/s); {} endpoint(s) pulled, {} already done, {} failed; {} alerts in the folder",
+        out.display(),
+        t::thousands(s.rows),
+        t::human_bytes(s.bytes),
+        s.seconds,
+        s.rows as f64 / s.seconds.max(1e-9),
+        s.pulled,
+        s.skipped,
+        s.failed,
+        t::thousands(s.total_rows)
+    );
+    for e in &s.errors {
+        eprintln!("error: {e}");
+    }
+    println!("{}", serde_json::to_string(&s)?);
+    if s.failed > 0 {
+        eprintln!("re-run the same command to pull the failed endpoints (finished ones are kept)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
