@@ -12,6 +12,8 @@ its own connection to the endpoint's first advertised location, or to this serve
 concatenates them in plan order: the same rows, in the same order, as one sequential pull.
 """
 import json
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -73,27 +75,56 @@ class Client:
         return self._flight.get_flight_info(flight.FlightDescriptor.for_command(query(dataset, **q)))
 
     def _read_endpoint(self, endpoint):
-        loc = endpoint.locations[0].uri.decode() if endpoint.locations else None
-        if loc is None or loc == self.location:
-            c, own = flight.connect(self.location, **self._kwargs), True
-        else:
-            c, own = flight.connect(loc, **self._kwargs), True
+        c = self._connect_endpoint(endpoint)
         try:
             return c.do_get(endpoint.ticket).read_all()
         finally:
-            if own:
-                c.close()
+            c.close()
 
-    def iter_batches(self, dataset, **q):
-        """Yield the record batches of a query, endpoint by endpoint in plan order, while up to
-        `parallel` endpoints are pulled at once."""
+    def _connect_endpoint(self, endpoint):
+        loc = endpoint.locations[0].uri.decode() if endpoint.locations else None
+        return flight.connect(loc or self.location, **self._kwargs)
+
+    def _stream_endpoint(self, endpoint, out, cancel):
+        """Put the batches of one endpoint on the bounded queue `out` as they arrive, then None
+        (or the exception). Stops early when `cancel` is set."""
+        try:
+            c = self._connect_endpoint(endpoint)
+            try:
+                for chunk in c.do_get(endpoint.ticket):
+                    if not _put(out, chunk.data, cancel):
+                        return
+            finally:
+                c.close()
+            _put(out, None, cancel)
+        except BaseException as e:  # handed to the consumer, which raises it
+            _put(out, e, cancel)
+
+    def iter_batches(self, dataset, buffer=4, **q):
+        """Yield the record batches of a query as they arrive, endpoint by endpoint in plan order,
+        while up to `parallel` endpoints stream at once. Each endpoint keeps at most `buffer`
+        batches ahead of the consumer (then its stream waits: the server sees backpressure), so
+        memory stays bounded however large the result."""
         info = self.plan(dataset, **q)
         if not info.endpoints:
             return
-        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-            futures = [pool.submit(self._read_endpoint, e) for e in info.endpoints]
-            for f in futures:
-                yield from f.result().to_batches()
+        cancel = threading.Event()
+        queues = [queue.Queue(maxsize=buffer) for _ in info.endpoints]
+        pool = ThreadPoolExecutor(max_workers=self.parallel)
+        try:
+            for e, out in zip(info.endpoints, queues):
+                pool.submit(self._stream_endpoint, e, out, cancel)
+            for out in queues:
+                while True:
+                    item = out.get()
+                    if item is None:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+        finally:
+            cancel.set()
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def alerts(self, dataset, as_pandas=False, **q):
         """The whole result of a query as one pyarrow.Table (or a pandas DataFrame)."""
@@ -108,6 +139,17 @@ class Client:
         body = json.dumps({"dataset": dataset}).encode()
         r = next(iter(self._flight.do_action(flight.Action("classes", body))))
         return json.loads(r.body.to_pybytes())
+
+
+def _put(q, item, cancel):
+    """Put on a bounded queue unless the consumer went away; False then."""
+    while not cancel.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
 
 
 def connect(location="grpc://127.0.0.1:8815", parallel=4, **kwargs):
