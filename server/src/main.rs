@@ -74,6 +74,9 @@ enum Cmd {
         /// Rubin schema version.
         #[arg(long, value_enum, default_value_t = RubinSchema::V9_0)]
         lsst_schema: RubinSchema,
+        /// Stamp side in pixels (default: ZTF 63, Rubin 51); smaller keeps big lakes small.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        stamp_side: Option<u16>,
     },
     /// Bring the index of every configured dataset up to date (the server must not be running
     /// on the same index_dir; use the `reindex` action then).
@@ -271,6 +274,7 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             seed,
             no_page_index,
             lsst_schema,
+            stamp_side,
         } => {
             let opts = GenOptions {
                 survey: match survey {
@@ -287,6 +291,7 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
                     RubinSchema::V9_0 => LsstSchema::V9_0,
                     RubinSchema::V10_0 => LsstSchema::V10_0,
                 },
+                stamp_side: stamp_side.map(usize::from),
                 ..Default::default()
             };
             let started = std::time::Instant::now();

@@ -58,6 +58,9 @@ pub struct GenOptions {
     pub lsst_schema: LsstSchema,
     /// First night, as a Julian date at 0h UT (default 2020-01-01).
     pub first_night_jd: f64,
+    /// Side of the square stamps in pixels; None: the survey's (ZTF 63, Rubin 51). Benchmarks
+    /// shrink them to keep million-alert lakes small on disk.
+    pub stamp_side: Option<usize>,
 }
 
 impl Default for GenOptions {
@@ -72,6 +75,7 @@ impl Default for GenOptions {
             page_index: true,
             lsst_schema: LsstSchema::V9_0,
             first_night_jd: 2458849.5,
+            stamp_side: None,
         }
     }
 }
@@ -474,7 +478,10 @@ impl FileGen<'_> {
     fn stamp(&self, kind: &str, a: &Alert) -> Vec<u8> {
         let k = STAMP_KINDS.iter().position(|s| *s == kind).unwrap_or(0) as u64;
         let mut rng = Rng::new(a.seed.wrapping_mul(31).wrapping_add(k));
-        let side = if self.survey() == SurveyKind::Ztf { 63 } else { 51 };
+        let side = self
+            .opts
+            .stamp_side
+            .unwrap_or(if self.survey() == SurveyKind::Ztf { 63 } else { 51 });
         let (bkg, noise, flux) = match kind {
             "Science" => (150.0 + 50.0 * rng.f64(), 8.0, 10f64.powf((26.0 - a.mag) / 2.5)),
             "Template" => (150.0 + 50.0 * rng.f64(), 3.0, 0.0),

@@ -196,3 +196,22 @@ fn embedded_schemas_match_the_real_files() {
         );
     }
 }
+
+#[test]
+fn stamps_can_be_shrunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = generate(&GenOptions {
+        out: dir.path().into(),
+        nights: 1,
+        files_per_night: 1,
+        alerts_per_file: 4,
+        stamp_side: Some(8),
+        ..Default::default()
+    })
+    .unwrap();
+    let batch = open(&files[0].path).build().unwrap().next().unwrap().unwrap();
+    let s = batch.column_by_name("cutoutScience").unwrap().as_struct();
+    let data = s.column_by_name("stampData").unwrap().as_binary::<i32>();
+    let img = fits::decode_image(data.value(0)).unwrap();
+    assert_eq!((img.width, img.height), (8, 8));
+}
