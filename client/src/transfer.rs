@@ -376,7 +376,8 @@ fn remove_temporaries(dir: &Path) -> Result<(), TransferError> {
     Ok(())
 }
 
-/// Pull every unfinished endpoint of `plan` into `opts.out`.
+/// Pull every unfinished endpoint of `plan` into `opts.out`. Needs a multi-threaded tokio runtime
+/// (parquet encoding runs in `block_in_place`).
 pub async fn pull(plan: &TransferPlan, opts: &PullOptions) -> Result<PullSummary, TransferError> {
     let out = &opts.out;
     std::fs::create_dir_all(state_dir(out).join("done")).map_err(io(out))?;
