@@ -43,6 +43,7 @@ from pyarrow import flight
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from cutout_e2e import serve  # noqa: E402
+from memory_e2e import status_kb  # noqa: E402
 
 LC_FIELDS = ["jd", "fid", "magpsf", "sigmapsf", "diffmaglim"]
 WHERE = "candidate.magpsf > 18"
@@ -59,13 +60,6 @@ def ensure(bin_path, root, params, gen_args):
                    stdout=subprocess.DEVNULL)
     print(f"  {time.monotonic() - t0:.0f} s", flush=True)
     marker.write_text(json.dumps(params))
-
-
-def status_kb(pid, key):
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def ticket(q):

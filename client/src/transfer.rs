@@ -695,34 +695,18 @@ fn folder_keys(batch: &RecordBatch, col: &str) -> Result<Vec<String>, TransferEr
                 })
                 .collect())
         }
-        DataType::Utf8 => {
-            let s = a.as_string::<i32>();
-            Ok((0..s.len())
-                .map(|i| {
-                    if s.is_null(i) {
-                        "(null)".to_string()
-                    } else {
-                        class_folder(s.value(i))
-                    }
-                })
-                .collect())
-        }
-        DataType::LargeUtf8 => {
-            let s = a.as_string::<i64>();
-            Ok((0..s.len())
-                .map(|i| {
-                    if s.is_null(i) {
-                        "(null)".to_string()
-                    } else {
-                        class_folder(s.value(i))
-                    }
-                })
-                .collect())
-        }
+        DataType::Utf8 => Ok(class_keys(a.as_string::<i32>())),
+        DataType::LargeUtf8 => Ok(class_keys(a.as_string::<i64>())),
         other => Err(TransferError::Plan(format!(
             "column `{col}` is {other}, not a night or a class"
         ))),
     }
+}
+
+fn class_keys<O: arrow::array::OffsetSizeTrait>(s: &arrow::array::GenericStringArray<O>) -> Vec<String> {
+    s.iter()
+        .map(|v| v.map(class_folder).unwrap_or_else(|| "(null)".to_string()))
+        .collect()
 }
 
 /// A class name as one folder name: `%`, `/`, `\` and control characters are percent-encoded,
