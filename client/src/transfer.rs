@@ -381,6 +381,16 @@ fn remove_temporaries(dir: &Path) -> Result<(), TransferError> {
 pub async fn pull(plan: &TransferPlan, opts: &PullOptions) -> Result<PullSummary, TransferError> {
     let out = &opts.out;
     std::fs::create_dir_all(state_dir(out).join("done")).map_err(io(out))?;
+    // One transfer per folder at a time: a second one would delete the first one's temporary
+    // files as leftovers. The lock goes with the process (also when it is killed).
+    let lock_path = state_dir(out).join("lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    if lock.try_lock().is_err() {
+        return Err(TransferError::Plan(format!(
+            "another transfer is writing into {}; wait for it to end",
+            out.display()
+        )));
+    }
     let saved = state_dir(out).join("plan.json");
     match std::fs::metadata(&saved) {
         Ok(_) => {

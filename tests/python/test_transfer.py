@@ -1,6 +1,7 @@
 """`astroflight transfer`: a batch query pulled into a folder of parquet files, partitioned by
 night or class, resumable, from a saved plan; read back with pandas and checked against DuckDB."""
 import datetime
+import fcntl
 import json
 import pathlib
 import shutil
@@ -112,6 +113,12 @@ def test_resume_skips_finished_endpoints_and_never_keeps_half_files(binary, star
     # A third run has nothing left to do.
     _, third = transfer(binary, *args)
     assert third["pulled"] == 0 and third["skipped"] == n
+    # A second transfer into a folder being written is refused (it would take the first one's
+    # temporary files for leftovers).
+    with open(out / ".astroflight" / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        p, _ = transfer(binary, *args, check=False)
+        assert p.returncode != 0 and "another transfer" in p.stderr, p.stderr
     # Another query into the same folder is refused, not mixed in.
     p, _ = transfer(binary, "--server", s.url, "--dataset", "ztf", "--out", out, check=False)
     assert p.returncode != 0 and "another query" in p.stderr
