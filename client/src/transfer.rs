@@ -436,6 +436,9 @@ pub async fn pull(plan: &TransferPlan, opts: &PullOptions) -> Result<PullSummary
         .buffer_unordered(opts.parallel.max(1))
         .collect::<Vec<_>>()
         .await;
+    // Every pull has ended (committed endpoints have their final names): what is left under a
+    // temporary name is the half-written output of failed endpoints.
+    remove_temporaries(out)?;
     let mut failures = Vec::new();
     for (index, r) in results {
         match r {

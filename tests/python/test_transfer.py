@@ -147,6 +147,7 @@ def test_saved_plan_pulled_later_and_a_changed_file(binary, start_server, tmp_pa
     p, summary = transfer(binary, "--plan", plan, "--out", tmp_path / "later", check=False)
     assert p.returncode == 1 and summary["failed"] == 1 and summary["pulled"] == 3, p.stderr
     assert "plan again" in p.stderr
+    assert not list((tmp_path / "later").rglob("*.tmp"))  # the failed endpoint left nothing behind
     assert len(pd.read_parquet(tmp_path / "later")) == 120
 
 
