@@ -231,18 +231,37 @@ fn get_str(b: &[u8], at: &mut usize) -> Result<String> {
     String::from_utf8(s.to_vec()).map_err(|_| corrupt("file entry"))
 }
 
+/// An optional string: a 0 byte, or a 1 byte and the string.
+fn put_opt_str(v: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            v.push(1);
+            put_str(v, s);
+        }
+        None => v.push(0),
+    }
+}
+
+fn get_opt_str(b: &[u8], at: &mut usize, what: &str) -> Result<Option<String>> {
+    match b.get(*at) {
+        Some(1) => {
+            *at += 1;
+            Ok(Some(get_str(b, at)?))
+        }
+        Some(0) => {
+            *at += 1;
+            Ok(None)
+        }
+        _ => Err(corrupt(what)),
+    }
+}
+
 pub(crate) fn encode_file_entry(f: &FileEntry) -> Vec<u8> {
     let mut v = Vec::with_capacity(64 + f.path.len() + 8 * f.row_groups.len());
     v.extend_from_slice(&f.size.to_be_bytes());
     v.extend_from_slice(&f.last_modified_ms.to_be_bytes());
     put_str(&mut v, &f.path);
-    match &f.e_tag {
-        Some(e) => {
-            v.push(1);
-            put_str(&mut v, e);
-        }
-        None => v.push(0),
-    }
+    put_opt_str(&mut v, f.e_tag.as_deref());
     v.extend_from_slice(&(f.row_groups.len() as u32).to_be_bytes());
     for r in &f.row_groups {
         v.extend_from_slice(&r.to_be_bytes());
@@ -262,13 +281,7 @@ pub(crate) fn encode_file_entry(f: &FileEntry) -> Vec<u8> {
                 }
                 None => v.push(0),
             }
-            match &c.class {
-                Some(k) => {
-                    v.push(1);
-                    put_str(&mut v, k);
-                }
-                None => v.push(0),
-            }
+            put_opt_str(&mut v, c.class.as_deref());
             v.extend_from_slice(&c.rows.to_be_bytes());
         }
     }
@@ -293,17 +306,7 @@ fn decode_stats(b: &[u8], mut at: usize) -> Result<FileStats> {
             }
             _ => return Err(corrupt("file statistics")),
         };
-        let class = match b.get(at) {
-            Some(1) => {
-                at += 1;
-                Some(get_str(b, &mut at)?)
-            }
-            Some(0) => {
-                at += 1;
-                None
-            }
-            _ => return Err(corrupt("file statistics")),
-        };
+        let class = get_opt_str(b, &mut at, "file statistics")?;
         let rows = u64_at(b, at)?;
         at += 8;
         counts.push(crate::NightClass { night, class, rows });
@@ -316,17 +319,7 @@ pub(crate) fn decode_file_entry(file_id: u64, b: &[u8]) -> Result<FileEntry> {
     let last_modified_ms = u64_at(b, 8)? as i64;
     let mut at = 16;
     let path = get_str(b, &mut at)?;
-    let e_tag = match b.get(at) {
-        Some(1) => {
-            at += 1;
-            Some(get_str(b, &mut at)?)
-        }
-        Some(0) => {
-            at += 1;
-            None
-        }
-        _ => return Err(corrupt("file entry")),
-    };
+    let e_tag = get_opt_str(b, &mut at, "file entry")?;
     let n = u32_at(b, at)? as usize;
     at += 4;
     let row_groups = (0..n).map(|i| u64_at(b, at + 8 * i)).collect::<Result<Vec<_>>>()?;
