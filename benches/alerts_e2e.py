@@ -20,13 +20,19 @@ Measured:
 * time to the first batch of a one-shot DoGet of that query, and GetFlightInfo latency;
 * peak server RSS (sampled VmRSS) while --slow-readers clients read the lightcurve endpoints
   slowly (a pause after every batch) for --slow-seconds;
-* `full` content on the `stamps` lake: GB/s of Arrow data received; `cutouts` with
-  `stamps: "array"`: stamps/s (three per alert).
+* `full` content on the `stamps` lake: GB/s of Arrow data received, and the CPU seconds per GB
+  spent by the server and by the client; `cutouts` with `stamps: "array"`: stamps/s (three per
+  alert);
+* the Flight ceiling of this machine: the same `full` result (stamps as stored), held in memory by
+  a pyarrow (C++) Flight server in another process, pulled by the same client code. It has nothing
+  to read, decompress or decode, and its gRPC stack sends Arrow buffers without copying them: it
+  bounds what any Flight server can reach here when client and server share the cores.
 
-    bash benches/run_alerts_e2e.sh [--alerts 1000000] [--parallel 4] [--repeat 3]
+    bash benches/run_alerts_e2e.sh [--alerts 1000000] [--parallel 4] [--repeat 3] [--parts lightcurve,full]
 """
 import argparse
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -66,21 +72,25 @@ def ticket(q):
     return json.dumps({"alerts": q}).encode()
 
 
-def pull(url, q, parallel):
+def pull(url, q, parallel, keep=None):
     """Plan with GetFlightInfo, pull every endpoint with `parallel` readers. Returns rows, Arrow
-    bytes, seconds (plan included), endpoints."""
+    bytes, seconds (plan included), endpoints. With `keep` (a list), the batches of each endpoint
+    are appended to it, in plan order."""
     t0 = time.perf_counter()
     c = flight.connect(url)
-    info = c.get_flight_info(flight.FlightDescriptor.for_command(ticket(q)))
+    info = c.get_flight_info(flight.FlightDescriptor.for_command(q if isinstance(q, bytes) else ticket(q)))
 
     def one(e):
         cc = flight.connect(url)
         try:
             rows = nbytes = 0
+            batches = []
             for chunk in cc.do_get(e.ticket):
                 rows += chunk.data.num_rows
                 nbytes += chunk.data.nbytes
-            return rows, nbytes
+                if keep is not None:
+                    batches.append(chunk.data)
+            return rows, nbytes, batches
         finally:
             cc.close()
 
@@ -88,7 +98,79 @@ def pull(url, q, parallel):
         parts = list(pool.map(one, info.endpoints))
     dt = time.perf_counter() - t0
     c.close()
+    if keep is not None:
+        keep.extend(p[2] for p in parts)
     return sum(p[0] for p in parts), sum(p[1] for p in parts), dt, len(info.endpoints)
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far."""
+    f = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pull_with_cpu(server_pid, url, q, parallel):
+    """`pull`, plus the CPU seconds per GB (of Arrow data) of the server and of this client."""
+    s0, c0 = cpu_seconds(server_pid), os.times()
+    rows, nbytes, dt, n_ep = pull(url, q, parallel)
+    s1, c1 = cpu_seconds(server_pid), os.times()
+    gb = nbytes / 1e9
+    client = (c1.user + c1.system) - (c0.user + c0.system)
+    return rows, nbytes, dt, n_ep, (s1 - s0) / gb, client / gb
+
+
+def full_record(r):
+    rows, nbytes, dt, n_ep, server_cpu, client_cpu = r
+    return {"rows": rows, "gb": nbytes / 1e9, "s": dt, "gb_per_s": nbytes / 1e9 / dt, "endpoints": n_ep,
+            "server_cpu_s_per_gb": server_cpu, "client_cpu_s_per_gb": client_cpu}
+
+
+def serve_ipc(path):
+    """The ceiling server: every endpoint's batches (one IPC file per endpoint) read into memory,
+    served by pyarrow's Flight server; prints its port."""
+    parts = []
+    for f in sorted(pathlib.Path(path).glob("part-*.arrow")):
+        with pa.OSFile(str(f)) as src:
+            # Read (not memory-mapped): the batches live in the process's memory, as astroflight's
+            # client received them.
+            parts.append(pa.ipc.open_file(src).read_all().to_batches())
+    schema = parts[0][0].schema
+
+    class Ceiling(flight.FlightServerBase):
+        def get_flight_info(self, context, descriptor):
+            eps = [flight.FlightEndpoint(str(i).encode(), []) for i in range(len(parts))]
+            return flight.FlightInfo(schema, descriptor, eps, -1, -1)
+
+        def do_get(self, context, t):
+            return flight.RecordBatchStream(pa.Table.from_batches(parts[int(t.ticket)], schema))
+
+    server = Ceiling("grpc://127.0.0.1:0")
+    print(server.port, flush=True)
+    server.serve()
+
+
+def ceiling(url, q, parallel, repeat, folder):
+    """Pull `q` from astroflight once, keep it, serve it from memory with pyarrow, pull that."""
+    keep = []
+    pull(url, q, parallel, keep)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("part-*.arrow"):
+        old.unlink()
+    for i, batches in enumerate(keep):
+        # The same batches as astroflight's stream: pyarrow sends each one as one message.
+        with pa.OSFile(str(folder / f"part-{i:05}.arrow"), "wb") as sink, \
+                pa.ipc.new_file(sink, batches[0].schema) as w:
+            for b in batches:
+                w.write_batch(b)
+    del keep
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-ipc", str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        r = best(lambda: pull_with_cpu(proc.pid, f"grpc://127.0.0.1:{port}", b"ceiling", parallel), repeat)[0]
+        return full_record(r)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def best(fn, repeat):
@@ -186,6 +268,8 @@ def slow_readers(proc, url, q, readers, seconds, pause):
 
 
 def main():
+    if sys.argv[1:2] == ["--serve-ipc"]:
+        return serve_ipc(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True)
     ap.add_argument("--data", type=pathlib.Path, default=pathlib.Path("bench-data"))
@@ -202,97 +286,123 @@ def main():
     ap.add_argument("--slow-readers", type=int, default=8)
     ap.add_argument("--slow-seconds", type=float, default=8.0)
     ap.add_argument("--slow-pause", type=float, default=0.05)
+    ap.add_argument("--parts", default="lightcurve,full",
+                    help="what to measure: lightcurve (the 1M-alert lake: Flight vs DuckDB vs pyarrow, first batch, "
+                         "slow readers), full (the stamps lake: full content, stamps as arrays, the Flight ceiling)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"lightcurve", "full"}:
+        sys.exit(f"--parts takes lightcurve and/or full, not {args.parts!r}")
     data = args.data.resolve() / "alerts"
     data.mkdir(parents=True, exist_ok=True)
 
     per_file = args.alerts // (args.nights * args.files_per_night)
     lc = data / "lc"
-    ensure(args.bin, lc, {"alerts": args.alerts, "nights": args.nights, "files": args.files_per_night, "side": 8},
-           ["--nights", str(args.nights), "--files-per-night", str(args.files_per_night),
-            "--alerts-per-file", str(per_file), "--stamp-side", "8", "--seed", "11"])
+    datasets = []
+    if "lightcurve" in parts:
+        ensure(args.bin, lc, {"alerts": args.alerts, "nights": args.nights, "files": args.files_per_night, "side": 8},
+               ["--nights", str(args.nights), "--files-per-night", str(args.files_per_night),
+                "--alerts-per-file", str(per_file), "--stamp-side", "8", "--seed", "11"])
+        datasets.append(("lc", lc))
     stamps = data / "stamps"
-    ensure(args.bin, stamps, {"files": args.stamp_files, "alerts_per_file": 2500},
-           ["--nights", str(args.stamp_files), "--files-per-night", "1", "--alerts-per-file", "2500", "--seed", "12"])
-    lc_files = sorted(lc.rglob("*.parquet"))
-    lake_mb = sum(f.stat().st_size for f in lc_files) / 1e6
+    if "full" in parts:
+        ensure(args.bin, stamps, {"files": args.stamp_files, "alerts_per_file": 2500},
+               ["--nights", str(args.stamp_files), "--files-per-night", "1", "--alerts-per-file", "2500",
+                "--seed", "12"])
+        datasets.append(("stamps", stamps))
 
     cfg = data / "astroflight.toml"
     cfg.write_text(f'listen = "127.0.0.1:0"\nindex_dir = "{data / "index"}"\nendpoint_bytes = {args.endpoint_bytes}\n'
-                   f'[[dataset]]\nname = "lc"\nkind = "ztf"\nroot = "{lc}"\n'
-                   f'[[dataset]]\nname = "stamps"\nkind = "ztf"\nroot = "{stamps}"\n')
+                   + "".join(f'[[dataset]]\nname = "{name}"\nkind = "ztf"\nroot = "{root}"\n' for name, root in datasets))
     t0 = time.monotonic()
     proc, url = serve(args.bin, cfg, data / "server.log", {"RUST_LOG": "warn"}, 3600)
     print(f"server ready in {time.monotonic() - t0:.0f} s (index build when the lake is new)", flush=True)
-    res = {"lake": {"alerts": per_file * len(lc_files), "files": len(lc_files), "mb": round(lake_mb)},
-           "parallel": args.parallel, "repeat": args.repeat, "endpoint_bytes": args.endpoint_bytes}
+    res = {"parallel": args.parallel, "repeat": args.repeat, "endpoint_bytes": args.endpoint_bytes}
     try:
-        q = {"dataset": "lc", "where": WHERE, "content": "lightcurve"}
-        scanned = per_file * len(lc_files)
-        rss_idle = status_kb(proc.pid, "VmRSS") / 1024
-
-        peak = [0]
-        stop = threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], status_kb(proc.pid, "VmRSS"))
-                time.sleep(0.02)
-        threading.Thread(target=sample, daemon=True).start()
-        (rows, nbytes, dt, n_ep), runs = best(lambda: pull(url, q, args.parallel), args.repeat)
-        stop.set()
-        res["flight"] = {"rows": rows, "mb": nbytes / 1e6, "s": dt, "endpoints": n_ep,
-                         "alerts_per_s": rows / dt, "scanned_alerts_per_s": scanned / dt, "mb_per_s": nbytes / 1e6 / dt,
-                         "runs_s": [r[2] for r in runs], "rss_idle_mb": rss_idle, "rss_peak_mb": peak[0] / 1024}
-        (drows, dbytes, ddt), druns = best(duckdb_query(lc_files, args.threads), args.repeat)
-        res["duckdb"] = {"rows": drows, "mb": dbytes / 1e6, "s": ddt, "alerts_per_s": drows / ddt,
-                         "mb_per_s": dbytes / 1e6 / ddt, "runs_s": [r[2] for r in druns]}
-        (prows, pbytes, pdt), pruns = best(pyarrow_query(lc), args.repeat)
-        res["pyarrow_dataset"] = {"rows": prows, "mb": pbytes / 1e6, "s": pdt, "alerts_per_s": prows / pdt,
-                                  "mb_per_s": pbytes / 1e6 / pdt, "runs_s": [r[2] for r in pruns]}
-        if not rows == drows == prows:
-            sys.exit(f"row counts differ: flight {rows}, duckdb {drows}, pyarrow {prows}")
-        fb, plan = first_batch(url, q)
-        res["first_batch_ms"] = fb * 1e3
-        res["get_flight_info_ms"] = plan * 1e3
-        res["slow_readers"] = slow_readers(proc, url, q, args.slow_readers, args.slow_seconds, args.slow_pause)
-
-        (frows, fbytes, fdt, fep), _ = best(lambda: pull(url, {"dataset": "stamps", "content": "full"}, args.parallel),
-                                            args.repeat)
-        res["full"] = {"rows": frows, "gb": fbytes / 1e9, "s": fdt, "gb_per_s": fbytes / 1e9 / fdt, "endpoints": fep}
-        (grows, gbytes, gdt, _), _ = best(
-            lambda: pull(url, {"dataset": "stamps", "content": "full", "stamps": "gzip"}, args.parallel), args.repeat)
-        res["full_gzip"] = {"rows": grows, "gb": gbytes / 1e9, "s": gdt, "gb_per_s": gbytes / 1e9 / gdt}
-        (arows, abytes, adt, aep), _ = best(
-            lambda: pull(url, {"dataset": "stamps", "content": "cutouts", "stamps": "array"}, args.parallel), args.repeat)
-        res["stamps_array"] = {"rows": arows, "stamps": 3 * arows, "s": adt, "stamps_per_s": 3 * arows / adt,
-                               "mb_per_s": abytes / 1e6 / adt}
+        if "lightcurve" in parts:
+            lightcurve(args, res, proc, url, lc, per_file)
+        if "full" in parts:
+            full(args, res, proc, url, data)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
-    f, d, p = res["flight"], res["duckdb"], res["pyarrow_dataset"]
     print()
     print(f"endpoint_bytes {args.endpoint_bytes >> 20} MiB, {args.parallel} endpoints pulled at once")
-    print(f"lake: {res['lake']['alerts']:,} alerts in {res['lake']['files']} files, {res['lake']['mb']:,} MB "
-          f"(stamps 8x8); query: lightcurve WHERE {WHERE} -> {f['rows']:,} alerts, {f['mb']:.0f} MB of Arrow")
-    print(f"{'':22}{'seconds':>9}{'alerts/s':>14}{'MB/s':>9}{'vs astroflight':>16}")
-    for name, r in [("astroflight (Flight)", f), ("DuckDB", d), ("pyarrow.dataset", p)]:
-        print(f"{name:22}{r['s']:9.2f}{r['alerts_per_s']:14,.0f}{r['mb_per_s']:9.0f}{r['s'] / f['s']:15.2f}x")
-    print(f"astroflight scanned {f['scanned_alerts_per_s']:,.0f} alerts/s in {f['endpoints']} endpoints; "
-          f"server RSS idle {f['rss_idle_mb']:.0f} MB, peak {f['rss_peak_mb']:.0f} MB during the pull")
-    print(f"first batch of a one-shot DoGet: {res['first_batch_ms']:.1f} ms; GetFlightInfo: {res['get_flight_info_ms']:.1f} ms")
-    s = res["slow_readers"]
-    print(f"{s['readers']} slow readers ({s['pause_s'] * 1e3:.0f} ms per batch, {s['seconds']:.0f} s): RSS "
-          f"{s['rss_before_mb']:.0f} MB -> peak {s['rss_peak_mb']:.0f} MB ({s['per_reader_mb']:.1f} MB per reader)")
-    print(f"full content (63x63 stamps): {res['full']['gb']:.2f} GB in {res['full']['s']:.2f} s = "
-          f"{res['full']['gb_per_s']:.2f} GB/s (stamps gunzipped to FITS, the default); with stamps as stored "
-          f"(gzip): {res['full_gzip']['gb']:.2f} GB in {res['full_gzip']['s']:.2f} s = {res['full_gzip']['gb_per_s']:.2f} GB/s")
-    print(f"stamps as arrays: {res['stamps_array']['stamps']:,} stamps in {res['stamps_array']['s']:.2f} s = "
-          f"{res['stamps_array']['stamps_per_s']:,.0f} stamps/s")
+    if "lightcurve" in parts:
+        f, d, p = res["flight"], res["duckdb"], res["pyarrow_dataset"]
+        print(f"lake: {res['lake']['alerts']:,} alerts in {res['lake']['files']} files, {res['lake']['mb']:,} MB "
+              f"(stamps 8x8); query: lightcurve WHERE {WHERE} -> {f['rows']:,} alerts, {f['mb']:.0f} MB of Arrow")
+        print(f"{'':22}{'seconds':>9}{'alerts/s':>14}{'MB/s':>9}{'vs astroflight':>16}")
+        for name, r in [("astroflight (Flight)", f), ("DuckDB", d), ("pyarrow.dataset", p)]:
+            print(f"{name:22}{r['s']:9.2f}{r['alerts_per_s']:14,.0f}{r['mb_per_s']:9.0f}{r['s'] / f['s']:15.2f}x")
+        print(f"astroflight scanned {f['scanned_alerts_per_s']:,.0f} alerts/s in {f['endpoints']} endpoints; "
+              f"server RSS idle {f['rss_idle_mb']:.0f} MB, peak {f['rss_peak_mb']:.0f} MB during the pull")
+        print(f"first batch of a one-shot DoGet: {res['first_batch_ms']:.1f} ms; "
+              f"GetFlightInfo: {res['get_flight_info_ms']:.1f} ms")
+        s = res["slow_readers"]
+        print(f"{s['readers']} slow readers ({s['pause_s'] * 1e3:.0f} ms per batch, {s['seconds']:.0f} s): RSS "
+              f"{s['rss_before_mb']:.0f} MB -> peak {s['rss_peak_mb']:.0f} MB ({s['per_reader_mb']:.1f} MB per reader)")
+    if "full" in parts:
+        print(f"full content, 63x63 stamps ({res['full']['rows']:,} alerts):")
+        print(f"{'':44}{'GB':>6}{'seconds':>9}{'GB/s':>7}{'server cpu-s/GB':>17}{'client cpu-s/GB':>17}")
+        for name, r in [("astroflight, stamps: fits (the default)", res["full"]),
+                        ("astroflight, stamps: gzip (as stored)", res["full_gzip"]),
+                        ("ceiling: pyarrow Flight server, in memory", res["ceiling"])]:
+            print(f"{name:44}{r['gb']:6.2f}{r['s']:9.2f}{r['gb_per_s']:7.2f}{r['server_cpu_s_per_gb']:17.2f}"
+                  f"{r['client_cpu_s_per_gb']:17.2f}")
+        print(f"stamps as arrays: {res['stamps_array']['stamps']:,} stamps in {res['stamps_array']['s']:.2f} s = "
+              f"{res['stamps_array']['stamps_per_s']:,.0f} stamps/s")
     out = data / "alerts_e2e.json"
     out.write_text(json.dumps(res, indent=2))
     print(f"(JSON in {out})")
+
+
+def lightcurve(args, res, proc, url, lc, per_file):
+    lc_files = sorted(lc.rglob("*.parquet"))
+    res["lake"] = {"alerts": per_file * len(lc_files), "files": len(lc_files),
+                   "mb": round(sum(f.stat().st_size for f in lc_files) / 1e6)}
+    q = {"dataset": "lc", "where": WHERE, "content": "lightcurve"}
+    scanned = per_file * len(lc_files)
+    rss_idle = status_kb(proc.pid, "VmRSS") / 1024
+
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], status_kb(proc.pid, "VmRSS"))
+            time.sleep(0.02)
+    threading.Thread(target=sample, daemon=True).start()
+    (rows, nbytes, dt, n_ep), runs = best(lambda: pull(url, q, args.parallel), args.repeat)
+    stop.set()
+    res["flight"] = {"rows": rows, "mb": nbytes / 1e6, "s": dt, "endpoints": n_ep,
+                     "alerts_per_s": rows / dt, "scanned_alerts_per_s": scanned / dt, "mb_per_s": nbytes / 1e6 / dt,
+                     "runs_s": [r[2] for r in runs], "rss_idle_mb": rss_idle, "rss_peak_mb": peak[0] / 1024}
+    (drows, dbytes, ddt), druns = best(duckdb_query(lc_files, args.threads), args.repeat)
+    res["duckdb"] = {"rows": drows, "mb": dbytes / 1e6, "s": ddt, "alerts_per_s": drows / ddt,
+                     "mb_per_s": dbytes / 1e6 / ddt, "runs_s": [r[2] for r in druns]}
+    (prows, pbytes, pdt), pruns = best(pyarrow_query(lc), args.repeat)
+    res["pyarrow_dataset"] = {"rows": prows, "mb": pbytes / 1e6, "s": pdt, "alerts_per_s": prows / pdt,
+                              "mb_per_s": pbytes / 1e6 / pdt, "runs_s": [r[2] for r in pruns]}
+    if not rows == drows == prows:
+        sys.exit(f"row counts differ: flight {rows}, duckdb {drows}, pyarrow {prows}")
+    fb, plan = first_batch(url, q)
+    res["first_batch_ms"] = fb * 1e3
+    res["get_flight_info_ms"] = plan * 1e3
+    res["slow_readers"] = slow_readers(proc, url, q, args.slow_readers, args.slow_seconds, args.slow_pause)
+
+
+def full(args, res, proc, url, data):
+    fits = {"dataset": "stamps", "content": "full"}
+    gzip = {"dataset": "stamps", "content": "full", "stamps": "gzip"}
+    res["full"] = full_record(best(lambda: pull_with_cpu(proc.pid, url, fits, args.parallel), args.repeat)[0])
+    res["full_gzip"] = full_record(best(lambda: pull_with_cpu(proc.pid, url, gzip, args.parallel), args.repeat)[0])
+    res["ceiling"] = ceiling(url, gzip, args.parallel, args.repeat, data / "ceiling")
+    (arows, abytes, adt, aep), _ = best(
+        lambda: pull(url, {"dataset": "stamps", "content": "cutouts", "stamps": "array"}, args.parallel), args.repeat)
+    res["stamps_array"] = {"rows": arows, "stamps": 3 * arows, "s": adt, "stamps_per_s": 3 * arows / adt,
+                           "mb_per_s": abytes / 1e6 / adt}
 
 
 if __name__ == "__main__":
