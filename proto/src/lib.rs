@@ -112,8 +112,9 @@ pub enum TicketError {
     Json(String),
     #[error("ticket is neither JSON (must start with '{{') nor a protobuf command packed in a google.protobuf.Any ({CUTOUT_TYPE_URL}): {0}")]
     Protobuf(String),
-    /// A Flight SQL command (an `Any` of `arrow.flight.protocol.sql`): not served yet.
-    #[error("{0} is a Flight SQL command; this server does not answer Flight SQL yet (use astroflight's JSON or protobuf commands)")]
+    /// A Flight SQL command (an `Any` of `arrow.flight.protocol.sql`) where an astroflight
+    /// command was expected (the server's Flight SQL service takes them before decoding).
+    #[error("{0} is a Flight SQL command, not an astroflight ticket; send it to the Flight SQL service as a command of its own")]
     FlightSql(String),
     #[error("invalid cutout ticket: {0}")]
     Cutout(String),

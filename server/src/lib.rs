@@ -24,6 +24,7 @@ pub mod lake;
 pub mod read;
 pub mod scan;
 pub mod service;
+pub mod sql;
 pub mod storage;
 pub mod tickets;
 

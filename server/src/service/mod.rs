@@ -45,6 +45,8 @@ const INLINE_TICKET_BYTES: usize = 16 << 10;
 
 pub struct AstroFlight {
     lake: Arc<Lake>,
+    /// Flight SQL commands (an `Any` of `arrow.flight.protocol.sql`) go here.
+    sql: crate::sql::SqlService,
     deadline: Duration,
     recent: Recent,
     next_request: AtomicU64,
@@ -68,6 +70,7 @@ impl AstroFlight {
     /// `deadline`: the longest one DoGet may take (a client's shorter `grpc-timeout` wins).
     pub fn new(lake: Arc<Lake>, deadline: Duration) -> Self {
         AstroFlight {
+            sql: crate::sql::SqlService::new(lake.clone()),
             lake,
             deadline,
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_REQUESTS))),
@@ -231,6 +234,9 @@ impl FlightService for AstroFlight {
 
     #[instrument(skip_all)]
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        if crate::sql::is_flight_sql(&request.get_ref().cmd) {
+            return FlightService::get_flight_info(&self.sql, request).await;
+        }
         let d = request.into_inner();
         let Some(cmd) = descriptor_cmd(&d)? else {
             let lake = self.lake.clone();
@@ -270,6 +276,11 @@ impl FlightService for AstroFlight {
 
     #[instrument(skip_all)]
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        if crate::sql::is_flight_sql(&request.get_ref().cmd) {
+            // The schema a Flight SQL command's FlightInfo carries (planned, nothing read).
+            let info = FlightService::get_flight_info(&self.sql, request).await?.into_inner();
+            return Ok(Response::new(SchemaResult { schema: info.schema }));
+        }
         let d = request.into_inner();
         let schema = match descriptor_cmd(&d)? {
             None => {
@@ -282,6 +293,9 @@ impl FlightService for AstroFlight {
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        if crate::sql::is_flight_sql(&request.get_ref().ticket) {
+            return FlightService::do_get(&self.sql, request).await;
+        }
         let started = Instant::now();
         let (id, deadline) = self.request_id_and_deadline(request.metadata())?;
         let deadline_at = tokio::time::Instant::from_std(started) + deadline;
@@ -356,10 +370,9 @@ impl FlightService for AstroFlight {
         Ok(Response::new(out.boxed()))
     }
 
-    async fn do_put(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented(
-            "astroflight is read-only: DoPut is not supported",
-        ))
+    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        // Only Flight SQL uses DoPut here (prepared statement parameters); the data is read-only.
+        FlightService::do_put(&self.sql, request).await
     }
 
     async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
@@ -368,6 +381,9 @@ impl FlightService for AstroFlight {
 
     #[instrument(skip_all, fields(action))]
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        if crate::sql::ACTIONS.contains(&request.get_ref().r#type.as_str()) {
+            return FlightService::do_action(&self.sql, request).await;
+        }
         let peer = request.remote_addr();
         let action = request.into_inner();
         tracing::Span::current().record("action", action.r#type.as_str());
