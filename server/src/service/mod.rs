@@ -40,6 +40,24 @@ use record::{Recent, RequestRecord, RECENT_REQUESTS};
 /// customary 4 MiB receive limit.
 pub const MAX_FLIGHT_DATA_BYTES: usize = 2 << 20;
 
+/// Batches as Flight messages of at most [`MAX_FLIGHT_DATA_BYTES`], the schema first (also for
+/// an empty stream); a failed batch ends the stream with its status.
+pub fn flight_data(
+    schema: arrow::datatypes::SchemaRef,
+    options: IpcWriteOptions,
+    batches: impl futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<FlightData, Status>> + Send + 'static {
+    FlightDataEncoderBuilder::new()
+        .with_options(options)
+        .with_schema(schema)
+        .with_max_flight_data_size(MAX_FLIGHT_DATA_BYTES)
+        .build(batches)
+        .map_err(|e| match e {
+            FlightError::Tonic(status) => *status,
+            other => Status::internal(other.to_string()),
+        })
+}
+
 /// Tickets larger than this are decoded on the blocking pool, not on a gRPC worker.
 const INLINE_TICKET_BYTES: usize = 16 << 10;
 
@@ -333,15 +351,7 @@ impl FlightService for AstroFlight {
         let options = IpcWriteOptions::default()
             .try_with_compression(compression)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let encoded = FlightDataEncoderBuilder::new()
-            .with_options(options)
-            .with_schema(schema)
-            .with_max_flight_data_size(MAX_FLIGHT_DATA_BYTES)
-            .build(batches)
-            .map_err(|e| match e {
-                FlightError::Tonic(status) => *status,
-                other => Status::internal(other.to_string()),
-            });
+        let encoded = flight_data(schema, options, batches);
         // The whole stream is bounded by the deadline: a storage read that never returns ends
         // the request with DEADLINE_EXCEEDED instead of hanging the client. The record logs
         // what the request read from storage once the stream ends (or the client goes).

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow::record_batch::RecordBatch;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfoData, XdbcTypeInfoDataBuilder};
@@ -50,7 +49,7 @@ use tonic::{Request, Response, Status, Streaming};
 use astroflight_proto::FLIGHT_SQL_TYPE_PREFIX;
 
 use crate::lake::{Dataset, Lake};
-use crate::service::MAX_FLIGHT_DATA_BYTES;
+use crate::service::flight_data;
 use crate::storage::IoStats;
 
 /// The catalog and schema every table lives in.
@@ -202,16 +201,7 @@ fn encode(
     schema: SchemaRef,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
 ) -> Response<Stream_<FlightData>> {
-    let out = FlightDataEncoderBuilder::new()
-        .with_options(IpcWriteOptions::default())
-        .with_schema(schema)
-        .with_max_flight_data_size(MAX_FLIGHT_DATA_BYTES)
-        .build(batches)
-        .map_err(|e| match e {
-            FlightError::Tonic(status) => *status,
-            other => Status::internal(other.to_string()),
-        });
-    Response::new(out.boxed())
+    Response::new(flight_data(schema, IpcWriteOptions::default(), batches).boxed())
 }
 
 fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<Response<Stream_<FlightData>>, Status> {
