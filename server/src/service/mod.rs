@@ -217,7 +217,7 @@ fn checked(batches: BoxStream<'static, Result<RecordBatch>>, planned: u64) -> Bo
     .boxed()
 }
 
-type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl FlightService for AstroFlight {

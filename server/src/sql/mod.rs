@@ -15,7 +15,6 @@
 //! schema `public`.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
@@ -49,7 +48,7 @@ use tonic::{Request, Response, Status, Streaming};
 use astroflight_proto::FLIGHT_SQL_TYPE_PREFIX;
 
 use crate::lake::{Dataset, Lake};
-use crate::service::flight_data;
+use crate::service::{flight_data, Stream as ResponseStream};
 use crate::storage::IoStats;
 
 /// The catalog and schema every table lives in.
@@ -73,8 +72,6 @@ pub const ACTIONS: &[&str] = &[
 pub fn is_flight_sql(bytes: &[u8]) -> bool {
     bytes.first() == Some(&0x0A) && Any::decode(bytes).is_ok_and(|a| a.type_url.starts_with(FLIGHT_SQL_TYPE_PREFIX))
 }
-
-type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub struct SqlService {
     lake: Arc<Lake>,
@@ -186,7 +183,7 @@ impl SqlService {
         Ok(Response::new(Self::info(&schema, any.encode_to_vec(), descriptor)?))
     }
 
-    async fn stream_query(&self, sql: &str) -> Result<Response<Stream_<FlightData>>, Status> {
+    async fn stream_query(&self, sql: &str) -> Result<Response<ResponseStream<FlightData>>, Status> {
         let df = self.plan(sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.execute_stream().await.map_err(query_error)?;
@@ -200,11 +197,13 @@ impl SqlService {
 fn encode(
     schema: SchemaRef,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
-) -> Response<Stream_<FlightData>> {
+) -> Response<ResponseStream<FlightData>> {
     Response::new(flight_data(schema, IpcWriteOptions::default(), batches).boxed())
 }
 
-fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<Response<Stream_<FlightData>>, Status> {
+fn one_batch<E: std::fmt::Display>(
+    batch: Result<RecordBatch, E>,
+) -> Result<Response<ResponseStream<FlightData>>, Status> {
     let batch = batch.map_err(internal)?;
     Ok(encode(batch.schema(), futures::stream::iter([Ok(batch)])))
 }
@@ -264,7 +263,7 @@ impl FlightSqlService for SqlService {
     async fn do_handshake(
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+    ) -> Result<Response<ResponseStream<HandshakeResponse>>, Status> {
         // The server is open (no [auth] yet): an empty handshake answers.
         let out = futures::stream::iter([Ok(HandshakeResponse::default())]);
         Ok(Response::new(out.boxed()))
@@ -554,7 +553,7 @@ fn unsupported(type_url: &str) -> Status {
 }
 
 /// An empty key listing: the lake's tables declare no keys.
-fn empty_keys() -> Result<Response<Stream_<FlightData>>, Status> {
+fn empty_keys() -> Result<Response<ResponseStream<FlightData>>, Status> {
     one_batch(Ok::<_, Status>(RecordBatch::new_empty(keys_schema())))
 }
 
