@@ -145,6 +145,19 @@ impl Location {
     }
 }
 
+/// An id the index maps to alert locations.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdKey {
+    /// ZTF `objectId`: every alert of the object.
+    ObjectId(String),
+    /// ZTF `candid`.
+    Candid(i64),
+    /// Rubin `diaSource.diaSourceId`.
+    DiaSourceId(i64),
+    /// Rubin `diaSource.diaObjectId`: every source of the object.
+    DiaObjectId(i64),
+}
+
 /// One ZTF alert in the index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZtfHit {
@@ -453,6 +466,54 @@ impl DatasetIndex {
                 .then(a.dia_source_id.cmp(&b.dia_source_id))
         });
         Ok(hits)
+    }
+
+    /// Where every committed copy of the alerts with one id is, in key order. Unlike the
+    /// lookups above, copies of one alert in several files are all kept: a SQL scan returns
+    /// every row the files hold, and uses these locations to read only those rows.
+    pub fn locations(&self, id: &IdKey) -> Result<Vec<Location>> {
+        let mut out = Vec::new();
+        match id {
+            IdKey::ObjectId(object_id) => {
+                let prefix = keys::obj_prefix(object_id);
+                for kv in self.obj.scan_prefix(&prefix) {
+                    let (k, v) = kv?;
+                    let (_, _, file_id) = keys::decode_obj_key(&k, prefix.len())?;
+                    let (row_group, row) = keys::decode_obj_value(&v)?;
+                    out.push(Location::new(file_id, row_group, row));
+                }
+            }
+            IdKey::Candid(n) | IdKey::DiaSourceId(n) => {
+                let tree = if matches!(id, IdKey::Candid(_)) {
+                    &self.candid
+                } else {
+                    &self.dia
+                };
+                // Keys: id, file id; the value starts with row group and row.
+                for kv in tree.scan_prefix(keys::i64_key(*n)) {
+                    let (k, v) = kv?;
+                    let file_id = keys::u64_at(&k, 8)?;
+                    let (row_group, row) = keys::decode_obj_value(&v)?;
+                    out.push(Location::new(file_id, row_group, row));
+                }
+            }
+            IdKey::DiaObjectId(id) => {
+                // Keys: diaObjectId, diaSourceId, file id.
+                for kv in self.diaobj.scan_prefix(keys::i64_key(*id)) {
+                    let (k, v) = kv?;
+                    let file_id = keys::u64_at(&k, 16)?;
+                    let (row_group, row, _) = keys::decode_diaobj_value(&v)?;
+                    out.push(Location::new(file_id, row_group, row));
+                }
+            }
+        }
+        let mut committed = Vec::with_capacity(out.len());
+        for l in out {
+            if self.committed(l.file_id)? {
+                committed.push(l);
+            }
+        }
+        Ok(committed)
     }
 
     /// Committed files, their alerts (counting copies) and bytes, from one catalog scan.

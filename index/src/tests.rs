@@ -140,6 +140,24 @@ async fn the_same_alert_in_two_files_is_found_once_and_survives_losing_one_copy(
             .collect::<Vec<_>>(),
         vec![10, 11]
     );
+    // The raw locations keep both copies of candid 10 (a SQL scan returns both rows).
+    let paths = |id: IdKey| -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = ix
+            .locations(&id)
+            .unwrap()
+            .iter()
+            .map(|l| (ix.file(l.file_id).unwrap().unwrap().path, l.row))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        paths(IdKey::Candid(10)),
+        vec![("raw/a.parquet".into(), 0), ("science/b.parquet".into(), 0)]
+    );
+    assert_eq!(paths(IdKey::ObjectId("ZTF1".into())).len(), 3);
+    assert_eq!(paths(IdKey::Candid(11)), vec![("raw/a.parquet".into(), 1)]);
+    assert!(paths(IdKey::Candid(12)).is_empty());
     std::fs::remove_file(d.join("raw/a.parquet")).unwrap();
     build(d, &ix).await;
     let h = ix.candid(10).unwrap().unwrap();

@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod json;
+pub mod sql;
 pub mod ticket;
 
 pub use alerts::{AlertsPartRequest, AlertsRequest, Annotation, TimeRange};

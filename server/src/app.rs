@@ -113,7 +113,7 @@ impl App {
     async fn serve(self, stop: oneshot::Receiver<()>) -> Result<()> {
         info!(addr = %self.addr, "astroflight listening");
         let indexing = self.start_indexing();
-        let service = FlightServiceServer::new(AstroFlight::new(self.lake.clone(), self.deadline))
+        let service = FlightServiceServer::new(AstroFlight::new(self.lake.clone(), self.deadline)?)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(64 << 20);
         // TCP_NODELAY on every accepted socket (tonic's own setting covers only sockets it binds

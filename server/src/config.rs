@@ -81,8 +81,54 @@ pub struct Config {
     /// connection it planned on.
     #[serde(default)]
     pub advertise: Vec<String>,
+    /// Flight SQL (the `[sql]` table).
+    #[serde(default)]
+    pub sql: SqlConfig,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
+}
+
+/// Flight SQL: how scans are split into endpoints, and the limits of one query.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// A query that scans one table with filters and projections only (no aggregate, join,
+    /// sort or limit) is split into endpoints of about this many stored (parquet) bytes of the
+    /// files and row groups it reads. Default 128 MiB.
+    #[serde(default = "default_sql_endpoint_bytes")]
+    pub endpoint_bytes: u64,
+    /// Most rows one Flight SQL stream (one endpoint) may return; past it the stream ends with
+    /// RESOURCE_EXHAUSTED. A query known in advance to return more is refused by GetFlightInfo.
+    /// 0 (the default): no limit.
+    #[serde(default)]
+    pub max_rows: u64,
+    /// Most bytes (Arrow, in memory) one Flight SQL stream may return; past it,
+    /// RESOURCE_EXHAUSTED. 0 (the default): no limit.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// Memory DataFusion may hold for all queries together (sorts, aggregates, joins); a query
+    /// that needs more spills to disk where it can, or fails with RESOURCE_EXHAUSTED. Default
+    /// 2 GiB.
+    #[serde(default = "default_sql_memory_bytes")]
+    pub memory_bytes: u64,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig {
+            endpoint_bytes: default_sql_endpoint_bytes(),
+            max_rows: 0,
+            max_bytes: 0,
+            memory_bytes: default_sql_memory_bytes(),
+        }
+    }
+}
+
+fn default_sql_endpoint_bytes() -> u64 {
+    128 << 20
+}
+fn default_sql_memory_bytes() -> u64 {
+    2 << 30
 }
 
 /// One dataset. Only `name`, `kind` and `root` are required; the rest are storage options,
@@ -310,6 +356,11 @@ impl Config {
         if self.max_ticket_alerts == 0 || self.max_ticket_bytes == 0 || self.footer_cache_bytes == 0 {
             return Err(Error::InvalidArgument(
                 "max_ticket_alerts, max_ticket_bytes and footer_cache_bytes must be positive".into(),
+            ));
+        }
+        if self.sql.endpoint_bytes == 0 || self.sql.memory_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "sql.endpoint_bytes and sql.memory_bytes must be positive".into(),
             ));
         }
         if self.endpoint_bytes == 0 {

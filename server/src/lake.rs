@@ -36,6 +36,12 @@ pub struct Dataset {
     first_build: AtomicBool,
 }
 
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dataset({})", self.name)
+    }
+}
+
 impl Dataset {
     pub fn first_build_pending(&self) -> bool {
         self.first_build.load(Ordering::Acquire)
@@ -61,6 +67,8 @@ pub struct Lake {
     pub endpoint_bytes: u64,
     /// Locations put in endpoints (empty: none).
     pub advertise: Vec<String>,
+    /// Flight SQL settings.
+    pub sql: crate::config::SqlConfig,
     index: Index,
     /// Becomes true when every dataset's first build since start has ended.
     ready: tokio::sync::watch::Sender<bool>,
@@ -144,6 +152,7 @@ impl Lake {
             engine: crate::scan::Engine::new(),
             endpoint_bytes: config.endpoint_bytes,
             advertise: config.advertise.clone(),
+            sql: config.sql.clone(),
             index,
             ready,
         })

@@ -58,6 +58,72 @@ pub fn flight_data(
         })
 }
 
+/// Endpoint `i` of a plan, with the advertised addresses as its locations. Round robin:
+/// endpoint i lists them starting at the i-th, so that clients taking the first location spread
+/// over replicas.
+pub(crate) fn endpoint(ticket: Vec<u8>, i: usize, advertise: &[String]) -> FlightEndpoint {
+    let mut e = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+    for k in 0..advertise.len() {
+        e = e.with_location(advertise[(i + k) % advertise.len()].clone());
+    }
+    e
+}
+
+/// A response stream bounded by the deadline (a storage read that never returns ends the
+/// request with DEADLINE_EXCEEDED instead of hanging the client), whose record logs what the
+/// request read from storage once the stream ends (or the client goes).
+fn guarded(
+    encoded: impl futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+    record: Arc<RequestRecord>,
+    deadline_at: tokio::time::Instant,
+    deadline: Duration,
+) -> Stream<FlightData> {
+    let out = stream::unfold(
+        (encoded, record, false),
+        move |(mut encoded, record, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match tokio::time::timeout_at(deadline_at, encoded.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => {
+                    record.finish("ok");
+                    return None;
+                }
+                Err(_) => Err(deadline_status(deadline)),
+            };
+            let failed = item.is_err();
+            if let Err(status) = &item {
+                record.finish(code_name(status.code()));
+            }
+            Some((item, (encoded, record, failed)))
+        },
+    );
+    out.boxed()
+}
+
+/// `CancelFlightInfo`: nothing runs between calls here (a FlightInfo's tickets carry the whole
+/// query, and a DoGet stops reading when its client cancels the call), so every well-formed
+/// request is answered CANCELLED at once.
+fn cancel_flight_info(body: &[u8]) -> Result<Response<Stream<arrow_flight::Result>>, Status> {
+    use prost::Message;
+    let req = arrow_flight::CancelFlightInfoRequest::decode(body).map_err(|e| {
+        Status::invalid_argument(format!(
+            "the CancelFlightInfo body is not a CancelFlightInfoRequest: {e}"
+        ))
+    })?;
+    if req.info.is_none() {
+        return Err(Status::invalid_argument(
+            "the CancelFlightInfoRequest names no FlightInfo to cancel",
+        ));
+    }
+    let result = arrow_flight::CancelFlightInfoResult::new(arrow_flight::CancelStatus::Cancelled);
+    let out = arrow_flight::Result {
+        body: result.encode_to_vec().into(),
+    };
+    Ok(Response::new(stream::iter([Ok(out)]).boxed()))
+}
+
 /// Tickets larger than this are decoded on the blocking pool, not on a gRPC worker.
 const INLINE_TICKET_BYTES: usize = 16 << 10;
 
@@ -86,14 +152,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl AstroFlight {
     /// `deadline`: the longest one DoGet may take (a client's shorter `grpc-timeout` wins).
-    pub fn new(lake: Arc<Lake>, deadline: Duration) -> Self {
-        AstroFlight {
-            sql: crate::sql::SqlService::new(lake.clone()),
+    pub fn new(lake: Arc<Lake>, deadline: Duration) -> Result<Self> {
+        Ok(AstroFlight {
+            sql: crate::sql::SqlService::new(lake.clone())?,
             lake,
             deadline,
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_REQUESTS))),
             next_request: AtomicU64::new(1),
-        }
+        })
     }
 
     /// A dataset's FlightInfo (blocking: scans the catalog).
@@ -273,15 +339,8 @@ impl FlightService for AstroFlight {
         if let Some(meta) = plan.app_metadata() {
             info = info.with_app_metadata(meta.to_string());
         }
-        let advertise = &self.lake.advertise;
         for (i, t) in plan.endpoint_tickets().into_iter().enumerate() {
-            let mut e = FlightEndpoint::new().with_ticket(Ticket::new(t));
-            // Round robin: endpoint i lists the advertised addresses starting at the i-th, so
-            // that clients taking the first location spread over replicas.
-            for k in 0..advertise.len() {
-                e = e.with_location(advertise[(i + k) % advertise.len()].clone());
-            }
-            info = info.with_endpoint(e);
+            info = info.with_endpoint(endpoint(t, i, &self.lake.advertise));
         }
         Ok(Response::new(info))
     }
@@ -310,13 +369,33 @@ impl FlightService for AstroFlight {
         Ok(Response::new(schema_result(&schema)?))
     }
 
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        if crate::sql::is_flight_sql(&request.get_ref().ticket) {
-            return FlightService::do_get(&self.sql, request).await;
-        }
+    async fn do_get(&self, mut request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let started = Instant::now();
         let (id, deadline) = self.request_id_and_deadline(request.metadata())?;
         let deadline_at = tokio::time::Instant::from_std(started) + deadline;
+        if crate::sql::is_flight_sql(&request.get_ref().ticket) {
+            // A Flight SQL ticket: the same deadline and request record as ours.
+            let span = tracing::info_span!("do_get", request = id.as_str(), dataset = "sql");
+            let record = RequestRecord {
+                id,
+                dataset: "sql".into(),
+                alerts: 0,
+                io: Arc::new(IoStats::default()),
+                started,
+                span: span.clone(),
+                outcome: Mutex::new(None),
+                recent: self.recent.clone(),
+            };
+            request
+                .extensions_mut()
+                .insert(crate::sql::RequestIo(record.io.clone()));
+            let planned = FlightService::do_get(&self.sql, request).instrument(span);
+            let encoded = match tokio::time::timeout_at(deadline_at, planned).await {
+                Ok(r) => r?.into_inner(),
+                Err(_) => return Err(deadline_status(deadline)),
+            };
+            return Ok(Response::new(guarded(encoded, Arc::new(record), deadline_at, deadline)));
+        }
         let ticket = request.into_inner().ticket;
         let span = tracing::info_span!(
             "do_get",
@@ -352,32 +431,7 @@ impl FlightService for AstroFlight {
             .try_with_compression(compression)
             .map_err(|e| Status::internal(e.to_string()))?;
         let encoded = flight_data(schema, options, batches);
-        // The whole stream is bounded by the deadline: a storage read that never returns ends
-        // the request with DEADLINE_EXCEEDED instead of hanging the client. The record logs
-        // what the request read from storage once the stream ends (or the client goes).
-        let record = Arc::new(record);
-        let out = stream::unfold(
-            (encoded, record, false),
-            move |(mut encoded, record, done)| async move {
-                if done {
-                    return None;
-                }
-                let item = match tokio::time::timeout_at(deadline_at, encoded.next()).await {
-                    Ok(Some(item)) => item,
-                    Ok(None) => {
-                        record.finish("ok");
-                        return None;
-                    }
-                    Err(_) => Err(deadline_status(deadline)),
-                };
-                let failed = item.is_err();
-                if let Err(status) = &item {
-                    record.finish(code_name(status.code()));
-                }
-                Some((item, (encoded, record, failed)))
-            },
-        );
-        Ok(Response::new(out.boxed()))
+        Ok(Response::new(guarded(encoded, Arc::new(record), deadline_at, deadline)))
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
@@ -393,6 +447,9 @@ impl FlightService for AstroFlight {
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         if crate::sql::ACTIONS.contains(&request.get_ref().r#type.as_str()) {
             return FlightService::do_action(&self.sql, request).await;
+        }
+        if request.get_ref().r#type == "CancelFlightInfo" {
+            return cancel_flight_info(&request.get_ref().body);
         }
         let peer = request.remote_addr();
         let action = request.into_inner();
@@ -442,7 +499,8 @@ impl FlightService for AstroFlight {
             }
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action {}; this server has: stats, health, reindex",
+                    "unknown action {}; this server has: stats, health, classes, reindex, CancelFlightInfo and the \
+                     Flight SQL actions",
                     crate::error::quoted(other)
                 )))
             }
@@ -470,6 +528,10 @@ impl FlightService for AstroFlight {
             (
                 "reindex",
                 "incrementally re-index every dataset now (builds never overlap); returns what changed, as JSON",
+            ),
+            (
+                "CancelFlightInfo",
+                "cancel a query planned by GetFlightInfo: always CANCELLED, as a FlightInfo holds no server state (its tickets carry the whole query) and a DoGet ends when its client cancels the call",
             ),
         ];
         let list: Vec<Result<ActionType, Status>> = actions

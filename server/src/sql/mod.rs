@@ -1,55 +1,86 @@
-//! Flight SQL over the lake (issue 9, first part): every dataset is a DataFusion table, queried
-//! through Flight SQL on the same port as the JSON tickets.
+//! Flight SQL over the lake: every dataset is a DataFusion table, queried through Flight SQL on
+//! the same port as the JSON tickets.
 //!
-//! What this part serves: `CommandStatementQuery` (planned by DataFusion, one endpoint whose
-//! ticket carries the SQL, so any replica can serve it), prepared statements without
-//! parameters (stateless handles: the handle is the SQL), `CommandGetCatalogs`,
-//! `CommandGetDbSchemas`, `CommandGetTables` (with schemas), `CommandGetTableTypes`,
-//! `CommandGetSqlInfo`, `CommandGetXdbcTypeInfo`, and empty key listings. Everything else
-//! answers UNIMPLEMENTED naming the command. Not yet: endpoint splitting of scans, the id index
-//! in the planner, parameters bound through DoPut, query limits (see the README's limits).
+//! ```text
+//!  GetFlightInfo(CommandStatementQuery | CommandPreparedStatementQuery)
+//!    ─> DataFusion plans the SQL (`?` placeholders numbered, bound parameters substituted)
+//!    ─> one table scanned with filters and projections only? split it: the files and row
+//!       groups its scan reads (after partition pruning and the id index, see `table`) go into
+//!       endpoints of about `sql.endpoint_bytes` stored bytes each
+//!    ─> else one endpoint
+//!  each endpoint: a TicketStatementQuery whose handle is a `SqlHandle` (SQL, parameters, the
+//!  slice): self-contained, so any replica serving the same lake answers it
+//!  DoGet ─> the same plan, restricted to the slice ─> limits ─> Flight data with backpressure
+//! ```
+//!
+//! Served: `CommandStatementQuery`, prepared statements (create, bind parameters through DoPut,
+//! execute, close; stateless handles), `CommandGetCatalogs`, `CommandGetDbSchemas`,
+//! `CommandGetTables` (with schemas), `CommandGetTableTypes`, `CommandGetSqlInfo`,
+//! `CommandGetXdbcTypeInfo`, and empty key listings. Everything else answers UNIMPLEMENTED
+//! naming the command. `CancelFlightInfo` is a plain Flight action (see the service).
 //!
 //! Tables: one per dataset of parquet files (a `ListingTable` over the dataset's own object
-//! store, so every backend works), with the Hive partition columns `year`, `month`, `day`
-//! (int32) when the files sit in `year=/month=/day=` folders. The catalog is `astroflight`, the
-//! schema `public`.
+//! store, so every backend works, wrapped in a [`table::LakeTable`] that uses the id index),
+//! with the Hive partition columns `year`, `month`, `day` (int32) when the files sit in
+//! `year=/month=/day=` folders. The catalog is `astroflight`, the schema `public`.
 
-use std::collections::HashMap;
+pub mod table;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
-use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfoData, XdbcTypeInfoDataBuilder};
-use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::metadata::{
+    SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
     Any, Command, CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
     CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    Nullable, ProstMessageExt, Searchable, SqlInfo, TicketStatementQuery, XdbcDataType,
 };
 use arrow_flight::{
     FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
 };
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
-use datafusion::datasource::TableProvider;
+use datafusion::datasource::physical_plan::parquet::{ParquetAccessPlan, RowGroupAccess};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::DefaultObjectStoreRegistry;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use datafusion::prelude::DataFrame;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status, Streaming};
 
+use astroflight_index::reader::FileVersion;
+use astroflight_proto::sql::{SqlFile, SqlHandle, SqlPart};
 use astroflight_proto::FLIGHT_SQL_TYPE_PREFIX;
 
 use crate::lake::{Dataset, Lake};
-use crate::service::{flight_data, Stream as ResponseStream};
-use crate::storage::IoStats;
+use crate::service::{endpoint, flight_data, Stream as ResponseStream};
+use crate::storage::{IoStats, MountedStore};
+use table::{relative_path, LakeTable};
 
 /// The catalog and schema every table lives in.
 pub const CATALOG: &str = "astroflight";
@@ -67,32 +98,56 @@ pub const ACTIONS: &[&str] = &[
     "CancelQuery",
 ];
 
+/// How long a listing of a table's files is reused (the endpoints of one query, pulled in
+/// parallel, list once). New files appear after at most this long.
+const LISTING_TTL: Duration = Duration::from_secs(5);
+
+/// Most parameter rows one DoPut may bind (a query runs with one set of parameters).
+const MAX_PARAMETER_ROWS: usize = 1;
+
 /// True when `bytes` (a command or ticket) is a Flight SQL message: a `google.protobuf.Any`
 /// (it starts with field 1, byte 0x0A; JSON starts with `{`) whose type URL is Flight SQL's.
 pub fn is_flight_sql(bytes: &[u8]) -> bool {
     bytes.first() == Some(&0x0A) && Any::decode(bytes).is_ok_and(|a| a.type_url.starts_with(FLIGHT_SQL_TYPE_PREFIX))
 }
 
+/// Put in a DoGet request's extensions by the service: the request's own I/O counters (its
+/// `stats` record).
+#[derive(Clone)]
+pub struct RequestIo(pub Arc<IoStats>);
+
 pub struct SqlService {
     lake: Arc<Lake>,
-    /// Table providers by dataset, built on first use (their schema is read from the files).
-    tables: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
+    /// Listing tables by dataset, built on first use (their schema is read from the files).
+    tables: Mutex<HashMap<String, Arc<ListingTable>>>,
+    /// Shared by every query: the memory pool, spill files, and DataFusion's caches (parquet
+    /// footers, file statistics, listings). Each query gets its own object stores (its I/O is
+    /// counted into its own record).
+    runtime: Arc<RuntimeEnv>,
     sql_info: SqlInfoData,
     xdbc: XdbcTypeInfoData,
 }
 
 impl SqlService {
-    pub fn new(lake: Arc<Lake>) -> Self {
-        SqlService {
+    pub fn new(lake: Arc<Lake>) -> crate::error::Result<Self> {
+        let caches = CacheManagerConfig::default().with_list_files_cache_ttl(Some(LISTING_TTL));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(lake.sql.memory_bytes as usize)))
+            .with_cache_manager(caches)
+            .build_arc()
+            .map_err(|e| crate::error::Error::Internal(format!("cannot set up the SQL engine: {e}")))?;
+        Ok(SqlService {
             lake,
             tables: Mutex::default(),
+            runtime,
             sql_info: sql_info(),
             xdbc: xdbc_info(),
-        }
+        })
     }
 
-    /// A session with every dataset registered as a table.
-    async fn session(&self) -> Result<SessionContext, Status> {
+    /// A session with every dataset registered as a table; reads are counted into `io` (and
+    /// the server's totals). `part`: this session serves one endpoint of a split scan.
+    async fn session(&self, io: &Arc<IoStats>, part: Option<&SqlPart>) -> Result<SessionContext, Status> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
             .with_create_default_catalog_and_schema(true)
@@ -100,26 +155,40 @@ impl SqlService {
         // As in alert conditions: identifiers are case-sensitive as written (`objectId`,
         // `diaSource.psfFlux`), not folded to lower case. Function names stay case-insensitive.
         config.options_mut().sql_parser.enable_ident_normalization = false;
-        let ctx = SessionContext::new_with_config(config);
+        let runtime = Arc::new(RuntimeEnv {
+            memory_pool: self.runtime.memory_pool.clone(),
+            disk_manager: self.runtime.disk_manager.clone(),
+            cache_manager: self.runtime.cache_manager.clone(),
+            object_store_registry: Arc::new(DefaultObjectStoreRegistry::new()),
+        });
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         for ds in self.lake.datasets() {
-            if let Some(t) = self.table(&ctx, ds).await? {
-                ctx.register_table(ds.name.as_str(), t).map_err(internal)?;
+            let store = MountedStore::new(self.lake.store_for(ds, io), &ds.name);
+            ctx.register_object_store(&dataset_url(ds)?, Arc::new(store));
+            if let Some(t) = self.listing_table(&ctx, ds).await? {
+                let part = part.filter(|p| p.table == ds.name);
+                ctx.register_table(ds.name.as_str(), Arc::new(LakeTable::new(ds.clone(), t, part)))
+                    .map_err(internal)?;
+            }
+        }
+        if let Some(p) = part {
+            if self.lake.dataset(&p.table).is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "the ticket names the table {:?}, which this server does not have",
+                    p.table
+                )));
             }
         }
         Ok(ctx)
     }
 
-    /// The table of a dataset, or None when it holds no parquet files (an avro lake).
-    async fn table(&self, ctx: &SessionContext, ds: &Dataset) -> Result<Option<Arc<dyn TableProvider>>, Status> {
-        // A host name that any dataset name maps to (URL hosts are case-folded).
-        let url = format!("astroflight-dataset-{}://lake/", ds.number);
-        let parsed = url::Url::parse(&url).map_err(internal)?;
-        ctx.register_object_store(&parsed, self.lake.store_for(ds, &Arc::new(IoStats::default())));
+    /// The listing table of a dataset, or None when it holds no parquet files (an avro lake).
+    async fn listing_table(&self, ctx: &SessionContext, ds: &Dataset) -> Result<Option<Arc<ListingTable>>, Status> {
         let mut tables = self.tables.lock().await;
         if let Some(t) = tables.get(&ds.name) {
             return Ok(Some(t.clone()));
         }
-        let table_url = ListingTableUrl::parse(&url).map_err(internal)?;
+        let table_url = ListingTableUrl::parse(format!("{}{}/", dataset_url(ds)?, ds.name)).map_err(internal)?;
         let state = ctx.state();
         // Strings and binaries as the files type them (Utf8, Binary), not DataFusion's default
         // view types, which older JDBC / Arrow Java clients cannot read.
@@ -148,50 +217,443 @@ impl SqlService {
         let config = ListingTableConfig::new(table_url)
             .with_listing_options(options)
             .with_schema(schema);
-        let t: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config).map_err(internal)?);
+        let t = Arc::new(ListingTable::try_new(config).map_err(internal)?);
         tables.insert(ds.name.clone(), t.clone());
         Ok(Some(t))
     }
 
-    /// Plan a query (read-only: no DDL, DML or SET); its errors are the client's.
-    async fn plan(&self, sql: &str) -> Result<DataFrame, Status> {
-        let ctx = self.session().await?;
+    /// Plan a handle's query (read-only: no DDL, DML or SET); its errors are the client's.
+    async fn plan(&self, ctx: &SessionContext, handle: &SqlHandle) -> Result<DataFrame, Status> {
+        let sql = number_placeholders(&handle.sql)?;
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        ctx.sql_with_options(sql, options).await.map_err(query_error)
+        let mut df = ctx.sql_with_options(&sql, options).await.map_err(query_error)?;
+        if !handle.parameters.is_empty() {
+            let values = decode_parameters(&handle.parameters)?;
+            df = df.with_param_values(values).map_err(query_error)?;
+        }
+        Ok(df)
     }
 
-    fn info(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket { ticket: ticket.into() });
-        Ok(FlightInfo::new()
-            .try_with_schema(schema)
+    /// The FlightInfo of a query: its schema, and one endpoint per slice of a split scan (or
+    /// one for the whole query).
+    async fn statement_info(&self, handle: SqlHandle, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+        let io = Arc::new(IoStats::default());
+        let ctx = self.session(&io, None).await?;
+        let df = self.plan(&ctx, &handle).await?;
+        let schema = df.schema().as_arrow().clone();
+        let split = splittable(df.logical_plan());
+        let physical = df.create_physical_plan().await.map_err(query_error)?;
+        let stats = StatisticsContext::new()
+            .compute(physical.as_ref(), &StatisticsArgs::new())
+            .map_err(query_error)?;
+        let rows = stats
+            .num_rows
+            .get_value()
+            .filter(|_| stats.num_rows.is_exact().unwrap_or(false));
+        let bytes = stats
+            .total_byte_size
+            .get_value()
+            .filter(|_| stats.total_byte_size.is_exact().unwrap_or(false));
+        let max_rows = self.lake.sql.max_rows;
+        if let Some(&n) = rows {
+            if max_rows > 0 && n as u64 > max_rows {
+                return Err(Status::resource_exhausted(format!(
+                    "the query returns {n} rows, more than this server's sql.max_rows ({max_rows}); narrow it or add \
+                     a LIMIT"
+                )));
+            }
+        }
+        let parts = match split {
+            Some(table) => {
+                let ds = self.lake.dataset(&table)?.clone();
+                slices(&ds, &physical, self.lake.sql.endpoint_bytes).await?
+            }
+            None => Vec::new(),
+        };
+        let mut handles = Vec::new();
+        if parts.is_empty() {
+            handles.push(handle);
+        } else {
+            let count = parts.len() as u32;
+            for (i, (table, files)) in parts.into_iter().enumerate() {
+                handles.push(SqlHandle {
+                    part: Some(SqlPart {
+                        table,
+                        files,
+                        index: i as u32,
+                        count,
+                    }),
+                    ..handle.clone()
+                });
+            }
+        }
+        let mut info = FlightInfo::new()
+            .try_with_schema(&schema)
             .map_err(internal)?
-            .with_endpoint(endpoint)
             .with_descriptor(descriptor)
-            .with_total_records(-1)
-            .with_total_bytes(-1))
+            .with_total_records(rows.map_or(-1, |&n| n as i64))
+            .with_total_bytes(bytes.map_or(-1, |&n| n as i64));
+        for (i, h) in handles.into_iter().enumerate() {
+            let ticket = TicketStatementQuery {
+                statement_handle: h.encode_to_vec().into(),
+            };
+            info = info.with_endpoint(endpoint(ticket.as_any().encode_to_vec(), i, &self.lake.advertise));
+        }
+        Ok(info)
     }
 
-    /// The FlightInfo of a metadata command: its ticket is the command itself.
+    /// Run a handle's query (one endpoint's slice, or all of it) and stream its result.
+    async fn stream(
+        &self,
+        handle: SqlHandle,
+        io: Arc<IoStats>,
+    ) -> Result<Response<ResponseStream<FlightData>>, Status> {
+        let ctx = self.session(&io, handle.part.as_ref()).await?;
+        let df = self.plan(&ctx, &handle).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.execute_stream().await.map_err(query_error)?;
+        let limits = Limits {
+            max_rows: self.lake.sql.max_rows,
+            max_bytes: self.lake.sql.max_bytes,
+        };
+        let batches = limits
+            .apply(batches.map_err(query_error))
+            .map_err(|s| FlightError::Tonic(Box::new(s)));
+        Ok(encode(schema, batches))
+    }
+
+    /// The FlightInfo of a metadata command: one endpoint whose ticket is the command itself.
     fn metadata_info(
         schema: SchemaRef,
         any: Any,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        Ok(Response::new(Self::info(&schema, any.encode_to_vec(), descriptor)?))
+        let info = FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(internal)?
+            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(any.encode_to_vec())))
+            .with_descriptor(descriptor)
+            .with_total_records(-1)
+            .with_total_bytes(-1);
+        Ok(Response::new(info))
     }
 
-    async fn stream_query(&self, sql: &str) -> Result<Response<ResponseStream<FlightData>>, Status> {
-        let df = self.plan(sql).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.execute_stream().await.map_err(query_error)?;
-        Ok(encode(
-            schema,
-            batches.map_err(|e| FlightError::Tonic(Box::new(query_error(e)))),
-        ))
+    /// A handle from a ticket or prepared statement; `what` names it in errors.
+    fn handle(bytes: &[u8], what: &str) -> Result<SqlHandle, Status> {
+        SqlHandle::decode_checked(bytes, what).map_err(Status::invalid_argument)
     }
+
+    /// The handle of a DoGet ticket, and the I/O counters the service gave the request.
+    fn do_get_parts(bytes: &[u8], request: &Request<Ticket>) -> Result<(SqlHandle, Arc<IoStats>), Status> {
+        let handle = Self::handle(bytes, "the statement ticket")?;
+        let io = request
+            .extensions()
+            .get::<RequestIo>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        Ok((handle, io))
+    }
+}
+
+/// The object store URL of a dataset's table (a host name that any dataset name maps to: URL
+/// hosts are case-folded). Its files are under the folder named after the dataset (see
+/// [`MountedStore`]), so that no two datasets share a path in DataFusion's caches.
+fn dataset_url(ds: &Dataset) -> Result<url::Url, Status> {
+    url::Url::parse(&format!("astroflight-dataset-{}://lake/", ds.number)).map_err(internal)
+}
+
+/// The table a query scans when it can be split into endpoints: one table, under projections,
+/// filters and aliases only. An aggregate, join, sort, limit, window, distinct, union or
+/// subquery needs every row in one place: such a query is one endpoint.
+fn splittable(plan: &LogicalPlan) -> Option<String> {
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Projection(p) => {
+                if p.expr.iter().any(has_subquery) {
+                    return None;
+                }
+                node = p.input.as_ref();
+            }
+            LogicalPlan::Filter(f) => {
+                if has_subquery(&f.predicate) {
+                    return None;
+                }
+                node = f.input.as_ref();
+            }
+            LogicalPlan::SubqueryAlias(a) => node = a.input.as_ref(),
+            LogicalPlan::TableScan(scan) if scan.fetch.is_none() => {
+                let name = scan.table_name.table().to_string();
+                let in_catalog = scan.table_name.schema().is_none_or(|s| s == SCHEMA)
+                    && scan.table_name.catalog().is_none_or(|c| c == CATALOG);
+                return in_catalog.then_some(name);
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn has_subquery(e: &Expr) -> bool {
+    e.exists(|e| {
+        Ok(matches!(
+            e,
+            Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+        ))
+    })
+    .unwrap_or(true)
+}
+
+/// One piece of a split scan: a file's row groups (or the whole file when the catalog does not
+/// know its row groups) and the stored bytes they are estimated to read.
+struct Unit {
+    file: SqlFile,
+    bytes: u64,
+}
+
+/// The slices of a split scan, each about `target` stored bytes: (table, files) per endpoint.
+/// Empty when the scan reads no file (one endpoint then answers the empty result).
+async fn slices(
+    ds: &Arc<Dataset>,
+    plan: &Arc<dyn ExecutionPlan>,
+    target: u64,
+) -> Result<Vec<(String, Vec<SqlFile>)>, Status> {
+    // The files the scan reads (a file split into byte ranges appears once).
+    let mut files: BTreeMap<String, (object_store::ObjectMeta, Option<ParquetAccessPlan>)> = BTreeMap::new();
+    let mut scans = 0;
+    let _ = plan.apply(|node| {
+        if let Some(config) = node
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|d| d.data_source().downcast_ref::<FileScanConfig>())
+        {
+            scans += 1;
+            for f in config.file_groups.iter().flat_map(|g| g.iter()) {
+                files
+                    .entry(f.object_meta.location.to_string())
+                    .or_insert_with(|| (f.object_meta.clone(), f.extension::<ParquetAccessPlan>().cloned()));
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if scans != 1 {
+        return Ok(Vec::new());
+    }
+    let index = ds.index.clone();
+    let entries: HashMap<String, astroflight_index::FileEntry> = tokio::task::spawn_blocking(move || {
+        index
+            .catalog()
+            .files()
+            .map(|v| v.into_iter().map(|e| (e.path.clone(), e)).collect())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| crate::error::Error::from(e).to_status())?;
+
+    let mut units = Vec::new();
+    for (location, (meta, access)) in files {
+        let path = relative_path(ds, &location);
+        let mut file = SqlFile {
+            path: path.clone(),
+            size: meta.size,
+            e_tag: meta.e_tag.clone(),
+            last_modified_ms: meta.last_modified.timestamp_millis(),
+            row_groups: Vec::new(),
+            row_group_count: 0,
+        };
+        let entry = entries
+            .get(&path)
+            .filter(|e| FileVersion::of_entry(e).mismatch(&meta).is_none() && !e.row_groups.is_empty());
+        let Some(e) = entry else {
+            units.push(Unit { bytes: meta.size, file });
+            continue;
+        };
+        file.row_group_count = e.row_groups.len() as u32;
+        let total_rows = e.rows().max(1);
+        // Stored bytes of each row group read, pro rata of its rows (and of the rows selected).
+        let mut rgs: Vec<(u32, u64)> = Vec::new();
+        for (g, &n) in e.row_groups.iter().enumerate() {
+            let rg_bytes = meta.size.saturating_mul(n) / total_rows;
+            let read = match access.as_ref().map(|a| &a.inner()[g]) {
+                None | Some(RowGroupAccess::Scan) => rg_bytes,
+                Some(RowGroupAccess::Skip) => continue,
+                Some(RowGroupAccess::Selection(sel)) => {
+                    (rg_bytes.saturating_mul(sel.row_count() as u64) / n.max(1)).max(1)
+                }
+            };
+            rgs.push((g as u32, read));
+        }
+        let sum: u64 = rgs.iter().map(|r| r.1).sum();
+        if sum > target && rgs.len() > 1 {
+            for (g, b) in rgs {
+                units.push(Unit {
+                    file: SqlFile {
+                        row_groups: vec![g],
+                        ..file.clone()
+                    },
+                    bytes: b,
+                });
+            }
+        } else if !rgs.is_empty() {
+            file.row_groups = rgs.iter().map(|r| r.0).collect();
+            units.push(Unit { file, bytes: sum });
+        }
+    }
+    let mut parts: Vec<(String, Vec<SqlFile>)> = Vec::new();
+    let mut bytes = 0u64;
+    for u in units {
+        match parts.last_mut() {
+            Some((_, files)) if bytes + u.bytes <= target || files.is_empty() => {
+                bytes += u.bytes;
+                // Row groups of one file next to each other in one part merge back.
+                match files.last_mut() {
+                    Some(last) if last.path == u.file.path && !last.row_groups.is_empty() => {
+                        last.row_groups.extend(u.file.row_groups)
+                    }
+                    _ => files.push(u.file),
+                }
+            }
+            _ => {
+                bytes = u.bytes;
+                parts.push((ds.name.clone(), vec![u.file]));
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// The per-stream limits of the `[sql]` configuration.
+struct Limits {
+    max_rows: u64,
+    max_bytes: u64,
+}
+
+impl Limits {
+    /// End the stream with RESOURCE_EXHAUSTED once it passes a limit (the batches before it were
+    /// sent; the status says the result is cut).
+    fn apply(
+        self,
+        batches: impl Stream<Item = Result<RecordBatch, Status>> + Send + 'static,
+    ) -> impl Stream<Item = Result<RecordBatch, Status>> + Send + 'static {
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        let mut over = false;
+        batches.map(move |b| {
+            if over {
+                return Err(Status::resource_exhausted("the stream already passed a limit"));
+            }
+            let b = b?;
+            rows += b.num_rows() as u64;
+            bytes += b.get_array_memory_size() as u64;
+            if self.max_rows > 0 && rows > self.max_rows {
+                over = true;
+                return Err(Status::resource_exhausted(format!(
+                    "the result is cut: it has more than this server's sql.max_rows ({}) rows; narrow the query or add a \
+                     LIMIT",
+                    self.max_rows
+                )));
+            }
+            if self.max_bytes > 0 && bytes > self.max_bytes {
+                over = true;
+                return Err(Status::resource_exhausted(format!(
+                    "the result is cut: it is larger than this server's sql.max_bytes ({} bytes); select fewer \
+                     columns or rows",
+                    self.max_bytes
+                )));
+            }
+            Ok(b)
+        })
+    }
+}
+
+/// `?` placeholders (JDBC, ADBC) numbered `$1`, `$2`... in order, as DataFusion binds them;
+/// `?` inside strings, quoted names and comments is left alone (the tokenizer tells).
+fn number_placeholders(sql: &str) -> Result<String, Status> {
+    if !sql.contains('?') {
+        return Ok(sql.to_string());
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| Status::invalid_argument(format!("SQL error: {e}")))?;
+    let spots: Vec<(u64, u64)> = tokens
+        .iter()
+        .filter(|t| matches!(&t.token, Token::Placeholder(p) if p == "?"))
+        .map(|t| (t.span.start.line, t.span.start.column))
+        .collect();
+    let mut out = String::with_capacity(sql.len() + spots.len() * 2);
+    let (mut line, mut column, mut next, mut n) = (1u64, 1u64, 0usize, 0usize);
+    for ch in sql.chars() {
+        if ch == '?' && spots.get(next) == Some(&(line, column)) {
+            n += 1;
+            next += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
+        }
+        if ch == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The parameter values of a handle: one row of an Arrow IPC stream.
+fn decode_parameters(bytes: &[u8]) -> Result<Vec<ScalarValue>, Status> {
+    let bad = |e: String| Status::invalid_argument(format!("the bound parameters cannot be read: {e}"));
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| bad(e.to_string()))?;
+    let mut values = None;
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        if values.is_some() || batch.num_rows() > MAX_PARAMETER_ROWS {
+            return Err(bad("a query runs with one row of parameters".into()));
+        }
+        values = Some(
+            batch
+                .columns()
+                .iter()
+                .map(|c| ScalarValue::try_from_array(c, 0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?,
+        );
+    }
+    values.ok_or_else(|| bad("no row of parameters was bound".into()))
+}
+
+/// One row of parameters as an Arrow IPC stream.
+fn encode_parameters(batch: &RecordBatch) -> Result<Vec<u8>, Status> {
+    let mut out = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &batch.schema()).map_err(internal)?;
+    w.write(batch).map_err(internal)?;
+    w.finish().map_err(internal)?;
+    drop(w);
+    Ok(out)
+}
+
+/// The parameter schema of a planned query: `$1`, `$2`... with their types where DataFusion
+/// infers them (Null where it cannot).
+fn parameter_schema(plan: &LogicalPlan) -> Result<Schema, Status> {
+    let types = plan.get_parameter_types().map_err(query_error)?;
+    let mut named: Vec<(usize, String, DataType)> = types
+        .into_iter()
+        .map(|(name, t)| {
+            let n = name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX);
+            (n, name, t.unwrap_or(DataType::Null))
+        })
+        .collect();
+    named.sort();
+    Ok(Schema::new(
+        named
+            .into_iter()
+            .map(|(_, name, t)| Field::new(name, t, true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 fn encode(
@@ -213,8 +675,14 @@ fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 /// DataFusion's planning errors are the query's: INVALID_ARGUMENT with its message. Failures
-/// while reading (a file gone, corrupt) are the server's.
+/// while reading (a file gone, corrupt) are the server's; memory past the pool is
+/// RESOURCE_EXHAUSTED; our own errors (a changed file of an endpoint) keep their kind.
 fn query_error(e: DataFusionError) -> Status {
+    if let DataFusionError::External(inner) = e.find_root() {
+        if let Some(ours) = inner.downcast_ref::<crate::error::Error>() {
+            return ours.to_status();
+        }
+    }
     match e.find_root() {
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
@@ -223,13 +691,10 @@ fn query_error(e: DataFusionError) -> Status {
         DataFusionError::ObjectStore(_) | DataFusionError::ParquetError(_) | DataFusionError::IoError(_) => {
             Status::data_loss(e.to_string())
         }
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(e.to_string()),
         DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => Status::invalid_argument(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
-}
-
-fn utf8(bytes: &[u8], what: &str) -> Result<String, Status> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| Status::invalid_argument(format!("{what} is not UTF-8 SQL")))
 }
 
 fn sql_info() -> SqlInfoData {
@@ -249,11 +714,48 @@ fn sql_info() -> SqlInfoData {
     b.build().expect("static SqlInfo is valid")
 }
 
+/// The SQL types of the lake's columns, as JDBC's `DatabaseMetaData.getTypeInfo` lists them.
 fn xdbc_info() -> XdbcTypeInfoData {
-    // Filled in with the types JDBC asks for when the JDBC client lands (issue 9 item 5).
-    XdbcTypeInfoDataBuilder::new()
-        .build()
-        .expect("empty XdbcTypeInfo is valid")
+    let t = |name: &str, data_type: XdbcDataType, size: Option<i32>, prefix: Option<&str>, radix: Option<i32>| {
+        XdbcTypeInfo {
+            type_name: name.to_string(),
+            data_type,
+            column_size: size,
+            literal_prefix: prefix.map(str::to_string),
+            literal_suffix: prefix.map(str::to_string),
+            create_params: None,
+            nullable: Nullable::NullabilityNullable,
+            case_sensitive: matches!(data_type, XdbcDataType::XdbcVarchar),
+            searchable: Searchable::Full,
+            unsigned_attribute: radix.map(|_| false),
+            fixed_prec_scale: false,
+            auto_increment: radix.map(|_| false),
+            local_type_name: Some(name.to_string()),
+            minimum_scale: None,
+            maximum_scale: None,
+            sql_data_type: data_type,
+            datetime_subcode: None,
+            num_prec_radix: radix,
+            interval_precision: None,
+        }
+    };
+    let mut b = XdbcTypeInfoDataBuilder::new();
+    for info in [
+        t("BOOLEAN", XdbcDataType::XdbcBit, Some(1), None, None),
+        t("TINYINT", XdbcDataType::XdbcTinyint, Some(3), None, Some(10)),
+        t("SMALLINT", XdbcDataType::XdbcSmallint, Some(5), None, Some(10)),
+        t("INTEGER", XdbcDataType::XdbcInteger, Some(10), None, Some(10)),
+        t("BIGINT", XdbcDataType::XdbcBigint, Some(19), None, Some(10)),
+        t("REAL", XdbcDataType::XdbcReal, Some(7), None, Some(2)),
+        t("DOUBLE", XdbcDataType::XdbcDouble, Some(15), None, Some(2)),
+        t("VARCHAR", XdbcDataType::XdbcVarchar, Some(i32::MAX), Some("'"), None),
+        t("BINARY", XdbcDataType::XdbcVarbinary, Some(i32::MAX), None, None),
+        t("DATE", XdbcDataType::XdbcDate, Some(10), Some("'"), None),
+        t("TIMESTAMP", XdbcDataType::XdbcTimestamp, Some(29), Some("'"), None),
+    ] {
+        b.append(info);
+    }
+    b.build().expect("static XdbcTypeInfo is valid")
 }
 
 #[tonic::async_trait]
@@ -274,12 +776,9 @@ impl FlightSqlService for SqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let df = self.plan(&query.query).await?;
-        let schema = df.schema().as_arrow().clone();
-        let ticket = TicketStatementQuery {
-            statement_handle: query.query.into_bytes().into(),
-        };
-        let info = Self::info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())?;
+        let info = self
+            .statement_info(SqlHandle::of_sql(query.query), request.into_inner())
+            .await?;
         Ok(Response::new(info))
     }
 
@@ -288,11 +787,8 @@ impl FlightSqlService for SqlService {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let sql = utf8(&cmd.prepared_statement_handle, "the prepared statement handle")?;
-        let df = self.plan(&sql).await?;
-        let schema = df.schema().as_arrow().clone();
-        let info = Self::info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        let handle = Self::handle(&cmd.prepared_statement_handle, "the prepared statement handle")?;
+        Ok(Response::new(self.statement_info(handle, request.into_inner()).await?))
     }
 
     async fn get_flight_info_catalogs(
@@ -378,19 +874,19 @@ impl FlightSqlService for SqlService {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let sql = utf8(&ticket.statement_handle, "the statement ticket")?;
-        self.stream_query(&sql).await
+        let (handle, io) = Self::do_get_parts(&ticket.statement_handle, &request)?;
+        self.stream(handle, io).await
     }
 
     async fn do_get_prepared_statement(
         &self,
         cmd: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let sql = utf8(&cmd.prepared_statement_handle, "the prepared statement handle")?;
-        self.stream_query(&sql).await
+        let (handle, io) = Self::do_get_parts(&cmd.prepared_statement_handle, &request)?;
+        self.stream(handle, io).await
     }
 
     async fn do_get_catalogs(
@@ -418,7 +914,7 @@ impl FlightSqlService for SqlService {
         cmd: CommandGetTables,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let ctx = self.session().await?;
+        let ctx = self.session(&Arc::new(IoStats::default()), None).await?;
         let mut b = cmd.into_builder();
         let mut names: Vec<String> = ctx
             .catalog(CATALOG)
@@ -497,21 +993,53 @@ impl FlightSqlService for SqlService {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        // Stateless: the handle is the SQL itself, so any replica can execute it.
-        let df = self.plan(&query.query).await?;
+        // Stateless: the handle carries the SQL itself, so any replica can execute it.
+        let handle = SqlHandle::of_sql(query.query);
+        let ctx = self.session(&Arc::new(IoStats::default()), None).await?;
+        let df = self.plan(&ctx, &handle).await?;
         let schema = df.schema().as_arrow().clone();
-        let dataset_schema =
-            arrow_flight::IpcMessage::try_from(arrow_flight::SchemaAsIpc::new(&schema, &IpcWriteOptions::default()))
-                .map_err(internal)?;
-        let parameters = arrow_flight::IpcMessage::try_from(arrow_flight::SchemaAsIpc::new(
-            &Schema::empty(),
-            &IpcWriteOptions::default(),
-        ))
-        .map_err(internal)?;
+        let parameters = parameter_schema(df.logical_plan())?;
+        let ipc = |s: &Schema| {
+            arrow_flight::IpcMessage::try_from(arrow_flight::SchemaAsIpc::new(s, &IpcWriteOptions::default()))
+                .map(|m| m.0)
+                .map_err(internal)
+        };
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: query.query.into_bytes().into(),
-            dataset_schema: dataset_schema.0,
-            parameter_schema: parameters.0,
+            prepared_statement_handle: handle.encode_to_vec().into(),
+            dataset_schema: ipc(&schema)?,
+            parameter_schema: ipc(&parameters)?,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        // Parameters are bound by returning a new handle that carries them (stateless).
+        let mut handle = Self::handle(&cmd.prepared_statement_handle, "the prepared statement handle")?;
+        let mut batches =
+            FlightRecordBatchStream::new_from_flight_data(request.into_inner().map_err(FlightError::from));
+        let mut row: Option<RecordBatch> = None;
+        while let Some(batch) = batches.next().await {
+            let batch =
+                batch.map_err(|e| Status::invalid_argument(format!("the bound parameters cannot be read: {e}")))?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            if row.is_some() || batch.num_rows() > MAX_PARAMETER_ROWS {
+                return Err(Status::invalid_argument(
+                    "a query runs with one row of parameters; bind one row per execution",
+                ));
+            }
+            row = Some(batch);
+        }
+        handle.parameters = match row {
+            Some(b) => encode_parameters(&b)?,
+            None => Vec::new(),
+        };
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.encode_to_vec().into()),
         })
     }
 
