@@ -138,6 +138,195 @@ def test_json_tickets_and_flight_sql_share_the_port(sql_server):
 
 
 def any_bytes(type_url, value):
-    """A google.protobuf.Any: field 1 the type URL, field 2 the value (lengths < 128)."""
-    u = type_url.encode()
-    return bytes([0x0A, len(u)]) + u + bytes([0x12, len(value)]) + value
+    """A google.protobuf.Any: field 1 the type URL, field 2 the value."""
+    return varint_field(1, type_url.encode()) + varint_field(2, value)
+
+
+@pytest.fixture(scope="module")
+def split_server(binary, sql_server):
+    """The same lake, served with small endpoints (every file, or row group, its own) and a row
+    limit per stream."""
+    from conftest import Server
+    _, d = sql_server
+    w = d / "split"
+    w.mkdir(exist_ok=True)
+    s = Server(binary, w, [("ztf", "ztf", d / "ztf"), ("lsst", "lsst", d / "lsst")],
+               top={"sql": {"endpoint_bytes": 20000, "max_rows": 250}}, name="split")
+    yield s
+    s.stop()
+
+
+def sorted_rows(t, keys):
+    return sorted(zip(*(t.column(k).to_pylist() for k in keys)))
+
+
+def test_scans_split_into_endpoints_that_readers_pull_in_parallel(sql_server, split_server):
+    """ADBC's execute_partitions + read_partition, one connection per endpoint, in parallel:
+    the union equals DuckDB on the same files."""
+    from concurrent.futures import ThreadPoolExecutor
+    _, root = sql_server
+    sql = ("SELECT objectId, candid, candidate.magpsf AS magpsf, day FROM ztf "
+           "WHERE candidate.magpsf > 17 AND day >= 1")
+    with flight_sql.connect(split_server.url) as conn, conn.cursor() as cur:
+        partitions, schema = cur.adbc_execute_partitions(sql)
+    assert len(partitions) > 1, "a scan of 6 files with 20 kB endpoints is split"
+
+    def read(p):
+        with flight_sql.connect(split_server.url) as c, c.cursor() as cur:
+            cur.adbc_read_partition(p)
+            return cur.fetch_arrow_table()
+
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(read, partitions))
+    got = pa.concat_tables(parts)
+    assert got.schema.field("candid").type == pa.int64()
+    want = duck(root, sql)
+    keys = ["objectId", "candid", "magpsf", "day"]
+    assert sorted_rows(got, keys) == sorted_rows(want, keys)
+    assert got.num_rows == want.num_rows > 0
+
+
+def test_flight_info_totals_are_exact_where_statistics_allow(split_server):
+    c = split_server.client()
+
+    def info(sql):
+        return c.get_flight_info(statement(sql))
+
+    whole = info("SELECT objectId, candid FROM ztf")
+    assert whole.total_records == 3 * 2 * 60
+    assert len(whole.endpoints) > 1
+    # Every endpoint is self-contained: pulled one by one, they add up to the whole.
+    assert sum(c.do_get(e.ticket).read_all().num_rows for e in whole.endpoints) == 360
+    assert info("SELECT objectId FROM ztf WHERE candidate.magpsf > 18").total_records == -1
+    # A query that needs all rows in one place is one endpoint.
+    assert len(info("SELECT count(*) FROM ztf").endpoints) == 1
+    assert len(info("SELECT candid FROM ztf ORDER BY candid LIMIT 3").endpoints) == 1
+    # CancelFlightInfo: nothing is held for a FlightInfo, so it is cancelled at once.
+    # (pyarrow has no cancel_flight_info: the action, with a CancelFlightInfoRequest body.)
+    r = list(c.do_action(flight.Action("CancelFlightInfo", varint_field(1, whole.serialize()))))
+    assert r[0].body.to_pybytes() == bytes([0x08, 1]), "CancelFlightInfoResult{status: CANCELLED}"
+    with pytest.raises(pa.ArrowInvalid, match="CancelFlightInfoRequest"):
+        list(c.do_action(flight.Action("CancelFlightInfo", b"\xff")))
+    c.close()
+
+
+def test_a_stream_past_max_rows_is_refused_with_a_clear_status(split_server):
+    # One endpoint of 360 rows on a server whose sql.max_rows is 250: refused by GetFlightInfo
+    # when the statistics know the count, cut while streaming when they do not (a filter).
+    for sql, words in [("SELECT candid FROM ztf ORDER BY candid", "the query returns 360 rows"),
+                       ("SELECT candid FROM ztf WHERE candidate.magpsf > 0 ORDER BY candid", "the result is cut")]:
+        with flight_sql.connect(split_server.url) as conn, conn.cursor() as cur, pytest.raises(Exception) as e:
+            cur.execute(sql)
+            cur.fetch_arrow_table()
+        msg = str(e.value)  # ADBC keeps the gRPC code in the message: "(ResourceExhausted; ...)"
+        assert "ResourceExhausted" in msg and "sql.max_rows (250)" in msg and words in msg, msg
+    # Split scans stay within the limit per endpoint.
+    with flight_sql.connect(split_server.url) as conn:
+        assert fetch(conn, "SELECT candid FROM ztf").num_rows == 360
+
+
+def ids(root, n=3):
+    t = duck(root, "SELECT objectId, candid FROM ztf ORDER BY candid")
+    objects = sorted(set(t.column("objectId").to_pylist()))[:n]
+    return objects, t.column("candid").to_pylist()[:n]
+
+
+def test_id_filters_read_through_the_index_and_explain_shows_it(sql_server, conn):
+    _, root = sql_server
+    objects, candids = ids(root)
+    in_list = ", ".join(f"'{o}'" for o in objects)
+    sql = (f"SELECT objectId, candid, candidate.magpsf AS magpsf FROM ztf WHERE objectId IN ({in_list}) "
+           "AND candidate.magpsf > 0")
+    got = fetch(conn, sql)
+    want = duck(root, sql)
+    assert sorted_rows(got, ["objectId", "candid", "magpsf"]) == sorted_rows(want, ["objectId", "candid", "magpsf"])
+    assert got.num_rows >= len(objects)
+    plan = "\n".join(fetch(conn, "EXPLAIN " + sql).column("plan").to_pylist())
+    assert "LakeScanExec: table=ztf, index=[objectId (3 ids)]" in plan, plan
+    assert "parquet access plans" in plan, plan
+    # candid, alone and combined with objectId (the conditions intersect).
+    c = fetch(conn, f"SELECT candid FROM ztf WHERE candid = {candids[1]}").column("candid").to_pylist()
+    assert c == [candids[1]]
+    both = fetch(conn, f"SELECT candid FROM ztf WHERE candid IN ({candids[0]}, {candids[1]}) "
+                       f"AND objectId = '{objects[0]}'")
+    assert sorted(both.column("candid").to_pylist()) == sorted(
+        duck(root, f"SELECT candid FROM ztf WHERE candid IN ({candids[0]}, {candids[1]}) "
+                   f"AND objectId = '{objects[0]}'").column("candid").to_pylist())
+    # An id the index does not know: no file is read, no row comes back.
+    assert fetch(conn, "SELECT candid FROM ztf WHERE objectId = 'ZTF00nothere'").num_rows == 0
+    # Rubin: the nested diaSourceId.
+    src = duck(root, "SELECT diaSource.diaSourceId AS s FROM lsst LIMIT 2").column("s").to_pylist()
+    got = fetch(conn, f"SELECT diaSource.diaSourceId AS s FROM lsst WHERE diaSource.diaSourceId IN ({src[0]}, {src[1]})")
+    assert sorted(got.column("s").to_pylist()) == sorted(src)
+    plan = "\n".join(fetch(conn, f"EXPLAIN SELECT * FROM lsst WHERE diaSource.diaSourceId = {src[0]}")
+                     .column("plan").to_pylist())
+    assert "index=[diaSource.diaSourceId (1 ids)]" in plan, plan
+
+
+def test_a_point_query_reads_what_a_cutout_reads(sql_server):
+    """The same alerts' stamps, by SQL and by a cutout ticket: the server's per-request records
+    (`stats`) show the bytes each read from storage, warm caches on both sides."""
+    s, root = sql_server
+    _, candids = ids(root, 2)
+    c = s.client()
+
+    def bytes_of(ticket, rid):
+        opts = flight.FlightCallOptions(headers=[(b"x-request-id", rid.encode())])
+        c.do_get(ticket, opts).read_all()
+        return s.request_record(rid)["bytes"]
+
+    sql = ("SELECT objectId, candid, cutoutScience, cutoutTemplate, cutoutDifference FROM ztf "
+           f"WHERE candid IN ({candids[0]}, {candids[1]})")
+    ticket = c.get_flight_info(statement(sql)).endpoints[0].ticket
+    cutout = flight.Ticket(json.dumps({"cutout": {"dataset": "ztf", "candids": candids, "format": "gzip"}}).encode())
+    bytes_of(ticket, "sql-warm")
+    bytes_of(cutout, "cutout-warm")
+    sql_bytes, cutout_bytes = bytes_of(ticket, "sql-point"), bytes_of(cutout, "cutout-point")
+    full = bytes_of(c.get_flight_info(statement(sql.split(" WHERE")[0])).endpoints[0].ticket, "sql-full")
+    print(f"\nbytes read: SQL point query {sql_bytes}, cutout {cutout_bytes}, full scan {full}")
+    # The same pages (the stamps' pages hold many rows in this small lake, so both read whole
+    # pages); a few hundred bytes of difference at most.
+    assert 0 < sql_bytes <= 1.02 * cutout_bytes, (sql_bytes, cutout_bytes)
+    assert sql_bytes * 3 < full, (sql_bytes, full)
+    c.close()
+
+
+def test_parameters_are_bound_through_do_put(sql_server, conn):
+    _, root = sql_server
+    objects, _ = ids(root, 1)
+    got = fetch(conn, "SELECT candid FROM ztf WHERE objectId = ? AND candidate.magpsf > ? ORDER BY candid",
+                (objects[0], 0.0))
+    want = duck(root, f"SELECT candid FROM ztf WHERE objectId = '{objects[0]}' AND candidate.magpsf > 0 "
+                      "ORDER BY candid")
+    assert got.column("candid").to_pylist() == want.column("candid").to_pylist() != []
+    # A `?` inside a string is text, not a parameter.
+    assert fetch(conn, "SELECT '?' AS q, candid FROM ztf WHERE objectId = ? LIMIT 1",
+                 (objects[0],)).column("q").to_pylist() == ["?"]
+
+
+def test_tickets_that_this_server_did_not_issue_are_refused(sql_server):
+    s, _ = sql_server
+    c = s.client()
+    bad = any_bytes("type.googleapis.com/arrow.flight.protocol.sql.TicketStatementQuery",
+                    bytes([0x0A, 8]) + b"SELECT 1")
+    with pytest.raises(pa.ArrowInvalid, match="not a handle this server issued"):
+        c.do_get(flight.Ticket(bad)).read_all()
+    c.close()
+
+
+def statement(sql):
+    q = sql.encode()
+    return flight.FlightDescriptor.for_command(
+        any_bytes("type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery", varint_field(1, q)))
+
+
+def varint_field(tag, value):
+    """A length-delimited protobuf field (any length)."""
+    n, out = len(value), bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([tag << 3 | 2]) + bytes(out) + value

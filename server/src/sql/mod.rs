@@ -257,15 +257,6 @@ impl SqlService {
             .total_byte_size
             .get_value()
             .filter(|_| stats.total_byte_size.is_exact().unwrap_or(false));
-        let max_rows = self.lake.sql.max_rows;
-        if let Some(&n) = rows {
-            if max_rows > 0 && n as u64 > max_rows {
-                return Err(Status::resource_exhausted(format!(
-                    "the query returns {n} rows, more than this server's sql.max_rows ({max_rows}); narrow it or add \
-                     a LIMIT"
-                )));
-            }
-        }
         let parts = match split {
             Some(table) => {
                 let ds = self.lake.dataset(&table)?.clone();
@@ -273,6 +264,17 @@ impl SqlService {
             }
             None => Vec::new(),
         };
+        // sql.max_rows bounds each stream: a query of one endpoint known to pass it is refused
+        // before anything is read.
+        let max_rows = self.lake.sql.max_rows;
+        if let (Some(&n), true) = (rows, parts.len() <= 1) {
+            if max_rows > 0 && n as u64 > max_rows {
+                return Err(Status::resource_exhausted(format!(
+                    "the query returns {n} rows, more than this server's sql.max_rows ({max_rows}) for one stream; \
+                     narrow it or add a LIMIT"
+                )));
+            }
+        }
         let mut handles = Vec::new();
         if parts.is_empty() {
             handles.push(handle);

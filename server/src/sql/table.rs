@@ -25,7 +25,7 @@ use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::datasource::listing::{ListingTable, PartitionedFile};
-use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
+use datafusion::datasource::physical_plan::parquet::{ParquetAccessPlan, RowGroupAccess};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
@@ -330,7 +330,7 @@ impl TableProvider for LakeTable {
                         let mut a = ParquetAccessPlan::new_none(e.row_groups.len());
                         for (&rg, rows) in by_rg {
                             if let Some(&n) = e.row_groups.get(rg as usize) {
-                                a.scan_selection(rg as usize, row_selection(rows, n));
+                                a.set(rg as usize, RowGroupAccess::Selection(row_selection(rows, n)));
                             }
                         }
                         indexed_rgs = Some(e.row_groups.len() as u32);
