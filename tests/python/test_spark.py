@@ -57,3 +57,40 @@ def test_spark_reads_every_endpoint_with_map_in_arrow(binary, spark, start_serve
     # An empty result: a DataFrame with the schema and no rows.
     empty = read_alerts(spark, s.url, "ztf", where="candidate.magpsf > 100")
     assert empty.count() == 0 and empty.columns == direct.schema.names
+
+
+def test_spark_data_source_reads_sql_tables_and_alert_commands(binary, spark, start_server, tmp_path):
+    """`spark.read.format("astroflight")` (Spark 4's Python data source): one partition per
+    endpoint, the schema from GetFlightInfo, exactly the rows of the direct query; mapInArrow
+    (`read_sql`) gives the same rows."""
+    from astroflight.spark import AstroflightDataSource, read_sql
+
+    lake = tmp_path / "ztf"
+    gen(binary, lake, "ztf", 3, 2, 60)
+    s = start_server([("ztf", "ztf", lake)], top={"endpoint_bytes": 15_000, "sql": {"endpoint_bytes": 20_000}})
+    spark.dataSource.register(AstroflightDataSource)
+    sql = "SELECT objectId, candid, candidate, prv_candidates, day FROM ztf WHERE candidate.magpsf > 18"
+    with astroflight.connect(s.url) as af:
+        info = af.plan_sql(sql)
+        direct = af.sql(sql)
+    df = spark.read.format("astroflight").option("location", s.url).option("sql", sql).load()
+    assert df.rdd.getNumPartitions() == len(info.endpoints) > 1
+    got = df.toArrow()
+    assert got.schema.field("candid").type == pa.int64()
+    assert pa.types.is_struct(got.schema.field("candidate").type)
+    assert pa.types.is_list(got.schema.field("prv_candidates").type)
+    key = lambda r: r["candid"]  # noqa: E731
+    assert got.num_rows == direct.num_rows == len(duck(lake, "candidate.magpsf > 18")) > 0
+    assert sorted(rows_of(got.cast(direct.schema)), key=key) == sorted(rows_of(direct), key=key)
+    mapped = read_sql(spark, s.url, sql)
+    assert mapped.rdd.getNumPartitions() == len(info.endpoints)
+    assert sorted(rows_of(mapped.toArrow().cast(direct.schema)), key=key) == sorted(rows_of(direct), key=key)
+    # A whole table, and an alert batch command.
+    table = spark.read.format("astroflight").option("location", s.url).option("table", "ztf").load()
+    assert table.count() == 3 * 2 * 60
+    q = {"where": "candidate.magpsf > 18.5", "content": "lightcurve"}
+    cmd = (spark.read.format("astroflight").option("location", s.url).option("dataset", "ztf")
+           .option("command", json.dumps(q)).load())
+    assert cmd.count() == len(duck(lake, "candidate.magpsf > 18.5"))
+    with pytest.raises(Exception, match="exactly one of the options"):
+        spark.read.format("astroflight").option("location", s.url).load().count()

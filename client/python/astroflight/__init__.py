@@ -20,7 +20,26 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import flight
 
-__all__ = ["Client", "connect", "stamps_as_numpy", "query"]
+__all__ = ["Client", "connect", "stamps_as_numpy", "query", "sql_command"]
+
+_FLIGHT_SQL = "type.googleapis.com/arrow.flight.protocol.sql."
+
+
+def _field(tag, value):
+    """A length-delimited protobuf field."""
+    n, size = len(value), bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        size.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes([tag << 3 | 2]) + bytes(size) + value
+
+
+def sql_command(sql):
+    """A Flight SQL CommandStatementQuery (packed in a google.protobuf.Any) for a plain
+    pyarrow.flight client: `client.get_flight_info(FlightDescriptor.for_command(sql_command(q)))`
+    plans the query into endpoints, whose tickets DoGet reads. (ADBC and JDBC do this for you.)"""
+    return _field(1, (_FLIGHT_SQL + "CommandStatementQuery").encode()) + _field(2, _field(1, sql.encode()))
 
 
 def query(dataset, nights=None, start=None, end=None, classes=None, where=None, content="lightcurve",
@@ -69,6 +88,10 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+
+    def plan_sql(self, sql):
+        """GetFlightInfo of a Flight SQL query: its schema and endpoints."""
+        return self._flight.get_flight_info(flight.FlightDescriptor.for_command(sql_command(sql)))
 
     def plan(self, dataset, **q):
         """GetFlightInfo of a query: schema, total_records, total_bytes and the endpoints."""
@@ -128,7 +151,13 @@ class Client:
 
     def alerts(self, dataset, as_pandas=False, **q):
         """The whole result of a query as one pyarrow.Table (or a pandas DataFrame)."""
-        info = self.plan(dataset, **q)
+        return self._pull(self.plan(dataset, **q), as_pandas)
+
+    def sql(self, query, as_pandas=False):
+        """The whole result of a Flight SQL query, every endpoint pulled in parallel."""
+        return self._pull(self.plan_sql(query), as_pandas)
+
+    def _pull(self, info, as_pandas):
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
             tables = list(pool.map(self._read_endpoint, info.endpoints))
         t = pa.concat_tables(tables) if tables else info.schema.empty_table()
