@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, Rust unit and integration tests, then the Python
 # client tests (pyarrow.flight, astropy) against the real server binary on 127.0.0.1.
-# Installs what it needs (the Python environment in .venv with moto's S3 server, Hadoop's jars
-# for MiniDFSCluster) through the project's own scripts; the storage tests start moto, a
+# Installs what it needs (the Python environment in .venv with moto's S3 server and ADBC,
+# Hadoop's jars for MiniDFSCluster, Arrow's Flight SQL JDBC driver) through the project's own
+# scripts; the storage tests start moto, a
 # MiniDFSCluster, a Range HTTP server and a fault proxy on 127.0.0.1 and stop them at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,6 +20,8 @@ step "python environment"
 venv="$(bash tests/setup_python.sh | tail -n 1)"
 step "Hadoop jars for the MiniDFSCluster launcher (Maven Central, cached)"
 bash tests/hdfs/minihdfs.sh --classpath-only
+step "the Flight SQL JDBC driver for the JDBC client test (Maven Central, cached)"
+bash tests/jdbc/jdbc.sh --classpath-only
 step "the server binary (built by cargo test for the integration tests; this is a no-op check)"
 # Not `cargo build -p astroflight-server`: selecting one package resolves features without the
 # workspace's dev-dependencies, which rebuilds every dependency (DataFusion included) a second time.
