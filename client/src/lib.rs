@@ -25,6 +25,9 @@ pub use astroflight_proto::{CutoutRequest, Selector, StampFormat, StampKind};
 
 pub mod transfer;
 
+#[cfg(feature = "datafusion")]
+pub mod datafusion;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid server address {0:?}: use grpc://host:port")]
@@ -48,22 +51,8 @@ pub struct Client {
 impl Client {
     /// `grpc://host:port` (or `http://host:port`); TLS is not supported yet.
     pub async fn connect(url: &str) -> Result<Client> {
-        let http = match url.split_once("://") {
-            Some(("grpc" | "grpc+tcp" | "http", rest)) => format!("http://{rest}"),
-            None => format!("http://{url}"),
-            _ => return Err(ClientError::Address(url.to_string())),
-        };
-        // TCP_NODELAY: a ticket is one small write; with Nagle it waits for the server's delayed
-        // ACK (~40 ms on Linux) before it leaves.
-        let endpoint = Endpoint::from_shared(http)
-            .map_err(|_| ClientError::Address(url.to_string()))?
-            .tcp_nodelay(true);
-        let channel: Channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
-            addr: url.to_string(),
-            source,
-        })?;
         Ok(Client {
-            inner: FlightClient::new(channel),
+            inner: FlightClient::new(channel(url).await?),
         })
     }
 
@@ -78,4 +67,23 @@ impl Client {
         let s = self.inner.do_action(Action::new(name, "")).await?;
         Ok(s.try_collect().await?)
     }
+}
+
+/// A gRPC channel to `grpc://host:port` (or `http://host:port`); TLS is not supported yet.
+pub async fn channel(url: &str) -> Result<Channel> {
+        let http = match url.split_once("://") {
+            Some(("grpc" | "grpc+tcp" | "http", rest)) => format!("http://{rest}"),
+            None => format!("http://{url}"),
+            _ => return Err(ClientError::Address(url.to_string())),
+        };
+        // TCP_NODELAY: a ticket is one small write; with Nagle it waits for the server's delayed
+        // ACK (~40 ms on Linux) before it leaves.
+        let endpoint = Endpoint::from_shared(http)
+            .map_err(|_| ClientError::Address(url.to_string()))?
+            .tcp_nodelay(true);
+        let channel: Channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
+            addr: url.to_string(),
+            source,
+        })?;
+    Ok(channel)
 }
