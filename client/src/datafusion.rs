@@ -33,7 +33,9 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::channel;
@@ -96,8 +98,15 @@ impl TableProvider for FlightSqlTable {
             Some(cols) => {
                 let schema = Arc::new(self.schema.project(cols)?);
                 let list: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
-                let list = if list.is_empty() { "1 AS one".to_string() } else { list.join(", ") };
-                (format!("SELECT {list} FROM ({}) AS astroflight_query", self.sql), schema)
+                let list = if list.is_empty() {
+                    "1 AS one".to_string()
+                } else {
+                    list.join(", ")
+                };
+                (
+                    format!("SELECT {list} FROM ({}) AS astroflight_query", self.sql),
+                    schema,
+                )
             }
             None => (self.sql.clone(), self.schema.clone()),
         };
@@ -168,7 +177,10 @@ impl ExecutionPlan for FlightSqlExec {
         let schema = self.schema();
         let Some(endpoint) = self.endpoints.get(partition).cloned() else {
             // A query of no endpoint has one empty partition.
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::empty(),
+            )));
         };
         // The endpoint's first location, or the server that planned it.
         let url = endpoint

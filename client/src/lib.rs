@@ -71,19 +71,19 @@ impl Client {
 
 /// A gRPC channel to `grpc://host:port` (or `http://host:port`); TLS is not supported yet.
 pub async fn channel(url: &str) -> Result<Channel> {
-        let http = match url.split_once("://") {
-            Some(("grpc" | "grpc+tcp" | "http", rest)) => format!("http://{rest}"),
-            None => format!("http://{url}"),
-            _ => return Err(ClientError::Address(url.to_string())),
-        };
-        // TCP_NODELAY: a ticket is one small write; with Nagle it waits for the server's delayed
-        // ACK (~40 ms on Linux) before it leaves.
-        let endpoint = Endpoint::from_shared(http)
-            .map_err(|_| ClientError::Address(url.to_string()))?
-            .tcp_nodelay(true);
-        let channel: Channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
-            addr: url.to_string(),
-            source,
-        })?;
+    let http = match url.split_once("://") {
+        Some(("grpc" | "grpc+tcp" | "http", rest)) => format!("http://{rest}"),
+        None => format!("http://{url}"),
+        _ => return Err(ClientError::Address(url.to_string())),
+    };
+    // TCP_NODELAY: a ticket is one small write; with Nagle it waits for the server's delayed
+    // ACK (~40 ms on Linux) before it leaves.
+    let endpoint = Endpoint::from_shared(http)
+        .map_err(|_| ClientError::Address(url.to_string()))?
+        .tcp_nodelay(true);
+    let channel: Channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
+        addr: url.to_string(),
+        source,
+    })?;
     Ok(channel)
 }

@@ -95,7 +95,10 @@ async fn datafusion_joins_astroflight_as_a_remote_table_with_a_local_one() {
         .iter()
         .flat_map(|b| {
             let col = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
-            col.as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>()
+            col.as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().to_string())
+                .collect::<Vec<_>>()
         })
         .collect();
     assert_eq!(objects.len(), 40);

@@ -24,6 +24,7 @@
 //! with the Hive partition columns `year`, `month`, `day` (int32) when the files sit in
 //! `year=/month=/day=` folders. The catalog is `astroflight`, the schema `public`.
 
+pub mod reader;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -155,6 +156,12 @@ impl SqlService {
         // As in alert conditions: identifiers are case-sensitive as written (`objectId`,
         // `diaSource.psfFlux`), not folded to lower case. Function names stay case-insensitive.
         config.options_mut().sql_parser.enable_ident_normalization = false;
+        // Table statistics are not collected: merging the footers' statistics of every column
+        // (an alert has hundreds of nested leaves) of every file costs tens of milliseconds per
+        // query, more than a point query takes. Row groups and pages are still pruned by the
+        // files' own statistics and page index when they are read, and the id index prunes
+        // files and rows.
+        config.options_mut().execution.collect_statistics = false;
         let runtime = Arc::new(RuntimeEnv {
             memory_pool: self.runtime.memory_pool.clone(),
             disk_manager: self.runtime.disk_manager.clone(),
@@ -167,7 +174,8 @@ impl SqlService {
             ctx.register_object_store(&dataset_url(ds)?, Arc::new(store));
             if let Some(t) = self.listing_table(&ctx, ds).await? {
                 let part = part.filter(|p| p.table == ds.name);
-                ctx.register_table(ds.name.as_str(), Arc::new(LakeTable::new(ds.clone(), t, part)))
+                let table = LakeTable::new(self.lake.clone(), ds.clone(), t, io.clone(), part);
+                ctx.register_table(ds.name.as_str(), Arc::new(table))
                     .map_err(internal)?;
             }
         }

@@ -22,16 +22,19 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::datasource::listing::{ListingTable, PartitionedFile};
 use datafusion::datasource::physical_plan::parquet::{ParquetAccessPlan, RowGroupAccess};
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
+use datafusion::physical_plan::projection::{make_with_child, ProjectionExec};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
@@ -42,7 +45,10 @@ use astroflight_index::{FileEntry, IdKey, SurveyKind};
 use astroflight_proto::sql::{SqlFile, SqlPart};
 
 use crate::error::Error;
-use crate::lake::Dataset;
+use crate::lake::{Dataset, Lake};
+use crate::storage::IoStats;
+
+use super::reader::LakeReaderFactory;
 
 /// A column the index maps to rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,22 +179,25 @@ pub fn id_conditions(kind: SurveyKind, filters: &[Expr]) -> Vec<IdCondition> {
 /// What the index says about a scan: for each indexed file (by path), the rows that may match,
 /// by row group. An indexed file missing here holds no matching row.
 struct IndexHits {
-    /// Committed catalog entries by path.
-    entries: HashMap<String, FileEntry>,
     /// Path -> row group -> rows.
     rows: HashMap<String, BTreeMap<u32, BTreeSet<u32>>>,
     alerts: usize,
 }
 
-/// Look the conditions up (blocking: sled). Several conditions intersect.
-fn lookup(ds: &Dataset, conditions: &[IdCondition]) -> Result<IndexHits, Error> {
-    let entries: HashMap<u64, FileEntry> = ds
+/// The dataset's committed catalog entries by path (blocking: sled).
+fn catalog(ds: &Dataset) -> Result<HashMap<String, FileEntry>, Error> {
+    Ok(ds
         .index
         .catalog()
         .files()?
         .into_iter()
-        .map(|e| (e.file_id, e))
-        .collect();
+        .map(|e| (e.path.clone(), e))
+        .collect())
+}
+
+/// Look the conditions up (blocking: sled). Several conditions intersect.
+fn lookup(ds: &Dataset, by_path: &HashMap<String, FileEntry>, conditions: &[IdCondition]) -> Result<IndexHits, Error> {
+    let entries: HashMap<u64, &FileEntry> = by_path.values().map(|e| (e.file_id, e)).collect();
     let mut matched: Option<BTreeSet<astroflight_index::Location>> = None;
     for c in conditions {
         let mut here = BTreeSet::new();
@@ -212,7 +221,6 @@ fn lookup(ds: &Dataset, conditions: &[IdCondition]) -> Result<IndexHits, Error> 
         }
     }
     Ok(IndexHits {
-        entries: entries.into_values().map(|e| (e.path.clone(), e)).collect(),
         rows,
         alerts: matched.len(),
     })
@@ -253,16 +261,31 @@ pub fn relative_path(ds: &Dataset, location: &str) -> String {
 /// and, for one endpoint of a split scan, the slice it reads.
 #[derive(Debug)]
 pub struct LakeTable {
+    pub lake: Arc<Lake>,
     pub ds: Arc<Dataset>,
     pub inner: Arc<ListingTable>,
+    /// The request's I/O counters.
+    pub io: Arc<IoStats>,
     /// The endpoint's files by path, when this session serves one endpoint.
     pub slice: Option<Arc<HashMap<String, SqlFile>>>,
 }
 
 impl LakeTable {
-    pub fn new(ds: Arc<Dataset>, inner: Arc<ListingTable>, part: Option<&SqlPart>) -> Self {
+    pub fn new(
+        lake: Arc<Lake>,
+        ds: Arc<Dataset>,
+        inner: Arc<ListingTable>,
+        io: Arc<IoStats>,
+        part: Option<&SqlPart>,
+    ) -> Self {
         let slice = part.map(|p| Arc::new(p.files.iter().map(|f| (f.path.clone(), f.clone())).collect()));
-        LakeTable { ds, inner, slice }
+        LakeTable {
+            lake,
+            ds,
+            inner,
+            io,
+            slice,
+        }
     }
 }
 
@@ -293,19 +316,26 @@ impl TableProvider for LakeTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let plan = self.inner.scan(state, projection, filters, limit).await?;
         let conditions = id_conditions(self.ds.kind, filters);
-        if conditions.is_empty() && self.slice.is_none() {
-            return Ok(plan);
-        }
-        let hits = if conditions.is_empty() {
-            None
-        } else {
-            let (ds, c) = (self.ds.clone(), conditions.clone());
-            let hits = tokio::task::spawn_blocking(move || lookup(&ds, &c))
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?
-                .map_err(external)?;
-            Some(hits)
-        };
+        let (ds, c) = (self.ds.clone(), conditions.clone());
+        let (entries, hits) = tokio::task::spawn_blocking(move || {
+            let entries = catalog(&ds)?;
+            let hits = if c.is_empty() {
+                None
+            } else {
+                Some(lookup(&ds, &entries, &c)?)
+            };
+            Ok::<_, Error>((entries, hits))
+        })
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
+        .map_err(external)?;
+        let entries = Arc::new(entries);
+        let factory = Arc::new(LakeReaderFactory {
+            lake: self.lake.clone(),
+            ds: self.ds.clone(),
+            io: self.io.clone(),
+            entries: entries.clone(),
+        });
         let mut note = LakeScanNote {
             table: self.ds.name.clone(),
             conditions: conditions
@@ -316,13 +346,13 @@ impl TableProvider for LakeTable {
             ..Default::default()
         };
         let mut seen_slice: BTreeSet<String> = BTreeSet::new();
-        let plan = rewrite_files(plan, |file| {
+        let plan = rewrite_files(plan, factory, |file| {
             note.files_listed += 1;
             let path = relative_path(&self.ds, file.object_meta.location.as_ref());
             let mut access: Option<ParquetAccessPlan> = None;
             let mut indexed_rgs: Option<u32> = None;
             if let Some(h) = &hits {
-                match h.entries.get(&path) {
+                match entries.get(&path) {
                     Some(e) if e.same_version(&file.object_meta) => {
                         let Some(by_rg) = h.rows.get(&path) else {
                             return Ok(None); // indexed, unchanged, no matching row
@@ -399,6 +429,7 @@ impl TableProvider for LakeTable {
 /// The scan's statistics become inexact.
 fn rewrite_files(
     plan: Arc<dyn ExecutionPlan>,
+    readers: Arc<LakeReaderFactory>,
     mut f: impl FnMut(&PartitionedFile) -> DfResult<Option<PartitionedFile>>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
@@ -421,10 +452,14 @@ fn rewrite_files(
             }
         }
         let statistics = config.statistics().to_inexact();
-        let new = FileScanConfigBuilder::from(config.clone())
+        let mut builder = FileScanConfigBuilder::from(config.clone())
             .with_file_groups(groups)
-            .with_statistics(statistics)
-            .build();
+            .with_statistics(statistics);
+        if let Some(parquet) = config.file_source().downcast_ref::<ParquetSource>() {
+            let source = parquet.clone().with_parquet_file_reader_factory(readers.clone());
+            builder = builder.with_source(Arc::new(source));
+        }
+        let new = builder.build();
         let exec: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(new);
         Ok(Transformed::yes(exec))
     })
@@ -522,6 +557,38 @@ impl ExecutionPlan for LakeScanExec {
 
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![true]
+    }
+
+    /// Transparent to projections: they go below, into the file scan (where `candidate.jd`
+    /// becomes a read of that one leaf, not of the whole struct).
+    fn try_swapping_with_projection(&self, projection: &ProjectionExec) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        let below = make_with_child(projection, &self.input)?;
+        Ok(Some(Arc::new(LakeScanExec::new(below, self.note.clone()))))
+    }
+
+    /// Transparent to limits: a LIMIT reaches the file scan, which stops reading early.
+    fn supports_limit_pushdown(&self) -> bool {
+        true
+    }
+
+    fn with_fetch(&self, limit: Option<usize>) -> Option<Arc<dyn ExecutionPlan>> {
+        let input = self.input.with_fetch(limit)?;
+        Some(Arc::new(LakeScanExec::new(input, self.note.clone())))
+    }
+
+    fn fetch(&self) -> Option<usize> {
+        self.input.fetch()
+    }
+
+    /// Transparent to filters pushed into the scan (row filters, dynamic filters of joins and
+    /// top-k).
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> DfResult<FilterDescription> {
+        FilterDescription::from_children(parent_filters, &self.children())
     }
 
     fn with_new_children(
