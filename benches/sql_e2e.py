@@ -111,6 +111,10 @@ def main():
     res = {"alerts": args.alerts, "files": len(files), "repeat": args.repeat, "threads": args.threads,
            "endpoint_bytes": args.endpoint_bytes}
     try:
+        # The floor of one query through ADBC (a new cursor, GetFlightInfo, DoGet): SELECT 1.
+        floor_s, _ = timed(adbc("SELECT 1"), max(args.repeat, 5))
+        res["adbc_select_1_s"] = floor_s
+
         # (a) point queries by objectId list: one object, then --ids objects.
         dataset = ds.dataset(str(lc), format="parquet", partitioning="hive")
         res["point"] = []
@@ -182,6 +186,7 @@ def main():
     print()
     print(f"lake: {args.alerts:,} alerts in {len(files)} files (one row group each), {args.threads} DuckDB threads, "
           f"best of {args.repeat}")
+    print(f"ADBC round trip of SELECT 1 (no table): {res['adbc_select_1_s'] * 1e3:.1f} ms")
     for q in p:
         print(f"(a) point query, {q['ids']} objectIds -> {q['rows']} alerts in {q['files_hit']} of {len(files)} files:")
         print(f"    astroflight (ADBC) {q['astroflight_s'] * 1e3:8.1f} ms")

@@ -211,9 +211,9 @@ def test_flight_info_totals_are_exact_where_statistics_allow(split_server):
 
 
 def test_a_stream_past_max_rows_is_refused_with_a_clear_status(split_server):
-    # One endpoint of 360 rows on a server whose sql.max_rows is 250: refused by GetFlightInfo
-    # when the statistics know the count, cut while streaming when they do not (a filter).
-    for sql, words in [("SELECT candid FROM ztf ORDER BY candid", "the query returns 360 rows"),
+    # One endpoint of 360 rows on a server whose sql.max_rows is 250: cut while streaming (a
+    # one-endpoint query whose count is known in advance is refused by GetFlightInfo instead).
+    for sql, words in [("SELECT candid FROM ztf ORDER BY candid", "the result is cut"),
                        ("SELECT candid FROM ztf WHERE candidate.magpsf > 0 ORDER BY candid", "the result is cut")]:
         with flight_sql.connect(split_server.url) as conn, conn.cursor() as cur, pytest.raises(Exception) as e:
             cur.execute(sql)

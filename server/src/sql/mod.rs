@@ -265,13 +265,17 @@ impl SqlService {
             .total_byte_size
             .get_value()
             .filter(|_| stats.total_byte_size.is_exact().unwrap_or(false));
-        let parts = match split {
-            Some(table) => {
-                let ds = self.lake.dataset(&table)?.clone();
-                slices(&ds, &physical, self.lake.sql.endpoint_bytes).await?
+        let (parts, rows) = match split {
+            Some(split) => {
+                let ds = self.lake.dataset(&split.table)?.clone();
+                let (parts, read) = slices(&ds, &physical, self.lake.sql.endpoint_bytes).await?;
+                // Without a filter, the rows are those of the row groups read (from the catalog).
+                let exact = read.filter(|_| !split.filtered).map(|n| n as usize);
+                (parts, rows.copied().or(exact))
             }
-            None => Vec::new(),
+            None => (Vec::new(), rows.copied()),
         };
+        let rows = rows.as_ref();
         // sql.max_rows bounds each stream: a query of one endpoint known to pass it is refused
         // before anything is read.
         let max_rows = self.lake.sql.max_rows;
@@ -375,11 +379,19 @@ fn dataset_url(ds: &Dataset) -> Result<url::Url, Status> {
     url::Url::parse(&format!("astroflight-dataset-{}://lake/", ds.number)).map_err(internal)
 }
 
+/// A query that can be split: the table it scans, and whether rows are filtered (else every
+/// row of the files read is a result row).
+struct Split {
+    table: String,
+    filtered: bool,
+}
+
 /// The table a query scans when it can be split into endpoints: one table, under projections,
 /// filters and aliases only. An aggregate, join, sort, limit, window, distinct, union or
 /// subquery needs every row in one place: such a query is one endpoint.
-fn splittable(plan: &LogicalPlan) -> Option<String> {
+fn splittable(plan: &LogicalPlan) -> Option<Split> {
     let mut node = plan;
+    let mut filtered = false;
     loop {
         match node {
             LogicalPlan::Projection(p) => {
@@ -392,6 +404,7 @@ fn splittable(plan: &LogicalPlan) -> Option<String> {
                 if has_subquery(&f.predicate) {
                     return None;
                 }
+                filtered = true;
                 node = f.input.as_ref();
             }
             LogicalPlan::SubqueryAlias(a) => node = a.input.as_ref(),
@@ -399,7 +412,7 @@ fn splittable(plan: &LogicalPlan) -> Option<String> {
                 let name = scan.table_name.table().to_string();
                 let in_catalog = scan.table_name.schema().is_none_or(|s| s == SCHEMA)
                     && scan.table_name.catalog().is_none_or(|c| c == CATALOG);
-                return in_catalog.then_some(name);
+                return in_catalog.then_some(Split { table: name, filtered });
             }
             _ => return None,
         }
@@ -423,13 +436,15 @@ struct Unit {
     bytes: u64,
 }
 
-/// The slices of a split scan, each about `target` stored bytes: (table, files) per endpoint.
-/// Empty when the scan reads no file (one endpoint then answers the empty result).
+/// The slices of a split scan, each about `target` stored bytes: (table, files) per endpoint,
+/// and the rows of the row groups read when the catalog knows them all (every file indexed at
+/// its current version, no row selection). Empty when the scan reads no file (one endpoint then
+/// answers the empty result).
 async fn slices(
     ds: &Arc<Dataset>,
     plan: &Arc<dyn ExecutionPlan>,
     target: u64,
-) -> Result<Vec<(String, Vec<SqlFile>)>, Status> {
+) -> Result<(Vec<(String, Vec<SqlFile>)>, Option<u64>), Status> {
     // The files the scan reads (a file split into byte ranges appears once).
     let mut files: BTreeMap<String, (object_store::ObjectMeta, Option<ParquetAccessPlan>)> = BTreeMap::new();
     let mut scans = 0;
@@ -448,7 +463,7 @@ async fn slices(
         Ok(TreeNodeRecursion::Continue)
     });
     if scans != 1 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let index = ds.index.clone();
     let entries: HashMap<String, astroflight_index::FileEntry> = tokio::task::spawn_blocking(move || {
@@ -462,6 +477,7 @@ async fn slices(
     .map_err(|e| crate::error::Error::from(e).to_status())?;
 
     let mut units = Vec::new();
+    let mut rows_read = Some(0u64);
     for (location, (meta, access)) in files {
         let path = relative_path(ds, &location);
         let mut file = SqlFile {
@@ -476,6 +492,7 @@ async fn slices(
             .get(&path)
             .filter(|e| FileVersion::of_entry(e).mismatch(&meta).is_none() && !e.row_groups.is_empty());
         let Some(e) = entry else {
+            rows_read = None;
             units.push(Unit { bytes: meta.size, file });
             continue;
         };
@@ -486,9 +503,13 @@ async fn slices(
         for (g, &n) in e.row_groups.iter().enumerate() {
             let rg_bytes = meta.size.saturating_mul(n) / total_rows;
             let read = match access.as_ref().map(|a| &a.inner()[g]) {
-                None | Some(RowGroupAccess::Scan) => rg_bytes,
+                None | Some(RowGroupAccess::Scan) => {
+                    rows_read = rows_read.map(|r| r + n);
+                    rg_bytes
+                }
                 Some(RowGroupAccess::Skip) => continue,
                 Some(RowGroupAccess::Selection(sel)) => {
+                    rows_read = None;
                     (rg_bytes.saturating_mul(sel.row_count() as u64) / n.max(1)).max(1)
                 }
             };
@@ -530,7 +551,7 @@ async fn slices(
             }
         }
     }
-    Ok(parts)
+    Ok((parts, rows_read))
 }
 
 /// The per-stream limits of the `[sql]` configuration.
