@@ -349,6 +349,14 @@ impl TableProvider for LakeTable {
         let plan = rewrite_files(plan, factory, |file| {
             note.files_listed += 1;
             let path = relative_path(&self.ds, file.object_meta.location.as_ref());
+            // An endpoint reads only its own files (each counted as seen, even when the index
+            // then finds no row in it).
+            if let Some(slice) = &self.slice {
+                if !slice.contains_key(&path) {
+                    return Ok(None);
+                }
+                seen_slice.insert(path.clone());
+            }
             let mut access: Option<ParquetAccessPlan> = None;
             let mut indexed_rgs: Option<u32> = None;
             if let Some(h) = &hits {
@@ -370,11 +378,7 @@ impl TableProvider for LakeTable {
                     _ => note.files_unindexed += 1,
                 }
             }
-            if let Some(slice) = &self.slice {
-                let Some(want) = slice.get(&path) else {
-                    return Ok(None);
-                };
-                seen_slice.insert(path.clone());
+            if let Some(want) = self.slice.as_ref().and_then(|s| s.get(&path)) {
                 let version = FileVersion {
                     size: want.size,
                     e_tag: want.e_tag.clone(),
