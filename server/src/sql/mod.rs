@@ -709,10 +709,34 @@ fn internal(e: impl std::fmt::Display) -> Status {
 /// while reading (a file gone, corrupt) are the server's; memory past the pool is
 /// RESOURCE_EXHAUSTED; our own errors (a changed file of an endpoint) keep their kind.
 fn query_error(e: DataFusionError) -> Status {
-    if let DataFusionError::External(inner) = e.find_root() {
-        if let Some(ours) = inner.downcast_ref::<crate::error::Error>() {
-            return ours.to_status();
-        }
+    // Our own errors keep their kind and message: raised by a scan (a changed file of an
+    // endpoint) or by a read through the lake's readers (a footer of another version).
+    let ours = match e.find_root() {
+        DataFusionError::External(inner) => inner.downcast_ref::<crate::error::Error>(),
+        DataFusionError::ParquetError(p) => match p.as_ref() {
+            parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<crate::error::Error>(),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(ours) = ours {
+        return ours.to_status();
+    }
+    // A versioned read found another version of its file (it was rewritten after the listing
+    // or the planning of this endpoint).
+    let store_error = match e.find_root() {
+        DataFusionError::ParquetError(p) => match p.as_ref() {
+            parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<object_store::Error>(),
+            _ => None,
+        },
+        DataFusionError::ObjectStore(os) => Some(os.as_ref()),
+        _ => None,
+    };
+    if let Some(os @ object_store::Error::Precondition { .. }) = store_error {
+        return Status::data_loss(crate::error::cut(
+            &format!("a file changed since this query was planned ({os}); run the query again"),
+            crate::error::MAX_MESSAGE_CHARS,
+        ));
     }
     match e.find_root() {
         DataFusionError::SQL(..)
