@@ -40,12 +40,6 @@ pub struct LakeReaderFactory {
     pub entries: Arc<HashMap<String, FileEntry>>,
 }
 
-impl std::fmt::Debug for Lake {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lake({} datasets)", self.datasets().count())
-    }
-}
-
 impl ParquetFileReaderFactory for LakeReaderFactory {
     fn create_reader(
         &self,
