@@ -74,14 +74,13 @@ use prost::Message;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status, Streaming};
 
-use astroflight_index::reader::FileVersion;
 use astroflight_proto::sql::{SqlFile, SqlHandle, SqlPart};
 use astroflight_proto::FLIGHT_SQL_TYPE_PREFIX;
 
 use crate::lake::{Dataset, Lake};
 use crate::service::{endpoint, flight_data, Stream as ResponseStream};
 use crate::storage::{IoStats, MountedStore};
-use table::{relative_path, LakeTable};
+use table::{relative_path, LakeScanExec, LakeTable};
 
 /// The catalog and schema every table lives in.
 pub const CATALOG: &str = "astroflight";
@@ -268,7 +267,7 @@ impl SqlService {
         let (parts, rows) = match split {
             Some(split) => {
                 let ds = self.lake.dataset(&split.table)?.clone();
-                let (parts, read) = slices(&ds, &physical, self.lake.sql.endpoint_bytes).await?;
+                let (parts, read) = slices(&ds, &physical, self.lake.sql.endpoint_bytes);
                 // Without a filter, the rows are those of the row groups read (from the catalog).
                 let exact = read.filter(|_| !split.filtered).map(|n| n as usize);
                 (parts, rows.copied().or(exact))
@@ -436,19 +435,22 @@ struct Unit {
     bytes: u64,
 }
 
+/// One endpoint of a split scan: the table and the files (row groups) it reads.
+type Slice = (String, Vec<SqlFile>);
+
 /// The slices of a split scan, each about `target` stored bytes: (table, files) per endpoint,
 /// and the rows of the row groups read when the catalog knows them all (every file indexed at
 /// its current version, no row selection). Empty when the scan reads no file (one endpoint then
 /// answers the empty result).
-async fn slices(
-    ds: &Arc<Dataset>,
-    plan: &Arc<dyn ExecutionPlan>,
-    target: u64,
-) -> Result<(Vec<(String, Vec<SqlFile>)>, Option<u64>), Status> {
+fn slices(ds: &Arc<Dataset>, plan: &Arc<dyn ExecutionPlan>, target: u64) -> (Vec<Slice>, Option<u64>) {
     // The files the scan reads (a file split into byte ranges appears once).
     let mut files: BTreeMap<String, (object_store::ObjectMeta, Option<ParquetAccessPlan>)> = BTreeMap::new();
     let mut scans = 0;
+    let mut catalog = None;
     let _ = plan.apply(|node| {
+        if let Some(lake_scan) = node.downcast_ref::<LakeScanExec>() {
+            catalog = Some(lake_scan.catalog().clone());
+        }
         if let Some(config) = node
             .downcast_ref::<DataSourceExec>()
             .and_then(|d| d.data_source().downcast_ref::<FileScanConfig>())
@@ -462,19 +464,10 @@ async fn slices(
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    if scans != 1 {
-        return Ok((Vec::new(), None));
-    }
-    let index = ds.index.clone();
-    let entries: HashMap<String, astroflight_index::FileEntry> = tokio::task::spawn_blocking(move || {
-        index
-            .catalog()
-            .files()
-            .map(|v| v.into_iter().map(|e| (e.path.clone(), e)).collect())
-    })
-    .await
-    .map_err(internal)?
-    .map_err(|e| crate::error::Error::from(e).to_status())?;
+    // One file scan, under the lake table's node (which holds the catalog it planned with).
+    let Some(entries) = catalog.filter(|_| scans == 1) else {
+        return (Vec::new(), None);
+    };
 
     let mut units = Vec::new();
     let mut rows_read = Some(0u64);
@@ -490,7 +483,7 @@ async fn slices(
         };
         let entry = entries
             .get(&path)
-            .filter(|e| FileVersion::of_entry(e).mismatch(&meta).is_none() && !e.row_groups.is_empty());
+            .filter(|e| e.same_version(&meta) && !e.row_groups.is_empty());
         let Some(e) = entry else {
             rows_read = None;
             units.push(Unit { bytes: meta.size, file });
@@ -531,7 +524,7 @@ async fn slices(
             units.push(Unit { file, bytes: sum });
         }
     }
-    let mut parts: Vec<(String, Vec<SqlFile>)> = Vec::new();
+    let mut parts: Vec<Slice> = Vec::new();
     let mut bytes = 0u64;
     for u in units {
         match parts.last_mut() {
@@ -551,7 +544,7 @@ async fn slices(
             }
         }
     }
-    Ok((parts, rows_read))
+    (parts, rows_read)
 }
 
 /// The per-stream limits of the `[sql]` configuration.

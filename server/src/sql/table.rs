@@ -425,7 +425,7 @@ impl TableProvider for LakeTable {
             }
             note.slice = Some(slice.len());
         }
-        Ok(Arc::new(LakeScanExec::new(plan, note)))
+        Ok(Arc::new(LakeScanExec::new(plan, note, entries)))
     }
 }
 
@@ -490,25 +490,31 @@ pub struct LakeScanNote {
 pub struct LakeScanExec {
     input: Arc<dyn ExecutionPlan>,
     note: LakeScanNote,
+    /// The dataset's catalog entries by path, as the scan read them (the endpoint planner
+    /// slices from them rather than scanning the catalog again).
+    catalog: Arc<HashMap<String, FileEntry>>,
     properties: Arc<PlanProperties>,
 }
 
 impl LakeScanExec {
-    fn new(input: Arc<dyn ExecutionPlan>, note: LakeScanNote) -> Self {
+    fn new(input: Arc<dyn ExecutionPlan>, note: LakeScanNote, catalog: Arc<HashMap<String, FileEntry>>) -> Self {
         let properties = input.properties().clone();
         LakeScanExec {
             input,
             note,
+            catalog,
             properties,
         }
     }
 
-    pub fn note(&self) -> &LakeScanNote {
-        &self.note
+    /// The same node over another input.
+    fn over(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        LakeScanExec::new(input, self.note.clone(), self.catalog.clone())
     }
 
-    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
-        &self.input
+    /// The catalog entries the scan planned with, by path.
+    pub fn catalog(&self) -> &Arc<HashMap<String, FileEntry>> {
+        &self.catalog
     }
 }
 
@@ -567,7 +573,7 @@ impl ExecutionPlan for LakeScanExec {
     /// becomes a read of that one leaf, not of the whole struct).
     fn try_swapping_with_projection(&self, projection: &ProjectionExec) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
         let below = make_with_child(projection, &self.input)?;
-        Ok(Some(Arc::new(LakeScanExec::new(below, self.note.clone()))))
+        Ok(Some(Arc::new(self.over(below))))
     }
 
     /// Transparent to limits: a LIMIT reaches the file scan, which stops reading early.
@@ -577,7 +583,7 @@ impl ExecutionPlan for LakeScanExec {
 
     fn with_fetch(&self, limit: Option<usize>) -> Option<Arc<dyn ExecutionPlan>> {
         let input = self.input.with_fetch(limit)?;
-        Some(Arc::new(LakeScanExec::new(input, self.note.clone())))
+        Some(Arc::new(self.over(input)))
     }
 
     fn fetch(&self) -> Option<usize> {
@@ -602,7 +608,7 @@ impl ExecutionPlan for LakeScanExec {
         let input = children
             .pop()
             .ok_or_else(|| DataFusionError::Internal("LakeScanExec takes one child".into()))?;
-        Ok(Arc::new(LakeScanExec::new(input, self.note.clone())))
+        Ok(Arc::new(self.over(input)))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
