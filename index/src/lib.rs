@@ -46,6 +46,7 @@
 
 mod build;
 pub mod catalog;
+pub mod headers;
 mod keys;
 pub mod reader;
 
@@ -284,6 +285,17 @@ impl Index {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The header catalog of a FITS dataset (its own tree, `{name}/headers`).
+    pub fn headers(&self, name: &str) -> Result<headers::HeaderStore> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(IndexError::DatasetName(name.to_string()));
+        }
+        Ok(headers::HeaderStore {
+            tree: self.db.open_tree(format!("{name}/headers"))?,
+            db: self.db.clone(),
+        })
     }
 }
 

@@ -6,13 +6,81 @@
 
 use serde::Deserialize;
 
-use crate::{quoted, AlertsQuery, Command, Content, CutoutTicket, StampFormat, StampKind, TicketError};
+use crate::{
+    quoted, AlertsQuery, Command, Content, CutoutTicket, HeadersQuery, SectionTicket, StampFormat, StampKind,
+    TicketError,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 enum JsonTicket {
     Cutout(JsonCutout),
     Alerts(JsonAlerts),
+    Headers(JsonHeaders),
+    Section(JsonSection),
+}
+
+/// `{"section": {...}}`: the names of the contract (`box`, `ra`, `dec`, `size_arcsec`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JsonSection {
+    dataset: Option<String>,
+    path: Option<String>,
+    hdu: Option<u32>,
+    #[serde(rename = "box")]
+    box_: Option<Vec<i64>>,
+    ra: Option<f64>,
+    dec: Option<f64>,
+    size_arcsec: Option<f64>,
+}
+
+/// `{"headers": {...}}`: a FITS dataset's header catalog (`prefix`, `keys`, `where`) or the
+/// headers of alert stamps (the id fields of cutout tickets).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JsonHeaders {
+    dataset: Option<String>,
+    prefix: Option<String>,
+    keys: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    where_: Option<String>,
+    #[serde(rename = "objectId")]
+    object_id: Option<String>,
+    #[serde(rename = "objectIds")]
+    object_ids: Option<Vec<String>>,
+    candid: Option<Id>,
+    candids: Option<Vec<Id>>,
+    #[serde(rename = "diaSourceId")]
+    dia_source_id: Option<Id>,
+    #[serde(rename = "diaSourceIds")]
+    dia_source_ids: Option<Vec<Id>>,
+    all: Option<bool>,
+}
+
+impl JsonHeaders {
+    fn into_query(self) -> Result<HeadersQuery, TicketError> {
+        let as_headers = |e: TicketError| match e {
+            TicketError::Cutout(m) => TicketError::Headers(m),
+            e => e,
+        };
+        Ok(HeadersQuery {
+            dataset: self.dataset.unwrap_or_default(),
+            prefix: self.prefix.unwrap_or_default(),
+            keys: self.keys.unwrap_or_default(),
+            r#where: self.where_.unwrap_or_default(),
+            object_ids: one_or_many(self.object_id, self.object_ids, "`objectId` or `objectIds`")
+                .map_err(as_headers)?,
+            candids: ids(self.candid, self.candids, "candid", "`candid` or `candids`").map_err(as_headers)?,
+            dia_source_ids: ids(
+                self.dia_source_id,
+                self.dia_source_ids,
+                "diaSourceId",
+                "`diaSourceId` or `diaSourceIds`",
+            )
+            .map_err(as_headers)?,
+            all: self.all.unwrap_or(false),
+        })
+    }
 }
 
 /// `{"alerts": {...}}`: the names of the contract (`where`, `from`, `to` included).
@@ -108,12 +176,24 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Command, TicketError> {
         // serde's message quotes the offending key or value whole: cut it.
         let e = cut_message(&e.to_string());
         TicketError::Json(format!(
-            "{e}; expected {{\"cutout\": {{\"dataset\", \"objectId\" | \"objectIds\" | \"candid\" | \"candids\" | \"diaSourceId\" | \"diaSourceIds\", \"kind\", \"format\", \"all\"}}}} or {{\"alerts\": {{\"dataset\", \"nights\" | \"from\"/\"to\", \"classes\", \"where\", \"content\", \"columns\", \"stamps\", \"limit\", \"exact\", \"compression\", \"annotate\"}}}}"
+            "{e}; expected {{\"cutout\": {{\"dataset\", \"objectId\" | \"objectIds\" | \"candid\" | \"candids\" | \"diaSourceId\" | \"diaSourceIds\", \"kind\", \"format\", \"all\"}}}} or {{\"alerts\": {{\"dataset\", \"nights\" | \"from\"/\"to\", \"classes\", \"where\", \"content\", \"columns\", \"stamps\", \"limit\", \"exact\", \"compression\", \"annotate\"}}}} or {{\"headers\": {{\"dataset\", \"prefix\", \"keys\", \"where\" | alert ids}}}} or {{\"section\": {{\"dataset\", \"path\", \"hdu\", \"box\" | \"ra\"/\"dec\"/\"size_arcsec\"}}}}"
         ))
     })?;
     match t {
         JsonTicket::Cutout(c) => c.into_ticket()?.validate().map(Command::Cutout),
         JsonTicket::Alerts(a) => a.into_query()?.validate().map(Command::Alerts),
+        JsonTicket::Headers(h) => h.into_query()?.validate().map(Command::Headers),
+        JsonTicket::Section(s) => SectionTicket {
+            dataset: s.dataset.unwrap_or_default(),
+            path: s.path.unwrap_or_default(),
+            hdu: s.hdu.unwrap_or(0),
+            r#box: s.box_.unwrap_or_default(),
+            ra: s.ra,
+            dec: s.dec,
+            size_arcsec: s.size_arcsec,
+        }
+        .validate()
+        .map(Command::Section),
     }
 }
 

@@ -11,11 +11,17 @@
 //! accepted.
 
 pub mod alerts;
+pub mod headers;
 pub mod json;
+pub mod section;
 pub mod sql;
 pub mod ticket;
 
 pub use alerts::{AlertsPartRequest, AlertsRequest, Annotation, TimeRange};
+pub use headers::{
+    HeadersPart, HeadersPartRequest, HeadersQuery, HeadersRequest, HEADERS_PART_TYPE_URL, HEADERS_TYPE_URL,
+};
+pub use section::{Region, SectionRequest, SectionTicket, SECTION_TYPE_URL};
 pub use ticket::{
     AlertsPart, AlertsQuery, Any, Compression, Content, CutoutTicket, PartFile, StampFormat, StampKind, Ticket,
     ALERTS_PART_TYPE_URL, ALERTS_TYPE_URL, CUTOUT_TYPE_URL, FLIGHT_SQL_TYPE_PREFIX,
@@ -32,6 +38,12 @@ pub enum Command {
     Alerts(AlertsRequest),
     /// One endpoint of a planned alert batch query.
     AlertsPart(AlertsPartRequest),
+    /// A header table: HDUs of a FITS dataset, or the headers of alert stamps.
+    Headers(HeadersRequest),
+    /// One endpoint of a planned header table.
+    HeadersPart(HeadersPartRequest),
+    /// A sub-image of one image HDU.
+    Section(SectionRequest),
 }
 
 /// Which alerts a cutout request names.
@@ -121,6 +133,10 @@ pub enum TicketError {
     Cutout(String),
     #[error("invalid alerts query: {0}")]
     Alerts(String),
+    #[error("invalid headers query: {0}")]
+    Headers(String),
+    #[error("invalid section ticket: {0}")]
+    Section(String),
 }
 
 /// Decode a ticket or command: JSON when the first non-blank byte is `{`, else a protobuf
@@ -146,6 +162,18 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, TicketError> {
                     .map_err(|e| TicketError::Protobuf(format!("{ALERTS_PART_TYPE_URL}: {e}")))?
                     .validate()
                     .map(Command::AlertsPart),
+                HEADERS_TYPE_URL => <HeadersQuery as prost::Message>::decode(any.value.as_slice())
+                    .map_err(|e| TicketError::Protobuf(format!("{HEADERS_TYPE_URL}: {e}")))?
+                    .validate()
+                    .map(Command::Headers),
+                HEADERS_PART_TYPE_URL => <HeadersPart as prost::Message>::decode(any.value.as_slice())
+                    .map_err(|e| TicketError::Protobuf(format!("{HEADERS_PART_TYPE_URL}: {e}")))?
+                    .validate()
+                    .map(Command::HeadersPart),
+                SECTION_TYPE_URL => <SectionTicket as prost::Message>::decode(any.value.as_slice())
+                    .map_err(|e| TicketError::Protobuf(format!("{SECTION_TYPE_URL}: {e}")))?
+                    .validate()
+                    .map(Command::Section),
                 t if t.starts_with(FLIGHT_SQL_TYPE_PREFIX) => Err(TicketError::FlightSql(t.to_string())),
                 t => Err(TicketError::Protobuf(format!("unknown command type {}", quoted(t)))),
             }

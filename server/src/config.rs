@@ -84,6 +84,9 @@ pub struct Config {
     /// Flight SQL (the `[sql]` table).
     #[serde(default)]
     pub sql: SqlConfig,
+    /// FITS datasets (the `[fits]` table): header scans and header tables.
+    #[serde(default)]
+    pub fits: FitsConfig,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
 }
@@ -122,6 +125,59 @@ impl Default for SqlConfig {
             memory_bytes: default_sql_memory_bytes(),
         }
     }
+}
+
+/// FITS datasets: how headers are read and header tables split.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitsConfig {
+    /// Bytes read at the start of each HDU, in one request, hoping to hold its whole header
+    /// (most headers are under 100 cards, 8 KiB). A longer header is read on in doubling steps.
+    /// Default 32 KiB.
+    #[serde(default = "default_header_read_bytes")]
+    pub header_read_bytes: u64,
+    /// Largest externally gzipped file (`.fits.gz`) whose headers are read: such files cannot
+    /// be read by range, so they are fetched whole (and decompressed as a stream). Default 1 GiB.
+    #[serde(default = "default_max_gzip_bytes")]
+    pub max_gzip_bytes: u64,
+    /// Files whose headers are read at once while the header catalog is refreshed.
+    #[serde(default = "default_header_concurrency")]
+    pub concurrency: usize,
+    /// A header table is split into endpoints of about this many HDUs. Default 50,000.
+    #[serde(default = "default_endpoint_hdus")]
+    pub endpoint_hdus: u64,
+    /// Most bytes of image rows one section may read (a section reads whole rows and answers
+    /// in one batch); past it, RESOURCE_EXHAUSTED. Default 256 MiB.
+    #[serde(default = "default_max_section_bytes")]
+    pub max_section_bytes: u64,
+}
+
+impl Default for FitsConfig {
+    fn default() -> Self {
+        FitsConfig {
+            header_read_bytes: default_header_read_bytes(),
+            max_gzip_bytes: default_max_gzip_bytes(),
+            concurrency: default_header_concurrency(),
+            endpoint_hdus: default_endpoint_hdus(),
+            max_section_bytes: default_max_section_bytes(),
+        }
+    }
+}
+
+fn default_header_read_bytes() -> u64 {
+    32 << 10
+}
+fn default_max_gzip_bytes() -> u64 {
+    1 << 30
+}
+fn default_header_concurrency() -> usize {
+    16
+}
+fn default_endpoint_hdus() -> u64 {
+    50_000
+}
+fn default_max_section_bytes() -> u64 {
+    256 << 20
 }
 
 fn default_sql_endpoint_bytes() -> u64 {
@@ -239,6 +295,9 @@ pub enum DatasetKind {
     #[default]
     Ztf,
     Lsst,
+    /// FITS files (`.fits`, `.fit`, `.fts`, `.fits.fz`, their `.gz`): header tables and image
+    /// sections.
+    Fits,
 }
 
 impl DatasetKind {
@@ -249,10 +308,20 @@ impl DatasetKind {
         }
     }
 
-    pub fn survey(self) -> SurveyKind {
+    /// The alert survey of an alert dataset; None for FITS datasets.
+    pub fn survey(self) -> Option<SurveyKind> {
         match self {
-            DatasetKind::Ztf => SurveyKind::Ztf,
-            DatasetKind::Lsst => SurveyKind::Lsst,
+            DatasetKind::Ztf => Some(SurveyKind::Ztf),
+            DatasetKind::Lsst => Some(SurveyKind::Lsst),
+            DatasetKind::Fits => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Ztf => "ztf",
+            DatasetKind::Lsst => "lsst",
+            DatasetKind::Fits => "fits",
         }
     }
 }
@@ -366,6 +435,16 @@ impl Config {
         if self.endpoint_bytes == 0 {
             return Err(Error::InvalidArgument("endpoint_bytes must be positive".into()));
         }
+        if self.fits.header_read_bytes < 2880
+            || self.fits.concurrency == 0
+            || self.fits.endpoint_hdus == 0
+            || self.fits.max_gzip_bytes == 0
+            || self.fits.max_section_bytes == 0
+        {
+            return Err(Error::InvalidArgument(
+                "fits.header_read_bytes must be at least 2880 (one FITS block); fits.concurrency, fits.endpoint_hdus, fits.max_gzip_bytes and fits.max_section_bytes must be positive".into(),
+            ));
+        }
         for a in &self.advertise {
             let ok = a
                 .strip_prefix("grpc://")
@@ -389,6 +468,12 @@ impl Config {
             {
                 return Err(Error::InvalidArgument(format!(
                     "dataset name {:?} is invalid: use letters, digits, '_' and '-'",
+                    d.name
+                )));
+            }
+            if d.kind == DatasetKind::Fits && d.class.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "dataset {:?}: `class` is an option of alert datasets, not of kind = \"fits\"",
                     d.name
                 )));
             }
@@ -444,7 +529,9 @@ mod tests {
     fn bad_configs_say_why() {
         let e = |t: &str| Config::parse(t, Path::new(".")).unwrap_err().to_string();
         assert!(e("lisen = 1").contains("unknown field `lisen`"));
-        assert!(e("[[dataset]]\nname='a'\nkind='fits'\nroot='x'").contains("unknown variant `fits`"));
+        assert!(e("[[dataset]]\nname='a'\nkind='fit'\nroot='x'").contains("unknown variant `fit`"));
+        assert!(e("[[dataset]]\nname='a'\nkind='fits'\nroot='x'\nclass='c'").contains("not of kind = \"fits\""));
+        assert!(e("[fits]\nheader_read_bytes = 100").contains("header_read_bytes"));
         assert!(e("[[dataset]]\nname='a/b'\nkind='ztf'\nroot='x'").contains("invalid"));
         assert!(
             e("[[dataset]]\nname='a'\nkind='ztf'\nroot='x'\n[[dataset]]\nname='a'\nkind='ztf'\nroot='y'")

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use tracing::{error, info, warn};
 
+use astroflight_index::headers::HeaderStore;
 use astroflight_index::{BuildStats, DatasetIndex, Index, IndexBuilder, OpenError, SurveyKind};
 
 use crate::config::{Config, ReindexAction};
@@ -36,6 +37,41 @@ pub struct Dataset {
     first_build: AtomicBool,
 }
 
+/// A FITS dataset (`kind = "fits"`): its store and its header catalog.
+pub struct FitsDataset {
+    pub name: String,
+    /// Position in the configuration.
+    pub number: usize,
+    pub root: String,
+    pub store: Arc<dyn ObjectStore>,
+    pub range_reads: RangeReads,
+    pub backend: Backend,
+    /// The header catalog (beside the alert index, in the same database).
+    pub catalog: HeaderStore,
+    /// Refreshes of the catalog never overlap.
+    refresh: tokio::sync::Mutex<()>,
+    first_build: AtomicBool,
+}
+
+impl FitsDataset {
+    pub fn first_build_pending(&self) -> bool {
+        self.first_build.load(Ordering::Acquire)
+    }
+}
+
+impl std::fmt::Debug for FitsDataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FitsDataset({})", self.name)
+    }
+}
+
+/// Where a dataset name points.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Alerts(usize),
+    Fits(usize),
+}
+
 impl std::fmt::Debug for Lake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Lake({} datasets)", self.datasets().count())
@@ -55,9 +91,11 @@ impl Dataset {
 }
 
 pub struct Lake {
-    /// In configuration order.
+    /// Alert datasets, in configuration order.
     datasets: Vec<Arc<Dataset>>,
-    by_name: BTreeMap<String, usize>,
+    /// FITS datasets, in configuration order.
+    fits: Vec<Arc<FitsDataset>>,
+    by_name: BTreeMap<String, Slot>,
     pub footers: FooterCache,
     /// Everything read from storage since start.
     pub io: Arc<IoStats>,
@@ -75,6 +113,8 @@ pub struct Lake {
     pub advertise: Vec<String>,
     /// Flight SQL settings.
     pub sql: crate::config::SqlConfig,
+    /// FITS settings (header reads, header table endpoints).
+    pub fits_config: crate::config::FitsConfig,
     index: Index,
     /// Becomes true when every dataset's first build since start has ended.
     ready: tokio::sync::watch::Sender<bool>,
@@ -120,20 +160,36 @@ impl Lake {
         })?;
         let index = open_index(&config.index_dir, config.index_cache_bytes)?;
         let mut datasets = Vec::new();
+        let mut fits = Vec::new();
         let mut by_name = BTreeMap::new();
-        for d in &config.datasets {
+        for (number, d) in config.datasets.iter().enumerate() {
             let opened = open_dataset(d)?;
-            by_name.insert(d.name.clone(), datasets.len());
+            let Some(survey) = d.kind.survey() else {
+                by_name.insert(d.name.clone(), Slot::Fits(fits.len()));
+                fits.push(Arc::new(FitsDataset {
+                    name: d.name.clone(),
+                    number,
+                    root: d.root.clone(),
+                    store: opened.store,
+                    range_reads: opened.range_reads,
+                    backend: opened.backend,
+                    catalog: index.headers(&d.name)?,
+                    refresh: tokio::sync::Mutex::new(()),
+                    first_build: AtomicBool::new(config.index_on_start),
+                }));
+                continue;
+            };
+            by_name.insert(d.name.clone(), Slot::Alerts(datasets.len()));
             datasets.push(Arc::new(Dataset {
                 name: d.name.clone(),
-                number: datasets.len(),
-                kind: d.kind.survey(),
+                number,
+                kind: survey,
                 root: d.root.clone(),
                 store: opened.store,
                 range_reads: opened.range_reads,
                 backend: opened.backend,
                 index: index.dataset(&d.name)?,
-                class_sql: match (&d.class, d.kind.survey()) {
+                class_sql: match (&d.class, survey) {
                     (Some(c), _) if c.trim().is_empty() => None,
                     (Some(c), _) => Some(c.trim().to_string()),
                     (None, SurveyKind::Ztf) => Some("cdsxmatch".to_string()),
@@ -142,9 +198,10 @@ impl Lake {
                 first_build: AtomicBool::new(config.index_on_start),
             }));
         }
-        let (ready, _) = tokio::sync::watch::channel(!config.index_on_start || datasets.is_empty());
+        let (ready, _) = tokio::sync::watch::channel(!config.index_on_start || config.datasets.is_empty());
         Ok(Lake {
             datasets,
+            fits,
             by_name,
             footers: FooterCache::new(config.footer_cache_files, config.footer_cache_bytes),
             io: Arc::new(IoStats::default()),
@@ -159,6 +216,7 @@ impl Lake {
             endpoint_bytes: config.endpoint_bytes,
             advertise: config.advertise.clone(),
             sql: config.sql.clone(),
+            fits_config: config.fits.clone(),
             index,
             ready,
         })
@@ -168,15 +226,47 @@ impl Lake {
         self.datasets.iter()
     }
 
+    /// The FITS datasets, in configuration order.
+    pub fn fits_datasets(&self) -> impl Iterator<Item = &Arc<FitsDataset>> {
+        self.fits.iter()
+    }
+
+    fn unknown(&self, name: &str) -> Error {
+        let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        Error::InvalidArgument(format!(
+            "unknown dataset {}; this server has: {}",
+            quoted(name),
+            known.join(", ")
+        ))
+    }
+
+    /// An alert dataset by name.
     pub fn dataset(&self, name: &str) -> Result<&Arc<Dataset>> {
-        self.by_name.get(name).map(|&i| &self.datasets[i]).ok_or_else(|| {
-            let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-            Error::InvalidArgument(format!(
-                "unknown dataset {}; this server has: {}",
-                quoted(name),
-                known.join(", ")
-            ))
-        })
+        match self.by_name.get(name) {
+            Some(Slot::Alerts(i)) => Ok(&self.datasets[*i]),
+            Some(Slot::Fits(_)) => Err(Error::InvalidArgument(format!(
+                "dataset {} holds FITS files (kind = \"fits\"): it answers header tables ({{\"headers\": ...}}) and image sections, not alert tickets",
+                quoted(name)
+            ))),
+            None => Err(self.unknown(name)),
+        }
+    }
+
+    /// A FITS dataset by name.
+    pub fn fits_dataset(&self, name: &str) -> Result<&Arc<FitsDataset>> {
+        match self.by_name.get(name) {
+            Some(Slot::Fits(i)) => Ok(&self.fits[*i]),
+            Some(Slot::Alerts(_)) => Err(Error::InvalidArgument(format!(
+                "dataset {} is an alert dataset, not FITS files: name alerts by id (objectId, candid, diaSourceId) for the headers of their stamps",
+                quoted(name)
+            ))),
+            None => Err(self.unknown(name)),
+        }
+    }
+
+    /// True when the name is a FITS dataset.
+    pub fn is_fits(&self, name: &str) -> bool {
+        matches!(self.by_name.get(name), Some(Slot::Fits(_)))
     }
 
     /// A store for one request: counts into the totals and into `request`.
@@ -240,10 +330,62 @@ impl Lake {
             }
             out.push((ds.name.clone(), result));
         }
-        if !self.datasets.iter().any(|d| d.first_build_pending()) {
+        for ds in &self.fits {
+            out.push((ds.name.clone(), self.refresh_headers(ds).await));
+        }
+        if !self.datasets.iter().any(|d| d.first_build_pending()) && !self.fits.iter().any(|d| d.first_build_pending())
+        {
             self.ready.send_replace(true);
         }
         out
+    }
+
+    /// Bring a FITS dataset's header catalog up to date (refreshes never overlap).
+    pub async fn refresh_headers(&self, ds: &FitsDataset) -> Result<BuildStats> {
+        let _running = ds.refresh.lock().await;
+        let store = self.fits_store(ds, &Arc::new(IoStats::default()));
+        let opts = self.scan_options();
+        let concurrency = match ds.backend {
+            Backend::File => self.fits_config.concurrency.min(4),
+            _ => self.fits_config.concurrency,
+        };
+        let result = crate::headers::catalog::refresh(store, &ds.catalog, opts, concurrency).await;
+        let result = match result {
+            Ok((stats, cost)) => {
+                info!(dataset = %ds.name, read = stats.indexed, unchanged = stats.unchanged, removed = stats.removed,
+                      failed = stats.failed.len(), hdus = stats.rows, requests = cost.requests, bytes = cost.bytes,
+                      "header catalog up to date");
+                for (path, err) in &stats.failed {
+                    warn!(dataset = %ds.name, %path, %err, "file not read; it is read again by the next refresh");
+                }
+                Ok(stats)
+            }
+            Err(e) => {
+                warn!(dataset = %ds.name, error = %e, "header catalog refresh failed; the previous catalog stays in use");
+                Err(e)
+            }
+        };
+        if ds.first_build.swap(false, Ordering::AcqRel) {
+            info!(dataset = %ds.name, "first header catalog refresh since start ended");
+        }
+        result
+    }
+
+    /// How headers are read.
+    pub fn scan_options(&self) -> crate::headers::scan::ScanOptions {
+        crate::headers::scan::ScanOptions {
+            header_read_bytes: self.fits_config.header_read_bytes,
+            max_gzip_bytes: self.fits_config.max_gzip_bytes,
+        }
+    }
+
+    /// A store of a FITS dataset for one request: counts into the totals and into `request`.
+    pub fn fits_store(&self, ds: &FitsDataset, request: &Arc<IoStats>) -> Arc<dyn ObjectStore> {
+        Arc::new(CountingStore::new(
+            ds.store.clone(),
+            ds.range_reads,
+            vec![self.io.clone(), request.clone()],
+        ))
     }
 
     pub fn flush(&self) -> Result<()> {

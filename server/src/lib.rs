@@ -8,10 +8,11 @@
 //!
 //! ```text
 //!  service (Flight edge: decode, dispatch, deadline, limits, stats, row check, status)
-//!     └─ tickets::{cutout, ...}  schema / plan (endpoints) / execute
+//!     └─ tickets::{cutout, alerts, headers}  schema / plan (endpoints) / execute
 //!          └─ read  rows at known locations: footer cache, id check, CPU runtime bridge
 //!               └─ storage  file, s3, hdfs, http; counting, retries
-//!  lake: datasets, their catalog + id index (astroflight-index), index builds and readiness
+//!  lake: datasets, their catalog + id index (astroflight-index), index builds and readiness;
+//!        FITS datasets and their header catalogs ([`headers`])
 //! ```
 //!
 //! The lake generator and the demo lake are a separate crate (`astroflight-gen`), not part of
@@ -20,6 +21,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod headers;
 pub mod lake;
 pub mod read;
 pub mod scan;

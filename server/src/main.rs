@@ -78,6 +78,19 @@ enum Cmd {
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
         stamp_side: Option<u16>,
     },
+    /// Generate a folder of FITS files (images with WCS, multi-extension files, binary and
+    /// ASCII tables, gzipped files) for a `kind = "fits"` dataset.
+    GenFits {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 12)]
+        files: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        side: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Bring the index of every configured dataset up to date (the server must not be running
     /// on the same index_dir; use the `reindex` action then).
     Index {
@@ -265,6 +278,17 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             app.run_until_stopped().await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::GenFits { out, files, side, seed } => {
+            let opts = gen::fitslake::FitsLakeOptions {
+                out: out.clone(),
+                files,
+                side,
+                seed,
+            };
+            let written = tokio::task::spawn_blocking(move || gen::fitslake::generate_fits_lake(&opts)).await??;
+            println!("wrote {} FITS files to {}", written.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Gen {
             survey,
             out,
@@ -387,7 +411,10 @@ fn demo_config(dir: &Path, datasets: &[demo::DemoDataset]) -> Config {
     let mut config = Config {
         datasets: datasets
             .iter()
-            .map(|d| DatasetConfig::new(d.name, DatasetKind::of_survey(d.survey), d.root.to_string_lossy()))
+            .map(|d| {
+                let kind = d.survey.map_or(DatasetKind::Fits, DatasetKind::of_survey);
+                DatasetConfig::new(d.name, kind, d.root.to_string_lossy())
+            })
             .collect(),
         index_dir: dir.join("index"),
         ..Config::default()

@@ -23,7 +23,10 @@ fn demo_config(dir: &Path) -> Config {
     };
     config.datasets = datasets
         .iter()
-        .map(|d| DatasetConfig::new(d.name, DatasetKind::of_survey(d.survey), d.root.to_string_lossy()))
+        .map(|d| {
+            let kind = d.survey.map_or(DatasetKind::Fits, DatasetKind::of_survey);
+            DatasetConfig::new(d.name, kind, d.root.to_string_lossy())
+        })
         .collect();
     config
 }
@@ -78,10 +81,24 @@ async fn demo_lake_serves_the_readme_ids() {
     .await
     .unwrap();
     assert_eq!(rubin.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+    // The FITS files: 12 files of 6 kinds, 22 HDUs; a condition on a header key.
+    let hdus = get(&mut c, r#"{"headers": {"dataset": "images"}}"#).await.unwrap();
+    assert_eq!(hdus.iter().map(|b| b.num_rows()).sum::<usize>(), 22);
+    let f606w = get(
+        &mut c,
+        r#"{"headers": {"dataset": "images", "keys": ["EXPTIME"], "where": "FILTER = 'F606W' AND hdu = 0"}}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        f606w.iter().map(|b| b.num_rows()).sum::<usize>(),
+        2,
+        "files 0 and 4 (file 8 is a table)"
+    );
     stop.stop();
     join.await.unwrap().unwrap();
 
-    // A second start reuses the lake and the index: its start-up build lists the two datasets
+    // A second start reuses the lake and the index: its start-up build lists the three datasets
     // and reads no byte of any file (nothing regenerated, nothing re-indexed).
     let before = std::fs::metadata(dir.path().join("ztf")).unwrap().modified().unwrap();
     let app = App::build(demo_config(dir.path())).await.unwrap();
@@ -90,7 +107,7 @@ async fn demo_lake_serves_the_readme_ids() {
     lake.ready().await;
     let io = lake.io.snapshot();
     assert_eq!(io.bytes, 0, "the second start read {} bytes: {io:?}", io.bytes);
-    assert_eq!(io.requests, 2, "one listing per dataset: {io:?}");
+    assert_eq!(io.requests, 3, "one listing per dataset: {io:?}");
     assert_eq!(
         std::fs::metadata(dir.path().join("ztf")).unwrap().modified().unwrap(),
         before

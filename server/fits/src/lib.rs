@@ -1,5 +1,5 @@
-//! astroflight's FITS codec. Just enough FITS for image stamps: read the primary HDU of a 2-D image into float32 pixels,
-//! and write one (for the generator).
+//! astroflight's FITS codec: decode the image stamps of alerts into float32 pixels (and write
+//! them, for the generator), and read headers as cards and HDUs ([`header`]) for header tables.
 //!
 //! A FITS file is 2880-byte blocks: header blocks of 80-character `KEY = value` cards ending
 //! with `END`, then the data, big-endian, NAXIS1 (x, fastest) varying first, padded to a block.
@@ -7,6 +7,9 @@
 //! numpy give (`data.shape == (NAXIS2, NAXIS1)`).
 
 use std::io::Read;
+
+pub mod header;
+pub mod wcs;
 
 pub const BLOCK: usize = 2880;
 

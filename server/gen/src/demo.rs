@@ -1,5 +1,5 @@
-//! The demo lake: with no configuration, `astroflight serve` builds a small lake (ZTF and Rubin)
-//! in a directory, indexes it and serves it. This module only writes the lake; the binary turns
+//! The demo lake: with no configuration, `astroflight serve` builds a small lake (ZTF and Rubin
+//! alerts, and a few FITS files) in a directory, indexes it and serves it. This module only writes the lake; the binary turns
 //! it into a configuration.
 
 use std::path::{Path, PathBuf};
@@ -27,9 +27,13 @@ pub fn default_dir() -> PathBuf {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DemoDataset {
     pub name: &'static str,
-    pub survey: SurveyKind,
+    /// The alert survey; None for the FITS dataset.
+    pub survey: Option<SurveyKind>,
     pub root: PathBuf,
 }
+
+/// FITS files of the demo's `images` dataset (every kind of [`crate::fitslake`], twice).
+pub const DEMO_FITS_FILES: usize = 12;
 
 /// Generate the demo lake in `dir` unless it is there; returns its datasets. The index belongs
 /// in `dir/index`.
@@ -48,7 +52,26 @@ pub fn prepare(dir: &Path, alerts_per_file: u32) -> Result<Vec<DemoDataset>, Gen
                 ..Default::default()
             })?;
         }
-        out.push(DemoDataset { name, survey, root });
+        out.push(DemoDataset {
+            name,
+            survey: Some(survey),
+            root,
+        });
     }
+    let root = dir.join("images");
+    if !root.join("img").is_dir() {
+        tracing::info!(dir = %root.display(), "generating the demo FITS files");
+        crate::fitslake::generate_fits_lake(&crate::fitslake::FitsLakeOptions {
+            out: root.clone(),
+            files: DEMO_FITS_FILES,
+            side: 256,
+            seed: 42,
+        })?;
+    }
+    out.push(DemoDataset {
+        name: "images",
+        survey: None,
+        root,
+    });
     Ok(out)
 }

@@ -13,6 +13,7 @@
 //! physical: positions are fixed per object, times increase, histories precede the alert.
 
 pub mod demo;
+pub mod fitslake;
 pub mod schema;
 pub mod testdata;
 #[cfg(test)]

@@ -31,7 +31,7 @@ use astroflight_proto::{decode_command, Command, StampFormat};
 
 use crate::config::ReindexAction;
 use crate::error::{Error, Result};
-use crate::lake::{Dataset, Lake};
+use crate::lake::{Dataset, FitsDataset, Lake};
 use crate::storage::IoStats;
 use crate::tickets::{self, cutout::cutout_schema, Planned};
 use record::{Recent, RequestRecord, RECENT_REQUESTS};
@@ -183,6 +183,35 @@ impl AstroFlight {
             .with_app_metadata(meta.to_string()))
     }
 
+    /// A FITS dataset's FlightInfo (blocking: reads the header catalog): the header table's
+    /// base schema, HDUs as `total_records`.
+    fn fits_dataset_info(lake: &Lake, ds: &FitsDataset) -> Result<FlightInfo> {
+        let (files, hdus, errors) = crate::headers::catalog::summary(&ds.catalog)?;
+        let mut meta = json!({
+            "dataset": ds.name, "kind": "fits", "storage": ds.backend.name(),
+            "files": files, "hdus": hdus, "files_with_errors": errors,
+            "indexing": ds.first_build_pending(),
+        });
+        if lake.publish_roots {
+            meta["root"] = json!(ds.root);
+        }
+        Ok(FlightInfo::new()
+            .try_with_schema(&crate::headers::table::schema(Vec::new()))
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_descriptor(FlightDescriptor::new_path(vec![ds.name.clone()]))
+            .with_total_records(hdus as i64)
+            .with_app_metadata(meta.to_string()))
+    }
+
+    /// The FlightInfo of any dataset by name.
+    fn any_dataset_info(lake: &Lake, name: &str) -> Result<FlightInfo> {
+        if lake.is_fits(name) {
+            Self::fits_dataset_info(lake, lake.fits_dataset(name)?)
+        } else {
+            Self::dataset_info(lake, lake.dataset(name)?)
+        }
+    }
+
     async fn plan(&self, cmd: &[u8], for_info: bool) -> Result<Arc<dyn Planned>> {
         let command = decode(cmd).await?;
         tickets::plan(&self.lake, command, cmd, for_info).await
@@ -200,6 +229,16 @@ impl AstroFlight {
                 }
                 Ok(v)
             })
+            .chain(lake.fits_datasets().map(|d| {
+                let (files, hdus, errors) = crate::headers::catalog::summary(&d.catalog)?;
+                let mut v = json!({"name": d.name, "kind": "fits", "storage": d.backend.name(),
+                                   "files": files, "hdus": hdus, "files_with_errors": errors,
+                                   "indexing": d.first_build_pending()});
+                if lake.publish_roots {
+                    v["root"] = json!(d.root);
+                }
+                Ok(v)
+            }))
             .collect::<Result<Vec<_>, Error>>()?;
         let recent: Vec<serde_json::Value> = recent
             .lock()
@@ -310,6 +349,7 @@ impl FlightService for AstroFlight {
         let infos = blocking(move || {
             lake.datasets()
                 .map(|d| Self::dataset_info(&lake, d))
+                .chain(lake.fits_datasets().map(|d| Self::fits_dataset_info(&lake, d)))
                 .collect::<Result<Vec<_>>>()
         })
         .await?;
@@ -325,7 +365,7 @@ impl FlightService for AstroFlight {
         let Some(cmd) = descriptor_cmd(&d)? else {
             let lake = self.lake.clone();
             let name = dataset_path(&d)?.to_string();
-            let info = blocking(move || Self::dataset_info(&lake, lake.dataset(&name)?)).await?;
+            let info = blocking(move || Self::any_dataset_info(&lake, &name)).await?;
             return Ok(Response::new(info));
         };
         let plan = self.plan(cmd, true).await?;
@@ -361,8 +401,12 @@ impl FlightService for AstroFlight {
         let d = request.into_inner();
         let schema = match descriptor_cmd(&d)? {
             None => {
-                let ds = self.lake.dataset(dataset_path(&d)?)?;
-                cutout_schema(ds.kind, StampFormat::Fits)
+                let name = dataset_path(&d)?;
+                if self.lake.is_fits(name) {
+                    crate::headers::table::schema(Vec::new())
+                } else {
+                    cutout_schema(self.lake.dataset(name)?.kind, StampFormat::Fits)
+                }
             }
             Some(cmd) => tickets::schema(&self.lake, decode(cmd).await?, cmd).await?,
         };
@@ -480,6 +524,11 @@ impl FlightService for AstroFlight {
                     .lake
                     .datasets()
                     .map(|d| json!({"name": d.name, "indexing": d.first_build_pending()}))
+                    .chain(
+                        self.lake
+                            .fits_datasets()
+                            .map(|d| json!({"name": d.name, "indexing": d.first_build_pending()})),
+                    )
                     .collect();
                 json!({"ready": self.lake.is_ready(), "datasets": datasets})
             }

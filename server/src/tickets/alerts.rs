@@ -288,7 +288,7 @@ async fn spec_from_sample(
     Ok((spec, md))
 }
 
-fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
+pub(crate) fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
     let opts = arrow::ipc::writer::IpcWriteOptions::default();
     let data = arrow::ipc::writer::IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
         schema,
@@ -300,7 +300,7 @@ fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
+pub(crate) fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
     let bad = |e: String| Error::InvalidArgument(format!("the endpoint ticket's schema is not valid: {e}"));
     arrow::ipc::convert::try_schema_from_ipc_buffer(bytes)
         .map(Arc::new)

@@ -4,11 +4,13 @@
 //! (request id, deadline, limits, stats, error mapping, and the check that a stream holds
 //! exactly the rows its plan promised); a kind never sees gRPC.
 //!
-//! Kinds so far: [`cutout`] and [`alerts`] (alert batches). Flight SQL and header tables come
-//! next.
+//! Kinds: [`cutout`], [`alerts`] (alert batches), [`headers`] (header tables of FITS
+//! datasets and of alert stamps) and [`section`] (sub-images of FITS images). Flight SQL has its own service (`crate::sql`).
 
 pub mod alerts;
 pub mod cutout;
+pub mod headers;
+pub mod section;
 
 use std::sync::Arc;
 
@@ -77,6 +79,9 @@ pub async fn plan(lake: &Arc<Lake>, cmd: Command, encoded: &[u8], for_info: bool
         Command::Cutout(req) => Arc::new(cutout::plan(lake, req, encoded).await?),
         Command::Alerts(req) => Arc::new(alerts::plan(lake, req, for_info).await?),
         Command::AlertsPart(part) => Arc::new(alerts::plan_part(lake, part, encoded)?),
+        Command::Headers(req) => headers::plan(lake, req, encoded, for_info).await?,
+        Command::HeadersPart(part) => Arc::new(headers::plan_part(lake, part, encoded)?),
+        Command::Section(req) => Arc::new(section::plan(lake, req, encoded).await?),
     };
     if plan.limited() {
         check_limits(plan.as_ref(), &lake.limits)?;
@@ -114,5 +119,11 @@ pub async fn schema(lake: &Arc<Lake>, cmd: Command, encoded: &[u8]) -> Result<Sc
         Command::Cutout(req) => cutout::schema(lake, &req),
         Command::Alerts(req) => Ok(alerts::plan(lake, req, false).await?.schema()),
         Command::AlertsPart(part) => Ok(alerts::plan_part(lake, part, encoded)?.schema()),
+        Command::Headers(req) => Ok(headers::plan(lake, req, encoded, false).await?.schema()),
+        Command::HeadersPart(part) => Ok(headers::plan_part(lake, part, encoded)?.schema()),
+        Command::Section(req) => {
+            lake.fits_dataset(&req.ticket.dataset)?;
+            Ok(section::section_schema())
+        }
     }
 }
