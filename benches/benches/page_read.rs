@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion) {
                     },
                     kind,
                     format,
+                    hdu: 0,
                 };
                 let out: Vec<_> = rt
                     .block_on(async {

@@ -10,6 +10,7 @@
 //!     selector: Selector::Objects { object_ids: vec!["ZTF20aabaesm".into()], all: false },
 //!     kind: StampKind::Science,
 //!     format: StampFormat::Fits,
+//!     hdu: 0,
 //! };
 //! let batches: Vec<_> = c.cutouts(&req).await?.try_collect().await?;
 //! # Ok(()) }

@@ -150,6 +150,7 @@ struct JsonCutout {
     kind: Option<String>,
     format: Option<String>,
     all: Option<bool>,
+    hdu: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -176,7 +177,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Command, TicketError> {
         // serde's message quotes the offending key or value whole: cut it.
         let e = cut_message(&e.to_string());
         TicketError::Json(format!(
-            "{e}; expected {{\"cutout\": {{\"dataset\", \"objectId\" | \"objectIds\" | \"candid\" | \"candids\" | \"diaSourceId\" | \"diaSourceIds\", \"kind\", \"format\", \"all\"}}}} or {{\"alerts\": {{\"dataset\", \"nights\" | \"from\"/\"to\", \"classes\", \"where\", \"content\", \"columns\", \"stamps\", \"limit\", \"exact\", \"compression\", \"annotate\"}}}} or {{\"headers\": {{\"dataset\", \"prefix\", \"keys\", \"where\" | alert ids}}}} or {{\"section\": {{\"dataset\", \"path\", \"hdu\", \"box\" | \"ra\"/\"dec\"/\"size_arcsec\"}}}}"
+            "{e}; expected {{\"cutout\": {{\"dataset\", \"objectId\" | \"objectIds\" | \"candid\" | \"candids\" | \"diaSourceId\" | \"diaSourceIds\", \"kind\", \"format\", \"all\", \"hdu\"}}}} or {{\"alerts\": {{\"dataset\", \"nights\" | \"from\"/\"to\", \"classes\", \"where\", \"content\", \"columns\", \"stamps\", \"limit\", \"exact\", \"compression\", \"annotate\"}}}} or {{\"headers\": {{\"dataset\", \"prefix\", \"keys\", \"where\" | alert ids}}}} or {{\"section\": {{\"dataset\", \"path\", \"hdu\", \"box\" | \"ra\"/\"dec\"/\"size_arcsec\"}}}}"
         ))
     })?;
     match t {
@@ -244,6 +245,7 @@ impl JsonCutout {
             kind: kind as i32,
             format: format as i32,
             all: self.all.unwrap_or(false),
+            hdu: self.hdu.unwrap_or(0),
         })
     }
 }

@@ -81,6 +81,9 @@ pub struct CutoutRequest {
     pub selector: Selector,
     pub kind: StampKind,
     pub format: StampFormat,
+    /// With format `array`: which HDU of each stamp is decoded (0: the primary; Rubin stamps
+    /// hold the image, its uncertainty and the PSF).
+    pub hdu: u32,
 }
 
 impl StampKind {
@@ -261,11 +264,15 @@ impl CutoutTicket {
         if self.all && !matches!(selector, Selector::Objects { .. }) {
             return bad("`all` applies to objectId/objectIds only");
         }
+        if self.hdu != 0 && format != StampFormat::Array {
+            return bad("`hdu` chooses the image that format `array` decodes; `fits` and `gzip` return the whole stamp");
+        }
         Ok(CutoutRequest {
             dataset: self.dataset,
             selector,
             kind,
             format,
+            hdu: self.hdu,
         })
     }
 }
@@ -277,6 +284,7 @@ impl CutoutRequest {
             dataset: self.dataset.clone(),
             kind: self.kind as i32,
             format: self.format as i32,
+            hdu: self.hdu,
             ..Default::default()
         };
         match &self.selector {
@@ -313,6 +321,7 @@ mod tests {
             selector,
             kind: StampKind::Science,
             format: StampFormat::Array,
+            hdu: 0,
         }
     }
 
@@ -453,6 +462,7 @@ mod tests {
             },
             kind: StampKind::Template,
             format: StampFormat::Gzip,
+            hdu: 0,
         };
         // Any { type_url(1) = CUTOUT_TYPE_URL, value(2) = CutoutTicket { dataset(1)="z",
         // object_ids(2)="o", candids(3) packed [1], kind(5)=2, format(6)=1 } }

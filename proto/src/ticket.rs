@@ -49,6 +49,9 @@ pub struct CutoutTicket {
     pub format: i32,
     #[prost(bool, tag = "7")]
     pub all: bool,
+    /// With format `array`: the HDU of each stamp decoded (0: primary).
+    #[prost(uint32, tag = "8")]
+    pub hdu: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]

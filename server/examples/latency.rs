@@ -22,6 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             kind,
             format: StampFormat::Gzip,
+            hdu: 0,
         };
         let t0 = Instant::now();
         let batches: Vec<_> = c.cutouts(&req).await?.try_collect().await?;

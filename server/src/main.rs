@@ -121,6 +121,10 @@ enum Cmd {
         /// fits (FITS files), gzip (bytes as stored), or array (.npy float32 files).
         #[arg(long, default_value = "fits")]
         format: String,
+        /// With --format array: the HDU of each stamp decoded (Rubin stamps: 0 image,
+        /// 1 uncertainty, 2 PSF).
+        #[arg(long, default_value_t = 0)]
+        hdu: u32,
         #[arg(short = 'o', long, default_value = ".")]
         out: PathBuf,
     },
@@ -381,6 +385,7 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             all,
             kind,
             format,
+            hdu,
             out,
         } => {
             let ticket = astroflight_proto::CutoutTicket {
@@ -391,6 +396,7 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
                 kind: parse_kind(&kind)? as i32,
                 format: parse_format(&format)? as i32,
                 all,
+                hdu,
             };
             let req: CutoutRequest = ticket.validate()?;
             std::fs::create_dir_all(&out)?;
@@ -725,6 +731,7 @@ mod tests {
             },
             kind: astroflight_proto::StampKind::All,
             format: astroflight_proto::StampFormat::Fits,
+            hdu: 0,
         };
         assert_eq!(write_stamps(&batch, &req, &out).unwrap(), 2);
         let mut written: Vec<_> = std::fs::read_dir(&out)

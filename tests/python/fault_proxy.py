@@ -10,6 +10,7 @@ prints `listening 127.0.0.1:PORT`. Control (not forwarded):
   GET /__faults__            -> JSON: the rates and what was injected so far; `rounds` counts
                                 the requests that arrived with no other request in flight
   GET /__faults__/set?error=1 -> change rates (error, reset, truncate, slow, slow_secs)
+  GET /__faults__/paths       -> the same, with `paths`: {object path: [requests, body bytes]}
 """
 import argparse
 import asyncio
@@ -28,7 +29,9 @@ class Proxy:
         self.rng = random.Random(seed)
         self.rates = dict(rates)
         self.slow_secs = slow_secs
-        self.counts = {"requests": 0, "forwarded": 0, "rounds": 0, **{f: 0 for f in FAULTS}}
+        self.counts = {"requests": 0, "forwarded": 0, "rounds": 0, "bytes": 0, **{f: 0 for f in FAULTS}}
+        # Per object path: [requests, body bytes] (benchmarks count reads per file).
+        self.paths = {}
         self.inflight = 0
 
     def pick(self):
@@ -56,6 +59,8 @@ class Proxy:
                     await self.control(target, writer)
                     continue
                 self.counts["requests"] += 1
+                per = self.paths.setdefault(urlsplit(target).path, [0, 0])
+                per[0] += 1
                 if self.inflight == 0:
                     self.counts["rounds"] += 1
                 self.inflight += 1
@@ -107,6 +112,10 @@ class Proxy:
             await writer.drain()
             writer.transport.abort()
             return False
+        self.counts["bytes"] += len(rbody)
+        per = self.paths.get(urlsplit(target).path)
+        if per is not None:
+            per[1] += len(rbody)
         writer.write(head_bytes + rbody)
         await writer.drain()
         return True
@@ -142,7 +151,10 @@ class Proxy:
                     self.slow_secs = float(v)
                 elif k in self.rates:
                     self.rates[k] = float(v)
-        body = json.dumps({"rates": self.rates, "slow_secs": self.slow_secs, "counts": self.counts}).encode()
+        state = {"rates": self.rates, "slow_secs": self.slow_secs, "counts": self.counts}
+        if u.path == "/__faults__/paths":
+            state["paths"] = self.paths
+        body = json.dumps(state).encode()
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()

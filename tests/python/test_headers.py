@@ -500,9 +500,26 @@ def test_alert_stamp_headers(binary, start_server, tmp_path):
             assert [c_["key"] for c_ in r["cards"]] == [x.keyword for x in hl[0].header.cards]
             assert r["NAXIS1"] == hl[0].header["NAXIS1"]
         assert r["candid"] == a["candid"] and r["objectId"] == a["objectId"]
+    # Rubin stamps hold three HDUs (image, uncertainty, PSF): the table lists all three, and
+    # the cutout ticket's `hdu` decodes any of them as `array`.
     rubin = parquet_alerts(tmp_path / "lsst", ztf=False)
-    t = headers(c, dataset="lsst", diaSourceIds=[rubin[0]["diaSourceId"], rubin[1]["diaSourceId"]],
-                where="kind = 'Science'")
-    assert t.num_rows == 2 and set(t["kind"].to_pylist()) == {"Science"}
+    ids = [rubin[0]["diaSourceId"], rubin[1]["diaSourceId"]]
+    t = headers(c, dataset="lsst", diaSourceIds=ids, keys=["EXTNAME"], where="kind = 'Science'")
+    assert t.num_rows == 6 and set(t["kind"].to_pylist()) == {"Science"}
+    assert sorted(t["hdu"].to_pylist()) == [0, 0, 1, 1, 2, 2]
+    assert set(zip(t["hdu"].to_pylist(), t["EXTNAME"].to_pylist())) == {(0, None), (1, "UNCERTAINTY"), (2, "PSF")}
+    for hdu in (0, 1, 2):
+        arr = c.do_get(flight.Ticket(json.dumps({"cutout": {"dataset": "lsst", "diaSourceId": ids[0],
+                                                            "kind": "Science", "format": "array", "hdu": hdu}}))).read_all()
+        r = arr.to_pylist()[0]
+        with fits.open(io.BytesIO(rubin[0]["stamps"]["Science"])) as hl:
+            expect = np.asarray(hl[hdu].data, dtype=np.float32)
+        assert (r["height"], r["width"]) == expect.shape
+        assert np.array_equal(np.asarray(r["pixels"], dtype=np.float32).reshape(expect.shape), expect)
+    with pytest.raises(pa.ArrowInvalid, match="has 3 HDUs, not an HDU 3"):
+        c.do_get(flight.Ticket(json.dumps({"cutout": {"dataset": "lsst", "diaSourceId": ids[0], "format": "array",
+                                                      "hdu": 3}}))).read_all()
+    with pytest.raises(pa.ArrowInvalid, match="`hdu` chooses the image"):
+        c.do_get(flight.Ticket(json.dumps({"cutout": {"dataset": "lsst", "diaSourceId": ids[0], "hdu": 1}}))).read_all()
     with pytest.raises(pa.ArrowKeyError, match="ZTF99zzzzzzz"):
         headers(c, dataset="ztf", objectId="ZTF99zzzzzzz")

@@ -25,6 +25,9 @@ pub enum FitsError {
     Unsupported(String),
     #[error("gzip stream is corrupt: {0}")]
     Gzip(String),
+    /// The file has fewer HDUs than the one asked for: (asked, present).
+    #[error("the stamp has {1} HDUs, not an HDU {0}")]
+    NoSuchHdu(usize, usize),
 }
 
 /// A decoded 2-D image.
@@ -86,7 +89,7 @@ fn parse_header(data: &[u8]) -> Result<(Header, usize), FitsError> {
         bscale: 1.0,
         ..Default::default()
     };
-    if data.len() < BLOCK || !data.starts_with(b"SIMPLE  =") {
+    if data.len() < BLOCK || !(data.starts_with(b"SIMPLE  =") || data.starts_with(b"XTENSION=")) {
         return Err(FitsError::Format("missing SIMPLE card at the start".into()));
     }
     let mut at = 0;
@@ -141,8 +144,32 @@ fn parse_header(data: &[u8]) -> Result<(Header, usize), FitsError> {
 
 /// Decode the primary image of a FITS file (gzipped or not).
 pub fn decode_image(bytes: &[u8]) -> Result<Image, FitsError> {
+    decode_image_hdu(bytes, 0)
+}
+
+/// Decode the image of HDU `hdu` (0: primary) of a FITS file (gzipped or not): Rubin stamps
+/// hold three, the image, its uncertainty and the PSF.
+pub fn decode_image_hdu(bytes: &[u8], hdu: usize) -> Result<Image, FitsError> {
     let bytes = maybe_gunzip(bytes)?;
-    let (h, start) = parse_header(&bytes)?;
+    let at = if hdu == 0 {
+        0
+    } else {
+        let (hdus, err) = header::scan_reader(&bytes[..]);
+        match hdus.get(hdu) {
+            Some(h) => h.header_offset as usize,
+            None => {
+                return Err(match err {
+                    Some(e) => FitsError::Format(format!("no HDU {hdu}: {e}")),
+                    None => FitsError::NoSuchHdu(hdu, hdus.len()),
+                })
+            }
+        }
+    };
+    decode_at(&bytes[at..])
+}
+
+fn decode_at(bytes: &[u8]) -> Result<Image, FitsError> {
+    let (h, start) = parse_header(bytes)?;
     let bitpix = h.bitpix.ok_or_else(|| FitsError::Format("no BITPIX".into()))?;
     let naxis = h.naxis.ok_or_else(|| FitsError::Format("no NAXIS".into()))?;
     let dim = |i: usize| {
@@ -231,6 +258,16 @@ fn push_card(out: &mut Vec<u8>, key: &str, value: &str, comment: &str) {
     out.extend_from_slice(format!("{card:<80}").as_bytes());
 }
 
+/// Write a float32 2-D image as an IMAGE extension, to append to a FITS file. `cards` as in
+/// [`encode_image_f32`].
+pub fn encode_extension_f32(width: usize, height: usize, pixels: &[f32], cards: &[(&str, String, &str)]) -> Vec<u8> {
+    let mut head = vec![("PCOUNT", "0".to_string(), ""), ("GCOUNT", "1".to_string(), "")];
+    head.extend(cards.iter().cloned());
+    let mut out = encode_image_f32(width, height, pixels, &head);
+    out[..CARD].copy_from_slice(format!("{:<80}", "XTENSION= 'IMAGE   '           / image extension").as_bytes());
+    out
+}
+
 /// Write a float32 2-D image as a single-HDU FITS file. `cards` are extra (key, value, comment)
 /// header cards; string values must carry their own quotes.
 pub fn encode_image_f32(width: usize, height: usize, pixels: &[f32], cards: &[(&str, String, &str)]) -> Vec<u8> {
@@ -307,6 +344,20 @@ mod tests {
             let e = decode_image(&f).unwrap_err();
             assert!(e.to_string().contains("not printable ASCII"), "{e}");
         }
+    }
+
+    #[test]
+    fn images_of_other_hdus() {
+        let px: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        let mut f = encode_image_f32(3, 2, &px, &[]);
+        f.extend(encode_extension_f32(2, 1, &[7.0, 8.0], &[("EXTNAME", "'PSF'".into(), "")]));
+        let (hdus, err) = header::scan_reader(&f[..]);
+        assert!(err.is_none());
+        assert_eq!(hdus[1].kind, header::HduKind::Image);
+        assert_eq!(hdus[1].extname.as_deref(), Some("PSF"));
+        assert_eq!(decode_image_hdu(&f, 0).unwrap().pixels, px);
+        assert_eq!(decode_image_hdu(&f, 1).unwrap().pixels, vec![7.0, 8.0]);
+        assert!(decode_image_hdu(&f, 2).unwrap_err().to_string().contains("has 2 HDUs"));
     }
 
     #[test]

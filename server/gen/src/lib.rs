@@ -504,8 +504,26 @@ impl FileGen<'_> {
             ("JD", format!("{:.7}", a.jd), "observation time"),
             ("STAMP", format!("'{kind}'"), "cutout kind"),
         ];
-        let f = fits::encode_image_f32(side, side, &px, &cards);
+        let mut f = fits::encode_image_f32(side, side, &px, &cards);
         if self.survey() == SurveyKind::Lsst {
+            // Rubin stamps hold three HDUs, as real ones do: the image, its uncertainty, and the
+            // PSF (a normalised Gaussian). Drawn from no random stream, so the rest of the lake
+            // (ids, images) is the same as with one-HDU stamps.
+            let sigma: Vec<f32> = px.iter().map(|v| (v.abs() + noise as f32 * noise as f32).sqrt()).collect();
+            f.extend(fits::encode_extension_f32(
+                side,
+                side,
+                &sigma,
+                &[("EXTNAME", "'UNCERTAINTY'".into(), "1-sigma, same units as the image")],
+            ));
+            let p = 15usize;
+            let psf: Vec<f32> = (0..p * p)
+                .map(|i| {
+                    let (x, y) = ((i % p) as f64 - 7.0, (i / p) as f64 - 7.0);
+                    ((-(x * x + y * y) / sigma2).exp() / (std::f64::consts::PI * sigma2)) as f32
+                })
+                .collect();
+            f.extend(fits::encode_extension_f32(p, p, &psf, &[("EXTNAME", "'PSF'".into(), "")]));
             return f;
         }
         let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(f.len()), flate2::Compression::default());

@@ -66,6 +66,8 @@ pub struct CutoutPlan {
     pub dataset: Arc<Dataset>,
     pub kinds: &'static [StampKind],
     pub format: StampFormat,
+    /// With format `array`: the HDU of each stamp decoded.
+    pub hdu: u32,
     /// Sorted by location, one per alert.
     pub targets: Vec<Target>,
     pub estimated_bytes: u64,
@@ -278,6 +280,7 @@ fn resolve(lake: Arc<Lake>, req: &CutoutRequest, command: Vec<u8>) -> Result<Cut
         dataset: ds,
         kinds,
         format: req.format,
+        hdu: req.hdu,
         targets,
         estimated_bytes,
         command,
@@ -428,6 +431,9 @@ fn convert(plan: &CutoutPlan, targets: &[Target], raw: &RecordBatch, what: &str)
             kinds.append_value(k.name());
             let bytes = (!stamp.is_null(i)).then(|| stamp.value(i));
             let bad = |e: fits::FitsError| {
+                if let fits::FitsError::NoSuchHdu(..) = e {
+                    return Error::InvalidArgument(format!("`hdu` {}: the {} stamp of alert {}: {e}", plan.hdu, k.name(), t.ids.row_id()));
+                }
                 Error::DataLoss(format!(
                     "{what}: the {} stamp of alert {} is not a valid FITS image: {e}",
                     k.name(),
@@ -439,7 +445,7 @@ fn convert(plan: &CutoutPlan, targets: &[Target], raw: &RecordBatch, what: &str)
                 (StampFormat::Fits, Some(b)) => stamp_out.append_value(fits::maybe_gunzip(b).map_err(bad)?),
                 (StampFormat::Fits, None) => stamp_out.append_null(),
                 (StampFormat::Array, Some(b)) => {
-                    let img = fits::decode_image(b).map_err(bad)?;
+                    let img = fits::decode_image_hdu(b, plan.hdu as usize).map_err(bad)?;
                     pixels.values().append_slice(&img.pixels);
                     pixels.append(true);
                     width.append_value(img.width as i32);

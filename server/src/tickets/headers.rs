@@ -387,6 +387,7 @@ async fn plan_stamps(lake: &Arc<Lake>, req: HeadersRequest, command: &[u8]) -> R
         selector,
         kind: StampKind::All,
         format: StampFormat::Fits,
+        hdu: 0,
     };
     let cutouts = Arc::new(cutout::plan(lake, cut, command).await?);
     check_limits(cutouts.as_ref(), &lake.limits)?;
@@ -400,6 +401,7 @@ async fn plan_stamps(lake: &Arc<Lake>, req: HeadersRequest, command: &[u8]) -> R
                 dataset: cutouts.dataset.clone(),
                 kinds: cutouts.kinds,
                 format: cutouts.format,
+                hdu: 0,
                 targets: vec![first.clone()],
                 estimated_bytes: 0,
                 command: Vec::new(),

@@ -199,6 +199,7 @@ pub async fn plan(lake: &Arc<Lake>, req: SectionRequest, command: &[u8]) -> Resu
         Region::Sky { ra, dec, size_arcsec } => {
             let wcs = TanWcs::from_header(|k| hdu.value(k)).map_err(|e| match e {
                 FitsError::Unsupported(m) | FitsError::Format(m) | FitsError::Gzip(m) => invalid(&path, index, m),
+                e @ FitsError::NoSuchHdu(..) => invalid(&path, index, e),
             })?;
             let smallest = wcs.pixel_scales().iter().fold(0f64, |a, &b| a.max(b)) * 3600.0;
             if (size_arcsec / smallest).round_ties_even() < 1.0 {
