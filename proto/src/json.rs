@@ -35,7 +35,8 @@ struct JsonSection {
 }
 
 /// `{"headers": {...}}`: a FITS dataset's header catalog (`prefix`, `keys`, `where`) or the
-/// headers of alert stamps (the id fields of cutout tickets).
+/// headers of alert stamps (the id fields of cutout tickets, repeated here rather than shared
+/// through `#[serde(flatten)]`, which would turn `deny_unknown_fields` off).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct JsonHeaders {

@@ -265,7 +265,9 @@ impl CutoutTicket {
             return bad("`all` applies to objectId/objectIds only");
         }
         if self.hdu != 0 && format != StampFormat::Array {
-            return bad("`hdu` chooses the image that format `array` decodes; `fits` and `gzip` return the whole stamp");
+            return bad(
+                "`hdu` chooses the image that format `array` decodes; `fits` and `gzip` return the whole stamp",
+            );
         }
         Ok(CutoutRequest {
             dataset: self.dataset,

@@ -350,7 +350,12 @@ mod tests {
     fn images_of_other_hdus() {
         let px: Vec<f32> = (0..6).map(|i| i as f32).collect();
         let mut f = encode_image_f32(3, 2, &px, &[]);
-        f.extend(encode_extension_f32(2, 1, &[7.0, 8.0], &[("EXTNAME", "'PSF'".into(), "")]));
+        f.extend(encode_extension_f32(
+            2,
+            1,
+            &[7.0, 8.0],
+            &[("EXTNAME", "'PSF'".into(), "")],
+        ));
         let (hdus, err) = header::scan_reader(&f[..]);
         assert!(err.is_none());
         assert_eq!(hdus[1].kind, header::HduKind::Image);

@@ -509,7 +509,10 @@ impl FileGen<'_> {
             // Rubin stamps hold three HDUs, as real ones do: the image, its uncertainty, and the
             // PSF (a normalised Gaussian). Drawn from no random stream, so the rest of the lake
             // (ids, images) is the same as with one-HDU stamps.
-            let sigma: Vec<f32> = px.iter().map(|v| (v.abs() + noise as f32 * noise as f32).sqrt()).collect();
+            let sigma: Vec<f32> = px
+                .iter()
+                .map(|v| (v.abs() + noise as f32 * noise as f32).sqrt())
+                .collect();
             f.extend(fits::encode_extension_f32(
                 side,
                 side,
@@ -523,7 +526,12 @@ impl FileGen<'_> {
                     ((-(x * x + y * y) / sigma2).exp() / (std::f64::consts::PI * sigma2)) as f32
                 })
                 .collect();
-            f.extend(fits::encode_extension_f32(p, p, &psf, &[("EXTNAME", "'PSF'".into(), "")]));
+            f.extend(fits::encode_extension_f32(
+                p,
+                p,
+                &psf,
+                &[("EXTNAME", "'PSF'".into(), "")],
+            ));
             return f;
         }
         let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(f.len()), flate2::Compression::default());

@@ -432,7 +432,12 @@ fn convert(plan: &CutoutPlan, targets: &[Target], raw: &RecordBatch, what: &str)
             let bytes = (!stamp.is_null(i)).then(|| stamp.value(i));
             let bad = |e: fits::FitsError| {
                 if let fits::FitsError::NoSuchHdu(..) = e {
-                    return Error::InvalidArgument(format!("`hdu` {}: the {} stamp of alert {}: {e}", plan.hdu, k.name(), t.ids.row_id()));
+                    return Error::InvalidArgument(format!(
+                        "`hdu` {}: the {} stamp of alert {}: {e}",
+                        plan.hdu,
+                        k.name(),
+                        t.ids.row_id()
+                    ));
                 }
                 Error::DataLoss(format!(
                     "{what}: the {} stamp of alert {} is not a valid FITS image: {e}",
