@@ -288,10 +288,13 @@ def place_fits(backend, local, name, request, tmp_path, servers):
         hdfs.put(local, f"/lakes/{name}")
         return f"{hdfs.url}/lakes/{name}", {}
     if backend == "http":
-        files = sorted(p.relative_to(local).as_posix() for p in pathlib.Path(local).rglob("*") if p.is_file())
+        # HTTP cannot list: the files are named in the root's `_manifest` (not a FITS name, so
+        # the other backends ignore it).
+        files = sorted(p.relative_to(local).as_posix() for p in pathlib.Path(local).rglob("*") if is_fits(p))
+        (pathlib.Path(local) / "_manifest").write_text("\n".join(["# FITS files", *files]) + "\n")
         srv = RangeHttp(tmp_path, local, name=f"http-{name}")
         servers.append(srv)
-        return f"{srv.url}/", {"files": files}
+        return f"{srv.url}/", {}
     raise ValueError(backend)
 
 
