@@ -211,24 +211,16 @@ impl KeyColumn {
     }
 }
 
-/// Whether a key's value in an HDU fits the column (Err: the value as written).
+/// Whether a key's value in an HDU fits the column (Err: the value as written): the type the
+/// value alone would give ([`KeyType::of_card`]) joins into the column's type.
 fn check_key(col: &KeyColumn, h: &Hdu, key: &str) -> std::result::Result<(), String> {
     let Some(c) = cards_of(h, key).next() else {
         return Ok(());
     };
-    let Some(v) = c.value.as_deref() else {
-        return Ok(());
-    };
-    let fits = match col {
-        KeyColumn::Boolean(_) => c.kind == ValueKind::Logical,
-        KeyColumn::Int64(_) => c.kind == ValueKind::Integer && v.parse::<i64>().is_ok(),
-        KeyColumn::Float64(_) => matches!(c.kind, ValueKind::Integer | ValueKind::Float) && parse_float(v).is_some(),
-        KeyColumn::Utf8(_) => true,
-    };
-    if fits {
-        Ok(())
-    } else {
-        Err(v.to_string())
+    let column = KeyType::of_data_type(&col.data_type()).expect("key columns have key types");
+    match KeyType::of_card(c) {
+        Some(t) if t.join(column) != column => Err(c.value.clone().unwrap_or_default()),
+        _ => Ok(()),
     }
 }
 

@@ -99,13 +99,14 @@ fn all_keys(req: &HeadersRequest) -> Result<(Vec<String>, usize)> {
 
 /// A header table from a FITS dataset's catalog.
 pub struct CatalogPlan {
-    lake: Arc<Lake>,
     ds: Arc<FitsDataset>,
     request: HeadersRequest,
     /// Base columns, key columns, then the keys only `where` reads.
     full_schema: SchemaRef,
     /// What the client gets: base and key columns.
     schema: SchemaRef,
+    /// The compiled `where`, if any.
+    condition: Option<Arc<dyn PhysicalExpr>>,
     /// The paths this plan streams: `[start, end)` under the prefix.
     start: String,
     end: Option<String>,
@@ -222,12 +223,13 @@ pub async fn plan(lake: &Arc<Lake>, req: HeadersRequest, command: &[u8], for_inf
     let (types, files, hdus, record_bytes, cuts) = pass.await??;
     let full_schema = table::schema(types.fields(&keys));
     let schema = project_schema(&full_schema, BASE_COLUMNS.len() + shown);
+    let condition = condition(lake, &req, &full_schema)?;
     let plan = CatalogPlan {
-        lake: lake.clone(),
         ds,
         request: req,
         full_schema,
         schema,
+        condition,
         start: String::new(),
         end: None,
         cuts: if for_info { cuts } else { Vec::new() },
@@ -236,7 +238,6 @@ pub async fn plan(lake: &Arc<Lake>, req: HeadersRequest, command: &[u8], for_inf
         record_bytes,
         command: None,
     };
-    condition(&plan.lake, &plan.request, &plan.full_schema)?;
     Ok(Arc::new(plan))
 }
 
@@ -251,10 +252,11 @@ pub fn plan_part(lake: &Arc<Lake>, part: HeadersPartRequest, command: &[u8]) -> 
         ));
     }
     table::RowsBuilder::new(full_schema.clone())?;
+    let condition = condition(lake, &part.request, &full_schema)?;
     let plan = CatalogPlan {
-        lake: lake.clone(),
         ds,
         schema: project_schema(&full_schema, shown),
+        condition,
         full_schema,
         request: part.request,
         start: part.start,
@@ -265,7 +267,6 @@ pub fn plan_part(lake: &Arc<Lake>, part: HeadersPartRequest, command: &[u8]) -> 
         record_bytes: 0,
         command: Some(command.to_vec()),
     };
-    condition(&plan.lake, &plan.request, &plan.full_schema)?;
     Ok(plan)
 }
 
@@ -300,7 +301,7 @@ fn execute_catalog(plan: Arc<CatalogPlan>) -> BoxStream<'static, Result<RecordBa
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
     tokio::task::spawn_blocking(move || {
         let run = || -> Result<()> {
-            let cond = condition(&plan.lake, &plan.request, &plan.full_schema)?;
+            let cond = &plan.condition;
             let keep = plan.schema.fields().len();
             let mut rows = RowsBuilder::new(plan.full_schema.clone())?;
             let entries = plan
@@ -312,13 +313,13 @@ fn execute_catalog(plan: Arc<CatalogPlan>) -> BoxStream<'static, Result<RecordBa
                 let f = catalog::decode(&path, &record)?;
                 rows.add_file(&f)?;
                 if rows.rows() >= BATCH_HDUS {
-                    let b = finish_batch(rows.finish()?, &cond, keep)?;
+                    let b = finish_batch(rows.finish()?, cond, keep)?;
                     if b.num_rows() > 0 && tx.blocking_send(Ok(b)).is_err() {
                         return Ok(()); // the client went away
                     }
                 }
             }
-            let b = finish_batch(rows.finish()?, &cond, keep)?;
+            let b = finish_batch(rows.finish()?, cond, keep)?;
             if b.num_rows() > 0 {
                 let _ = tx.blocking_send(Ok(b));
             }
