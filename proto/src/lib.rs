@@ -46,6 +46,30 @@ pub enum Command {
     Section(SectionRequest),
 }
 
+impl Command {
+    /// The dataset the command reads (what authorization checks).
+    pub fn dataset(&self) -> &str {
+        match self {
+            Command::Cutout(r) => &r.dataset,
+            Command::Alerts(r) => &r.dataset,
+            Command::AlertsPart(p) => &p.request.dataset,
+            Command::Headers(r) => &r.query.dataset,
+            Command::HeadersPart(p) => &p.request.query.dataset,
+            Command::Section(r) => &r.ticket.dataset,
+        }
+    }
+
+    /// How many ids (objectIds, candids, diaSourceIds) the command names.
+    pub fn ids(&self) -> usize {
+        match self {
+            Command::Cutout(r) => r.selector.len(),
+            Command::Headers(r) => r.selector.as_ref().map_or(0, Selector::len),
+            Command::HeadersPart(p) => p.request.selector.as_ref().map_or(0, Selector::len),
+            Command::Alerts(_) | Command::AlertsPart(_) | Command::Section(_) => 0,
+        }
+    }
+}
+
 /// Which alerts a cutout request names.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Selector {

@@ -1,5 +1,8 @@
 //! [`App`]: the server, built from a [`Config`], bound to its address, ready to run.
 //!
+//! Its connections are plain TCP or TLS ([`crate::tls`]); every call passes the
+//! authentication layer ([`crate::auth`]) before the Flight service or the gRPC health service.
+//!
 //! The server listens before its first index build ends: the build runs in the background
 //! once the server runs, lookups that find nothing meanwhile answer UNAVAILABLE ("still being
 //! indexed"), and readiness is reported by [`Lake::ready`], the `health` action and, in the
@@ -7,26 +10,43 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use futures::TryStreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
-use tracing::info;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::auth::{AuthLayer, Security};
+use crate::config::{Config, LimitsConfig};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::service::AstroFlight;
+use crate::telemetry::{Metrics, TelemetryLayer};
+use crate::tls::Tls;
+
+/// The health service's name that is SERVING while the process runs (a liveness probe); the
+/// empty name (and the Flight service's name) is SERVING once the server is ready (readiness);
+/// each dataset's name is SERVING once its first index build has ended and its last build
+/// reached the storage.
+pub const LIVENESS_SERVICE: &str = "liveness";
+const FLIGHT_SERVICE: &str = "arrow.flight.protocol.FlightService";
 
 pub struct App {
     addr: SocketAddr,
     lake: Arc<Lake>,
     listener: TcpListener,
-    deadline: std::time::Duration,
+    deadline: Duration,
     index_on_start: bool,
-    reindex_every: Option<std::time::Duration>,
+    reindex_every: Option<Duration>,
+    security: Arc<Security>,
+    tls: Option<Arc<Tls>>,
+    limits: LimitsConfig,
+    grace: Duration,
+    /// The plain-TCP listener of the health service alone (`health_listen`).
+    health_listener: Option<TcpListener>,
 }
 
 /// Stops a running server (dropping it stops the server too).
@@ -41,16 +61,26 @@ impl StopHandle {
 }
 
 impl App {
-    /// Open the lake and bind the listen address (port 0 picks a free port: see
-    /// [`App::local_addr`]). Reads nothing from the lake: the first index build starts when
-    /// the server runs.
+    /// Open the lake, load the TLS certificate and the credentials, and bind the listen
+    /// address (port 0 picks a free port: see [`App::local_addr`]). Reads nothing from the
+    /// lake: the first index build starts when the server runs.
     pub async fn build(config: Config) -> Result<App> {
+        let security = Arc::new(Security::new(&config)?);
+        let tls = config.tls.as_ref().map(Tls::new).transpose()?.map(Arc::new);
         let lake = Arc::new(Lake::open(&config)?);
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
         let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
-        let deadline = std::time::Duration::from_secs_f64(config.deadline_secs);
+        let health_listener = match &config.health_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("cannot listen on health_listen {a}: {e}")))?,
+            ),
+            None => None,
+        };
+        let deadline = Duration::from_secs_f64(config.deadline_secs);
         Ok(App {
             addr,
             lake,
@@ -58,12 +88,22 @@ impl App {
             deadline,
             index_on_start: config.index_on_start,
             reindex_every: (config.reindex_interval_secs > 0.0)
-                .then(|| std::time::Duration::from_secs_f64(config.reindex_interval_secs)),
+                .then(|| Duration::from_secs_f64(config.reindex_interval_secs)),
+            security,
+            tls,
+            limits: config.limits.clone(),
+            grace: Duration::from_secs_f64(config.shutdown_grace_secs),
+            health_listener,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the health-only listener (`health_listen`).
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn lake(&self) -> &Arc<Lake> {
@@ -110,36 +150,144 @@ impl App {
         })
     }
 
+    fn log_security(&self) {
+        match (&self.tls, self.security.is_controlled()) {
+            (None, false) => warn!(
+                "astroflight is OPEN: plain TCP, no [auth]; anyone who reaches {} reads every dataset (the demo setting; see [tls] and [auth])",
+                self.addr
+            ),
+            (Some(_), false) => warn!(
+                "astroflight is OPEN over TLS: no [auth] and no tls.client_ca; anyone who reaches {} reads every dataset",
+                self.addr
+            ),
+            (None, true) => warn!("callers are authenticated, but over plain TCP: tokens and passwords cross the network in clear (set [tls])"),
+            (Some(t), true) => info!(mutual_tls = t.mutual, "TLS on; every call but Handshake needs credentials"),
+        }
+    }
+
     async fn serve(self, stop: oneshot::Receiver<()>) -> Result<()> {
-        info!(addr = %self.addr, "astroflight listening");
+        info!(addr = %self.addr, tls = self.tls.is_some(), "astroflight listening");
+        self.log_security();
         let indexing = self.start_indexing();
-        let service = FlightServiceServer::new(AstroFlight::new(self.lake.clone(), self.deadline)?)
-            .max_decoding_message_size(16 << 20)
+        let mut background = vec![indexing];
+        background.extend(self.security.spawn_reloader());
+        if let Some(t) = &self.tls {
+            background.push(t.config.spawn_reloader(t.reload_every));
+        }
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        background.push(tokio::spawn(report_health(self.lake.clone(), reporter.clone())));
+        if let Some(l) = self.health_listener {
+            info!(addr = ?l.local_addr().ok(), "health service (plain TCP) listening");
+            let probes = tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .serve_with_incoming(crate::tls::incoming(l, None));
+            background.push(tokio::spawn(async move {
+                if let Err(e) = probes.await {
+                    warn!(error = %e, "the health listener failed");
+                }
+            }));
+        }
+        let limits = &self.limits;
+        let flight = AstroFlight::new(self.lake.clone(), self.deadline, self.security.clone(), limits)?;
+        let service = FlightServiceServer::new(flight)
+            .max_decoding_message_size(limits.max_message_bytes)
             .max_encoding_message_size(64 << 20);
-        // TCP_NODELAY on every accepted socket (tonic's own setting covers only sockets it binds
-        // itself): a cutout response ends in a small write, which Nagle would hold until the
-        // client's delayed ACK, ~40 ms on Linux. Larger HTTP/2 windows let big tickets and
-        // responses flow without waiting for window updates.
-        let incoming = TcpListenerStream::new(self.listener).map_ok(|s| {
-            if let Err(e) = s.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-            s
-        });
-        let result = tonic::transport::Server::builder()
+        let keepalive = (limits.keepalive_secs > 0.0).then(|| Duration::from_secs_f64(limits.keepalive_secs));
+        let incoming = crate::tls::incoming(self.listener, self.tls.clone());
+        // Larger HTTP/2 windows let big tickets and responses flow without waiting for window
+        // updates.
+        let router = tonic::transport::Server::builder()
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20))
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop.await;
+            .max_concurrent_streams(Some(limits.max_calls_per_connection))
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(Some(Duration::from_secs_f64(limits.keepalive_timeout_secs)))
+            // Outermost first: every call is traced and counted, refused ones included.
+            .layer(TelemetryLayer {
+                metrics: Metrics::new(&self.lake),
             })
-            .await
-            .map_err(|e| Error::Internal(format!("server failed: {e}")));
-        indexing.abort();
-        let _ = indexing.await;
+            .layer(AuthLayer {
+                security: self.security.clone(),
+            })
+            .add_service(health_service)
+            .add_service(service);
+        let (drain_tx, drain_rx) = oneshot::channel::<()>();
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = drain_rx.await;
+        }));
+        let result = tokio::select! {
+            r = &mut server => r.map_err(Error::from)?.map_err(|e| Error::Internal(format!("server failed: {e}"))),
+            _ = stop => {
+                // Graceful: NOT_SERVING first (load balancers stop sending), then no new calls,
+                // and open streams get `shutdown_grace_secs` to finish.
+                set_all(&self.lake, &reporter, ServingStatus::NotServing).await;
+                info!(grace_secs = self.grace.as_secs_f64(), "stopping: new calls refused, open streams finishing");
+                let _ = drain_tx.send(());
+                match tokio::time::timeout(self.grace, &mut server).await {
+                    Ok(r) => r.map_err(Error::from)?.map_err(|e| Error::Internal(format!("server failed: {e}"))),
+                    Err(_) => {
+                        server.abort();
+                        warn!(grace_secs = self.grace.as_secs_f64(), "open streams did not finish within the grace period; they were cut");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        for task in background {
+            task.abort();
+            let _ = task.await;
+        }
         self.lake.flush()?;
         info!("astroflight stopped");
         result
+    }
+}
+
+/// Keep the health service's statuses in step with the lake: readiness once every first
+/// build has ended, each dataset by its own state, re-read after every index build.
+async fn report_health(lake: Arc<Lake>, reporter: HealthReporter) {
+    let mut builds = lake.watch_builds();
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    loop {
+        let ready = if lake.is_ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", ready).await;
+        reporter.set_service_status(FLIGHT_SERVICE, ready).await;
+        for d in lake.datasets() {
+            reporter.set_service_status(&d.name, status(d.serving())).await;
+        }
+        for d in lake.fits_datasets() {
+            reporter.set_service_status(&d.name, status(d.serving())).await;
+        }
+        if builds.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn status(serving: bool) -> ServingStatus {
+    if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+async fn set_all(lake: &Lake, reporter: &HealthReporter, s: ServingStatus) {
+    for name in ["", FLIGHT_SERVICE, LIVENESS_SERVICE] {
+        reporter.set_service_status(name, s).await;
+    }
+    for name in lake
+        .datasets()
+        .map(|d| d.name.clone())
+        .chain(lake.fits_datasets().map(|d| d.name.clone()))
+    {
+        reporter.set_service_status(name, s).await;
     }
 }
 

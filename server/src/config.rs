@@ -8,6 +8,7 @@
 //! | `ASTROFLIGHT_CONFIG`      | the config file path (when `--config` is not given) |
 //! | `ASTROFLIGHT_LISTEN`      | `listen`    |
 //! | `ASTROFLIGHT_INDEX_DIR`   | `index_dir` |
+//! | `ASTROFLIGHT_LOG_FORMAT`  | `log_format` (`text` or `json`) |
 //!
 //! Relative paths in the file (`index_dir`, a `root` without a scheme) are relative to the
 //! file's directory, so a config and its lake can move together.
@@ -23,7 +24,12 @@ use astroflight_index::SurveyKind;
 use crate::error::{Error, Result};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8815";
-pub const ENV_VARS: [&str; 3] = ["ASTROFLIGHT_CONFIG", "ASTROFLIGHT_LISTEN", "ASTROFLIGHT_INDEX_DIR"];
+pub const ENV_VARS: [&str; 4] = [
+    "ASTROFLIGHT_CONFIG",
+    "ASTROFLIGHT_LISTEN",
+    "ASTROFLIGHT_INDEX_DIR",
+    "ASTROFLIGHT_LOG_FORMAT",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +95,161 @@ pub struct Config {
     pub fits: FitsConfig,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
+    /// TLS (the `[tls]` table): off (plain TCP, the demo) when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Authentication (the `[auth]` table): with it every RPC but Handshake needs credentials;
+    /// without it (and without `tls.client_ca`) the server is open.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Which identity reads which datasets (`[[grant]]`), once callers are identified.
+    #[serde(default, rename = "grant")]
+    pub grants: Vec<GrantConfig>,
+    /// Limits on concurrent streams, responses, messages and connections (`[limits]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// OpenTelemetry and Prometheus (`[telemetry]`).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Log lines as `text` (the default) or `json` (one object per line, for log shippers).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A second, plain-TCP address that serves the gRPC health service only (no credentials,
+    /// no TLS): for probes that cannot speak TLS (Kubernetes' gRPC probes) when `listen` is
+    /// TLS. Off by default; the health service is always on `listen` too.
+    #[serde(default)]
+    pub health_listen: Option<String>,
+    /// How long a graceful shutdown (SIGTERM, ctrl-c) lets open streams run before they are
+    /// cut, in seconds. New calls are refused from the signal on.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: f64,
+}
+
+/// `[tls]`: the server's certificate chain and key (PEM), and for mutual TLS the CA of the
+/// client certificates. The files are read again when they change (every `reload_secs`), so a
+/// renewed certificate is served without a restart; a change that does not load (a half-written
+/// file) is logged and the previous certificate kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates of the clients: set, every client must present a certificate it
+    /// signed (mutual TLS), and the certificate's subject CN (else its first SAN) is the
+    /// caller's identity.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for changes, in seconds.
+    #[serde(default = "default_reload_secs")]
+    pub reload_secs: f64,
+    /// A TLS handshake that takes longer than this, in seconds, is dropped.
+    #[serde(default = "default_handshake_secs")]
+    pub handshake_timeout_secs: f64,
+}
+
+/// `[auth]`: who the callers are. Credentials: tokens from `tokens_file`, users (name and
+/// argon2 password hash) from `users_file`, whose Handshake with basic credentials returns a
+/// session token, and (with `tls.client_ca`) client certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Static bearer tokens: `[[token]] token = "...", identity = "..."`.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// Users: `[[user]] name = "...", password_hash = "$argon2id$..."`.
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    /// Lifetime of the session tokens Handshake returns, in seconds (default 8 hours).
+    #[serde(default = "default_session_secs")]
+    pub session_secs: f64,
+    /// The key session tokens are signed with (any bytes, at least 32). Replicas behind one
+    /// address must share it, so a token from one is good on all; absent, each process draws
+    /// its own key at start (tokens then die with the process).
+    #[serde(default)]
+    pub session_key_file: Option<PathBuf>,
+    /// How often `tokens_file` and `users_file` are checked for changes, in seconds.
+    #[serde(default = "default_reload_secs")]
+    pub reload_secs: f64,
+}
+
+/// `[[grant]]`: the datasets an identity may read (`["*"]`: every dataset). An identity
+/// matches a user name, a token's identity or a client certificate's identity; `identity = "*"`
+/// grants to every authenticated caller. Grants add up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    pub identity: String,
+    pub datasets: Vec<String>,
+}
+
+/// `[limits]`: what one caller, and all together, may hold at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most response streams (DoGet) open at once, all callers together.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+    /// Most response streams one identity may have open at once.
+    #[serde(default = "default_max_streams_per_identity")]
+    pub max_streams_per_identity: usize,
+    /// How long a DoGet waits in line for a free stream slot before RESOURCE_EXHAUSTED, in
+    /// seconds.
+    #[serde(default = "default_queue_secs")]
+    pub queue_secs: f64,
+    /// Most ids (objectIds, candids, diaSourceIds) one ticket may name (at most 100000, the
+    /// decoder's own bound); past it, RESOURCE_EXHAUSTED before anything is looked up.
+    #[serde(default = "default_max_ticket_ids")]
+    pub max_ticket_ids: usize,
+    /// Most bytes (Flight data as sent) one response stream may carry; past it the stream ends
+    /// with RESOURCE_EXHAUSTED. 0: no limit.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
+    /// Largest gRPC message the server accepts (tickets, commands, DoPut data).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// HTTP/2 keep-alive: a ping every this many seconds on an idle connection (0: off)...
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: f64,
+    /// ...and the connection is closed when a ping is not answered within this many seconds.
+    #[serde(default = "default_keepalive_timeout_secs")]
+    pub keepalive_timeout_secs: f64,
+    /// Most concurrent HTTP/2 streams (calls) on one connection.
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_calls_per_connection: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry over OTLP/gRPC, and a Prometheus text endpoint.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector for traces and metrics (`http://host:4317`).
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Address of the Prometheus text endpoint (`GET /metrics`).
+    #[serde(default)]
+    pub prometheus_listen: Option<String>,
+    /// `service.name` of the traces and metrics (default `astroflight`).
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// How often metrics are pushed over OTLP, in seconds (default 10).
+    #[serde(default)]
+    pub export_interval_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Flight SQL: how scans are split into endpoints, and the limits of one query.
@@ -214,8 +375,12 @@ pub struct DatasetConfig {
     /// Allow a plain `http://` endpoint.
     pub allow_http: Option<bool>,
     pub virtual_hosted_style: Option<bool>,
-    /// Unsigned requests (public buckets).
+    /// Unsigned requests (public buckets): no credentials are looked up or sent.
     pub anonymous: Option<bool>,
+    /// Requester-pays buckets: every request carries `x-amz-request-payer: requester`, so the
+    /// reads are billed to the credentials' account (needs signed requests: not with
+    /// `anonymous`).
+    pub requester_pays: Option<bool>,
 
     // HDFS (`hdfs://`).
     /// Hadoop client settings (e.g. `dfs.ha.namenodes.<ns>` for an HA nameservice); they
@@ -357,6 +522,45 @@ fn default_endpoint_bytes() -> u64 {
 fn default_deadline() -> f64 {
     120.0
 }
+fn default_shutdown_grace() -> f64 {
+    30.0
+}
+fn default_reload_secs() -> f64 {
+    5.0
+}
+fn default_handshake_secs() -> f64 {
+    10.0
+}
+fn default_session_secs() -> f64 {
+    8.0 * 3600.0
+}
+fn default_max_streams() -> usize {
+    256
+}
+fn default_max_streams_per_identity() -> usize {
+    32
+}
+fn default_queue_secs() -> f64 {
+    10.0
+}
+fn default_max_ticket_ids() -> usize {
+    100_000
+}
+fn default_max_response_bytes() -> u64 {
+    64 << 30
+}
+fn default_max_message_bytes() -> usize {
+    16 << 20
+}
+fn default_keepalive_secs() -> f64 {
+    30.0
+}
+fn default_keepalive_timeout_secs() -> f64 {
+    20.0
+}
+fn default_max_concurrent_calls() -> u32 {
+    256
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -373,6 +577,19 @@ impl Config {
         for d in &mut c.datasets {
             if !d.root.contains("://") {
                 d.root = base.join(&d.root).to_string_lossy().into_owned();
+            }
+        }
+        if let Some(t) = &mut c.tls {
+            t.cert = base.join(&t.cert);
+            t.key = base.join(&t.key);
+            t.client_ca = t.client_ca.as_ref().map(|p| base.join(p));
+        }
+        if let Some(a) = &mut c.auth {
+            for p in [&mut a.tokens_file, &mut a.users_file, &mut a.session_key_file]
+                .into_iter()
+                .flatten()
+            {
+                *p = base.join(&*p);
             }
         }
         c.validate()?;
@@ -406,6 +623,11 @@ impl Config {
         }
         if let Some(v) = get("ASTROFLIGHT_INDEX_DIR") {
             self.index_dir = PathBuf::from(v);
+        }
+        match get("ASTROFLIGHT_LOG_FORMAT").as_deref() {
+            Some("json") => self.log_format = LogFormat::Json,
+            Some("text") => self.log_format = LogFormat::Text,
+            _ => {}
         }
     }
 
@@ -458,6 +680,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_operations()?;
         let mut names = std::collections::HashSet::new();
         for d in &self.datasets {
             if d.name.is_empty()
@@ -485,6 +708,99 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The production tables: TLS, auth, grants, limits, telemetry.
+    fn validate_operations(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        let secs = |name: &str, v: f64, zero_ok: bool| -> Result<()> {
+            if v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "{name} must be a positive number of seconds{} (got {v})",
+                    if zero_ok { " or 0" } else { "" }
+                )))
+            }
+        };
+        secs("shutdown_grace_secs", self.shutdown_grace_secs, true)?;
+        if let Some(t) = &self.tls {
+            secs("tls.reload_secs", t.reload_secs, false)?;
+            secs("tls.handshake_timeout_secs", t.handshake_timeout_secs, false)?;
+        }
+        if let Some(a) = &self.auth {
+            if a.tokens_file.is_none()
+                && a.users_file.is_none()
+                && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+            {
+                return bad(
+                    "[auth] needs tokens_file or users_file (or tls.client_ca): otherwise nobody could sign in".into(),
+                );
+            }
+            secs("auth.session_secs", a.session_secs, false)?;
+            secs("auth.reload_secs", a.reload_secs, false)?;
+        }
+        for g in &self.grants {
+            if g.identity.trim().is_empty() {
+                return bad("a [[grant]] has an empty identity".into());
+            }
+            for d in &g.datasets {
+                if d != "*" && !self.datasets.iter().any(|c| &c.name == d) {
+                    return bad(format!(
+                        "the [[grant]] of {:?} names dataset {d:?}, which is not configured",
+                        g.identity
+                    ));
+                }
+            }
+        }
+        let l = &self.limits;
+        if l.max_streams == 0
+            || l.max_streams_per_identity == 0
+            || l.max_ticket_ids == 0
+            || l.max_calls_per_connection == 0
+        {
+            return bad("limits.max_streams, limits.max_streams_per_identity, limits.max_ticket_ids and limits.max_calls_per_connection must be positive".into());
+        }
+        if l.max_ticket_ids > astroflight_proto::MAX_IDS_PER_TICKET {
+            return bad(format!(
+                "limits.max_ticket_ids is at most {} (the ticket decoder's own bound; got {})",
+                astroflight_proto::MAX_IDS_PER_TICKET,
+                l.max_ticket_ids
+            ));
+        }
+        if l.max_message_bytes < 1024 {
+            return bad(format!(
+                "limits.max_message_bytes must be at least 1024 (got {})",
+                l.max_message_bytes
+            ));
+        }
+        secs("limits.queue_secs", l.queue_secs, true)?;
+        secs("limits.keepalive_secs", l.keepalive_secs, true)?;
+        secs("limits.keepalive_timeout_secs", l.keepalive_timeout_secs, false)?;
+        let t = &self.telemetry;
+        if let Some(e) = &t.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) || url::Url::parse(e).is_err() {
+                return bad(format!(
+                    "telemetry.otlp_endpoint {e:?} is not a URL such as http://127.0.0.1:4317"
+                ));
+            }
+        }
+        if let Some(p) = &t.prometheus_listen {
+            if p.parse::<std::net::SocketAddr>().is_err() {
+                return bad(format!(
+                    "telemetry.prometheus_listen {p:?} is not an address such as 127.0.0.1:9464"
+                ));
+            }
+        }
+        if let Some(i) = t.export_interval_secs {
+            secs("telemetry.export_interval_secs", i, false)?;
+        }
+        Ok(())
+    }
+
+    /// Whether callers are identified (and grants apply): `[auth]` or mutual TLS is configured.
+    pub fn access_controlled(&self) -> bool {
+        self.auth.is_some() || self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
     }
 
     pub fn dataset(&self, name: &str) -> Option<&DatasetConfig> {

@@ -27,6 +27,12 @@ pub enum Error {
     /// A bug or an unexpected failure of ours.
     #[error("{0}")]
     Internal(String),
+    /// The caller is known but may not read what the request names.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The caller sent no credentials, or credentials that are not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 /// Longest status message sent to a client: messages quote input, and input can be large.
@@ -57,6 +63,8 @@ impl Error {
             Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
             Error::Unimplemented(_) => tonic::Status::unimplemented(msg),
             Error::Internal(_) => tonic::Status::internal(msg),
+            Error::PermissionDenied(_) => tonic::Status::permission_denied(msg),
+            Error::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Dataset {
     /// True until the first index build since the server started has finished (or failed):
     /// an id not found meanwhile may be in a file not indexed yet.
     first_build: AtomicBool,
+    /// Whether the last index build failed (its storage could not be listed).
+    build_failed: AtomicBool,
 }
 
 /// A FITS dataset (`kind = "fits"`): its store and its header catalog.
@@ -51,11 +53,18 @@ pub struct FitsDataset {
     /// Refreshes of the catalog never overlap.
     refresh: tokio::sync::Mutex<()>,
     first_build: AtomicBool,
+    build_failed: AtomicBool,
 }
 
 impl FitsDataset {
     pub fn first_build_pending(&self) -> bool {
         self.first_build.load(Ordering::Acquire)
+    }
+
+    /// Serving (the health service's word): the first refresh since start has ended and the
+    /// last one reached the storage.
+    pub fn serving(&self) -> bool {
+        !self.first_build_pending() && !self.build_failed.load(Ordering::Acquire)
     }
 }
 
@@ -88,6 +97,12 @@ impl Dataset {
     pub fn first_build_pending(&self) -> bool {
         self.first_build.load(Ordering::Acquire)
     }
+
+    /// Serving (the health service's word): the first index build since start has ended and
+    /// the last build reached the storage.
+    pub fn serving(&self) -> bool {
+        !self.first_build_pending() && !self.build_failed.load(Ordering::Acquire)
+    }
 }
 
 pub struct Lake {
@@ -118,6 +133,9 @@ pub struct Lake {
     index: Index,
     /// Becomes true when every dataset's first build since start has ended.
     ready: tokio::sync::watch::Sender<bool>,
+    /// Counts finished index builds (of every dataset): the health service re-reads the
+    /// datasets' states when it moves.
+    builds: tokio::sync::watch::Sender<u64>,
 }
 
 /// Open the index directory; one that cannot be opened because its files are broken (a crash,
@@ -176,6 +194,7 @@ impl Lake {
                     catalog: index.headers(&d.name)?,
                     refresh: tokio::sync::Mutex::new(()),
                     first_build: AtomicBool::new(config.index_on_start),
+                    build_failed: AtomicBool::new(false),
                 }));
                 continue;
             };
@@ -196,6 +215,7 @@ impl Lake {
                     (None, SurveyKind::Lsst) => None,
                 },
                 first_build: AtomicBool::new(config.index_on_start),
+                build_failed: AtomicBool::new(false),
             }));
         }
         let (ready, _) = tokio::sync::watch::channel(!config.index_on_start || config.datasets.is_empty());
@@ -219,6 +239,7 @@ impl Lake {
             fits_config: config.fits.clone(),
             index,
             ready,
+            builds: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -325,6 +346,7 @@ impl Lake {
                 }
                 Err(e) => warn!(dataset = %ds.name, error = %e, "index build failed; the previous index stays in use"),
             }
+            ds.build_failed.store(result.is_err(), Ordering::Release);
             if ds.first_build.swap(false, Ordering::AcqRel) {
                 info!(dataset = %ds.name, "first index build since start ended; lookups are authoritative");
             }
@@ -337,7 +359,13 @@ impl Lake {
         {
             self.ready.send_replace(true);
         }
+        self.builds.send_modify(|n| *n += 1);
         out
+    }
+
+    /// A receiver that changes whenever an index build of every dataset has ended.
+    pub fn watch_builds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.builds.subscribe()
     }
 
     /// Bring a FITS dataset's header catalog up to date (refreshes never overlap).
@@ -365,6 +393,7 @@ impl Lake {
                 Err(e)
             }
         };
+        ds.build_failed.store(result.is_err(), Ordering::Release);
         if ds.first_build.swap(false, Ordering::AcqRel) {
             info!(dataset = %ds.name, "first header catalog refresh since start ended");
         }

@@ -19,16 +19,21 @@
 //! the serving code; FITS decoding is `astroflight-fits`.
 
 pub mod app;
+pub mod auth;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod headers;
 pub mod lake;
 pub mod read;
+pub mod reload;
 pub mod scan;
 pub mod service;
 pub mod sql;
 pub mod storage;
+pub mod telemetry;
 pub mod tickets;
+pub mod tls;
 
 pub use app::App;
 pub use config::Config;

@@ -91,6 +91,27 @@ enum Cmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Validate a configuration and reach every root, TLS file, credentials file and collector
+    /// it names, without serving or writing anything; exits 1 if anything fails.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Validate the configuration only (no file, storage or network access) and print it,
+        /// resolved, as JSON.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Ask a server's gRPC health service (plain TCP: `listen`, or `health_listen` when
+    /// `listen` is TLS); exits 0 when SERVING. For container health checks.
+    Health {
+        #[arg(long, default_value = "grpc://127.0.0.1:8815")]
+        server: String,
+        /// The service: "" (readiness), "liveness", or a dataset name.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+    /// Print the argon2id hash of a password read from standard input, for `users_file`.
+    HashPassword,
     /// Bring the index of every configured dataset up to date (the server must not be running
     /// on the same index_dir; use the `reindex` action then).
     Index {
@@ -213,11 +234,14 @@ enum RubinSchema {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `serve` sets up its logging (text or JSON) and telemetry from its configuration.
+    if !matches!(cli.cmd, Cmd::Serve { .. }) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -246,6 +270,12 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             no_index,
         } => {
             let is_demo = config.is_none() && std::env::var_os("ASTROFLIGHT_CONFIG").is_none();
+            let mut telemetry = None;
+            if is_demo {
+                let mut env = Config::default();
+                env.apply_env(|k| std::env::var(k).ok());
+                telemetry = Some(astroflight_server::telemetry::install(&env.telemetry, env.log_format).await?);
+            }
             let mut cfg = if is_demo {
                 let dir = demo_dir.unwrap_or_else(demo::default_dir);
                 let d = dir.clone();
@@ -263,6 +293,9 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             } else {
                 Config::load(config.as_deref())?
             };
+            if telemetry.is_none() {
+                telemetry = Some(astroflight_server::telemetry::install(&cfg.telemetry, cfg.log_format).await?);
+            }
             if let Some(l) = listen {
                 cfg.listen = l;
             }
@@ -270,6 +303,12 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
                 cfg.index_on_start = false;
             }
             let app = App::build(cfg).await?;
+            if let Some(addr) = telemetry.as_ref().and_then(|t| t.prometheus_addr()) {
+                println!("astroflight metrics on http://{addr}/metrics");
+            }
+            if let Some(addr) = app.health_addr() {
+                println!("astroflight health on {addr}");
+            }
             println!("astroflight listening on {}", app.local_addr());
             std::io::stdout().flush()?;
             // Readiness for scripts: a line once the first index build of every dataset ended.
@@ -279,7 +318,11 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
                 println!("astroflight ready");
                 let _ = std::io::stdout().flush();
             });
-            app.run_until_stopped().await?;
+            let served = app.run_until_stopped().await;
+            if let Some(t) = telemetry {
+                t.shutdown().await;
+            }
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::GenFits { out, files, side, seed } => {
@@ -335,6 +378,65 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
                 bytes as f64 / 1e6,
                 started.elapsed().as_secs_f64()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Health { server, service } => {
+            use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+            let url = server
+                .replacen("grpc://", "http://", 1)
+                .replacen("grpc+tcp://", "http://", 1);
+            let channel = tonic::transport::Endpoint::from_shared(url)?
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .timeout(std::time::Duration::from_secs(5))
+                .connect()
+                .await?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.clone(),
+                })
+                .await?
+                .into_inner()
+                .status();
+            println!(
+                "{}: {}",
+                if service.is_empty() { "(server)" } else { &service },
+                status.as_str_name()
+            );
+            Ok(
+                if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
+        }
+        Cmd::Check { config, offline } => {
+            let cfg = Config::load(config.as_deref())?;
+            if offline {
+                println!("{}", astroflight_server::check::summary(&cfg));
+                println!("configuration valid");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let findings = astroflight_server::check::check(&cfg).await;
+            for f in &findings {
+                println!("{f}");
+            }
+            let failed = findings.iter().filter(|f| !f.ok).count();
+            if failed > 0 {
+                println!("{failed} of {} checks failed", findings.len());
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("all {} checks passed", findings.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return Err("no password on standard input".into());
+            }
+            println!("{}", astroflight_server::auth::hash_password(password)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Index { config } => {

@@ -38,6 +38,7 @@ use object_store::{
     OBJECT_STORE_COALESCE_DEFAULT,
 };
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::config::DatasetConfig;
 use crate::error::{Error, Result};
@@ -155,6 +156,7 @@ fn check_options(d: &DatasetConfig, backend: Backend) -> std::result::Result<(),
         ("allow_http", d.allow_http.is_some()),
         ("virtual_hosted_style", d.virtual_hosted_style.is_some()),
         ("anonymous", d.anonymous.is_some()),
+        ("requester_pays", d.requester_pays.is_some()),
     ];
     let hdfs = [("hdfs", !d.hdfs.is_empty())];
     let http = [("files", d.files.is_some()), ("manifest", d.manifest.is_some())];
@@ -398,6 +400,15 @@ fn s3_root(d: &DatasetConfig, url: &url::Url) -> std::result::Result<Arc<dyn Obj
     }
     if let Some(v) = d.anonymous {
         b = b.with_skip_signature(v);
+    }
+    if let Some(v) = d.requester_pays {
+        if v && d.anonymous == Some(true) {
+            return Err(
+                "requester_pays needs signed requests (the requester is billed): it cannot go with anonymous = true"
+                    .into(),
+            );
+        }
+        b = b.with_request_payer(v);
     }
     let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
     if let Some(e) = &endpoint {
@@ -900,21 +911,32 @@ impl ObjectStore for CountingStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         let head = options.head;
-        // A request counts when it is made; its bytes when they arrive.
-        self.add(1, 0);
-        let r = self.inner.get_opts(location, options).await?;
-        if !head {
-            self.add(0, r.range.end - r.range.start);
+        // A child span of the request's: one per storage request, with its bytes.
+        let span =
+            tracing::info_span!("storage.read", path = %location, requests = 1u64, bytes = tracing::field::Empty);
+        async {
+            // A request counts when it is made; its bytes when they arrive.
+            self.add(1, 0);
+            let r = self.inner.get_opts(location, options).await?;
+            if !head {
+                let n = r.range.end - r.range.start;
+                self.add(0, n);
+                tracing::Span::current().record("bytes", n);
+            }
+            Ok(r)
         }
-        Ok(r)
+        .instrument(span)
+        .await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
         match self.ranges {
             RangeReads::Exact => {
+                let n: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+                let span = tracing::info_span!("storage.read", path = %location, requests = ranges.len(), bytes = n);
                 self.add(ranges.len() as u64, 0);
-                let out = self.inner.get_ranges(location, ranges).await?;
-                self.add(0, ranges.iter().map(|r| r.end - r.start).sum());
+                let out = self.inner.get_ranges(location, ranges).instrument(span).await?;
+                self.add(0, n);
                 Ok(out)
             }
             RangeReads::Coalesced => {

@@ -41,9 +41,10 @@ def shared_data():
     return d
 
 
-def write_config(path, workdir, datasets, top=None):
+def write_config(path, workdir, datasets, top=None, extra=""):
     """An astroflight.toml: datasets are (name, kind, root) or (name, kind, root, options);
-    an `hdfs` option is a table of Hadoop settings."""
+    an `hdfs` option is a table of Hadoop settings. `extra`: TOML tables appended as written
+    ([tls], [auth], [[grant]], ...)."""
     lines = [f'index_dir = "{pathlib.Path(workdir) / "index"}"', 'listen = "127.0.0.1:0"']
     lines += [f"{k} = {toml_value(v)}" for k, v in (top or {}).items()]
     for name, kind, root, *opts in datasets:
@@ -54,14 +55,15 @@ def write_config(path, workdir, datasets, top=None):
         if hdfs:
             lines.append("[dataset.hdfs]")
             lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in hdfs.items()]
-    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+    pathlib.Path(path).write_text("\n".join(lines) + "\n" + extra)
 
 
 class Server:
-    def __init__(self, binary, workdir, datasets, extra_args=(), top=None, env=None, name="server", wait_ready=True):
+    def __init__(self, binary, workdir, datasets, extra_args=(), top=None, env=None, name="server", wait_ready=True,
+                 extra="", scheme="grpc"):
         self.workdir = pathlib.Path(workdir)
         self.config = self.workdir / f"{name}.toml"
-        write_config(self.config, self.workdir, datasets, top)
+        write_config(self.config, self.workdir, datasets, top, extra)
         self.stderr_path = self.workdir / f"{name}.stderr"
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", str(self.config), *extra_args],
@@ -71,12 +73,15 @@ class Server:
             env=env if env is not None else env_without_aws(),
         )
         self.addr = None
+        self.metrics_url = None
         listening = threading.Event()
         self.is_ready = threading.Event()
 
         def read():
             for line in self.proc.stdout:
-                if line.startswith("astroflight listening on "):
+                if line.startswith("astroflight metrics on "):
+                    self.metrics_url = line.split()[-1]
+                elif line.startswith("astroflight listening on "):
                     self.addr = line.split()[-1]
                     listening.set()
                 elif line.strip() == "astroflight ready":
@@ -87,7 +92,7 @@ class Server:
         if not listening.wait(timeout=120) or self.addr is None:
             self.stop()
             raise RuntimeError(f"astroflight did not start:\n{self.stderr_path.read_text()[-4000:]}")
-        self.url = f"grpc://{self.addr}"
+        self.url = f"{scheme}://{self.addr}"
         if wait_ready:
             self.wait_ready()
 
@@ -122,9 +127,9 @@ class Server:
 def start_server(binary, tmp_path):
     servers = []
 
-    def start(datasets, extra_args=(), top=None, env=None, wait_ready=True):
+    def start(datasets, extra_args=(), top=None, env=None, wait_ready=True, extra="", scheme="grpc"):
         s = Server(binary, tmp_path, datasets, extra_args, top=top, env=env, name=f"server{len(servers)}",
-                   wait_ready=wait_ready)
+                   wait_ready=wait_ready, extra=extra, scheme=scheme)
         servers.append(s)
         return s
 

@@ -8,7 +8,9 @@ slowly. The rest are forwarded unchanged (Host header included, so S3 signatures
 
 prints `listening 127.0.0.1:PORT`. Control (not forwarded):
   GET /__faults__            -> JSON: the rates and what was injected so far; `rounds` counts
-                                the requests that arrived with no other request in flight
+                                the requests that arrived with no other request in flight;
+                                `request_payer` those that carried x-amz-request-payer: requester,
+                                `signed` those with an Authorization header
   GET /__faults__/set?error=1 -> change rates (error, reset, truncate, slow, slow_secs)
   GET /__faults__/paths       -> the same, with `paths`: {object path: [requests, body bytes]}
 """
@@ -29,7 +31,9 @@ class Proxy:
         self.rng = random.Random(seed)
         self.rates = dict(rates)
         self.slow_secs = slow_secs
-        self.counts = {"requests": 0, "forwarded": 0, "rounds": 0, "bytes": 0, **{f: 0 for f in FAULTS}}
+        # request_payer: requests that carried `x-amz-request-payer: requester`.
+        self.counts = {"requests": 0, "forwarded": 0, "rounds": 0, "bytes": 0, "request_payer": 0,
+                       "signed": 0, **{f: 0 for f in FAULTS}}
         # Per object path: [requests, body bytes] (benchmarks count reads per file).
         self.paths = {}
         self.inflight = 0
@@ -59,6 +63,10 @@ class Proxy:
                     await self.control(target, writer)
                     continue
                 self.counts["requests"] += 1
+                if any(k.strip().lower() == "x-amz-request-payer" and v.strip() == "requester" for k, v in headers):
+                    self.counts["request_payer"] += 1
+                if any(k.strip().lower() == "authorization" for k, _ in headers):
+                    self.counts["signed"] += 1
                 per = self.paths.setdefault(urlsplit(target).path, [0, 0])
                 per[0] += 1
                 if self.inflight == 0:

@@ -5,6 +5,7 @@
 //! error-to-status mapping ([`Error::to_status`]).
 
 mod record;
+mod slots;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -29,12 +30,14 @@ use tracing::{instrument, Instrument};
 
 use astroflight_proto::{decode_command, Command, StampFormat};
 
-use crate::config::ReindexAction;
+use crate::auth::{caller_of, Caller, Security};
+use crate::config::{LimitsConfig, ReindexAction};
 use crate::error::{Error, Result};
 use crate::lake::{Dataset, FitsDataset, Lake};
 use crate::storage::IoStats;
 use crate::tickets::{self, cutout::cutout_schema, Planned};
 use record::{Recent, RequestRecord, RECENT_REQUESTS};
+use slots::Slots;
 
 /// Largest Flight message the encoder produces (batches are split to fit), below gRPC's
 /// customary 4 MiB receive limit.
@@ -72,19 +75,22 @@ pub(crate) fn endpoint(ticket: Vec<u8>, i: usize, advertise: &[String]) -> Fligh
 /// A response stream bounded by the deadline (a storage read that never returns ends the
 /// request with DEADLINE_EXCEEDED instead of hanging the client), whose record logs what the
 /// request read from storage once the stream ends (or the client goes).
+/// `max_bytes` (limits.max_response_bytes, 0: none) bounds the Flight data sent: past it the
+/// stream ends with RESOURCE_EXHAUSTED, never with a silently shortened answer.
 fn guarded(
     encoded: impl futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
     record: Arc<RequestRecord>,
     deadline_at: tokio::time::Instant,
     deadline: Duration,
+    max_bytes: u64,
 ) -> Stream<FlightData> {
     let out = stream::unfold(
-        (encoded, record, false),
-        move |(mut encoded, record, done)| async move {
+        (encoded, record, false, 0u64),
+        move |(mut encoded, record, done, sent)| async move {
             if done {
                 return None;
             }
-            let item = match tokio::time::timeout_at(deadline_at, encoded.next()).await {
+            let mut item = match tokio::time::timeout_at(deadline_at, encoded.next()).await {
                 Ok(Some(item)) => item,
                 Ok(None) => {
                     record.finish("ok");
@@ -92,11 +98,21 @@ fn guarded(
                 }
                 Err(_) => Err(deadline_status(deadline)),
             };
+            let sent = match &item {
+                Ok(d) => sent + (d.data_header.len() + d.data_body.len() + d.app_metadata.len()) as u64,
+                Err(_) => sent,
+            };
+            if max_bytes > 0 && sent > max_bytes && item.is_ok() {
+                item = Err(Status::resource_exhausted(format!(
+                    "the response passed this server's limit of {max_bytes} bytes per stream (limits.max_response_bytes); \
+                     ask for less (fewer ids, columns or stamp kinds), or use the endpoints of GetFlightInfo"
+                )));
+            }
             let failed = item.is_err();
             if let Err(status) = &item {
                 record.finish(code_name(status.code()));
             }
-            Some((item, (encoded, record, failed)))
+            Some((item, (encoded, record, failed, sent)))
         },
     );
     out.boxed()
@@ -129,6 +145,11 @@ const INLINE_TICKET_BYTES: usize = 16 << 10;
 
 pub struct AstroFlight {
     lake: Arc<Lake>,
+    security: Arc<Security>,
+    /// Open response streams, per caller and in total.
+    slots: Slots,
+    max_ticket_ids: usize,
+    max_response_bytes: u64,
     /// Flight SQL commands (an `Any` of `arrow.flight.protocol.sql`) go here.
     sql: crate::sql::SqlService,
     deadline: Duration,
@@ -152,10 +173,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl AstroFlight {
     /// `deadline`: the longest one DoGet may take (a client's shorter `grpc-timeout` wins).
-    pub fn new(lake: Arc<Lake>, deadline: Duration) -> Result<Self> {
+    pub fn new(lake: Arc<Lake>, deadline: Duration, security: Arc<Security>, limits: &LimitsConfig) -> Result<Self> {
         Ok(AstroFlight {
-            sql: crate::sql::SqlService::new(lake.clone())?,
+            sql: crate::sql::SqlService::new(lake.clone(), security.clone())?,
             lake,
+            security,
+            slots: Slots::new(
+                limits.max_streams,
+                limits.max_streams_per_identity,
+                Duration::from_secs_f64(limits.queue_secs),
+            ),
+            max_ticket_ids: limits.max_ticket_ids,
+            max_response_bytes: limits.max_response_bytes,
             deadline,
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_REQUESTS))),
             next_request: AtomicU64::new(1),
@@ -212,14 +241,44 @@ impl AstroFlight {
         }
     }
 
-    async fn plan(&self, cmd: &[u8], for_info: bool) -> Result<Arc<dyn Planned>> {
-        let command = decode(cmd).await?;
+    async fn plan(&self, cmd: &[u8], for_info: bool, caller: &Caller) -> Result<Arc<dyn Planned>> {
+        let command = self.decode_for(cmd, caller).await?;
         tickets::plan(&self.lake, command, cmd, for_info).await
     }
 
-    fn stats(lake: &Lake, recent: &Recent) -> Result<serde_json::Value> {
+    /// Decode a command and check it against the caller's grants and the ids limit (before
+    /// anything is looked up).
+    async fn decode_for(&self, cmd: &[u8], caller: &Caller) -> Result<Command> {
+        let command = decode(cmd).await?;
+        caller.check(command.dataset())?;
+        if command.ids() > self.max_ticket_ids {
+            return Err(Error::ResourceExhausted(format!(
+                "the ticket names {} ids; this server's limit is {} per ticket (limits.max_ticket_ids): split it",
+                command.ids(),
+                self.max_ticket_ids
+            )));
+        }
+        Ok(command)
+    }
+
+    /// The caller of a request, as the authentication layer found it.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Arc<Caller>, Status> {
+        Ok(caller_of(&self.security, request)?)
+    }
+
+    /// What a caller's stream slots are counted by: its identity, or its address when anonymous.
+    fn slot_key<T>(caller: &Caller, request: &Request<T>) -> String {
+        match (&caller.identity, conn_info(request).and_then(|c| c.remote)) {
+            (Some(_), _) => caller.name(),
+            (None, Some(addr)) => format!("client {}", addr.ip()),
+            (None, None) => caller.name(),
+        }
+    }
+
+    fn stats(lake: &Lake, recent: &Recent, caller: &Caller) -> Result<serde_json::Value> {
         let datasets = lake
             .datasets()
+            .filter(|d| caller.may_read(&d.name))
             .map(|d| {
                 let sum = d.index.summary()?;
                 let mut v = json!({"name": d.name, "kind": d.kind.name(), "storage": d.backend.name(),
@@ -229,7 +288,7 @@ impl AstroFlight {
                 }
                 Ok(v)
             })
-            .chain(lake.fits_datasets().map(|d| {
+            .chain(lake.fits_datasets().filter(|d| caller.may_read(&d.name)).map(|d| {
                 let (files, hdus, errors) = crate::headers::catalog::summary(&d.catalog)?;
                 let mut v = json!({"name": d.name, "kind": "fits", "storage": d.backend.name(),
                                    "files": files, "hdus": hdus, "files_with_errors": errors,
@@ -240,10 +299,16 @@ impl AstroFlight {
                 Ok(v)
             }))
             .collect::<Result<Vec<_>, Error>>()?;
+        // A caller who reads everything sees every request; others their own only.
+        let mine = |r: &&serde_json::Value| {
+            caller.reads_everything()
+                || (caller.identity.is_some() && r["identity"].as_str() == caller.identity.as_deref())
+        };
         let recent: Vec<serde_json::Value> = recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
+            .filter(mine)
             .cloned()
             .collect();
         Ok(
@@ -253,8 +318,15 @@ impl AstroFlight {
         )
     }
 
-    /// May this caller run the `reindex` action?
-    fn may_reindex(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Status> {
+    /// May this caller run the `reindex` action? It re-indexes every dataset: a caller whose
+    /// grants do not cover every dataset may not.
+    fn may_reindex(&self, peer: Option<std::net::SocketAddr>, caller: &Caller) -> Result<(), Status> {
+        if !caller.reads_everything() {
+            return Err(Status::permission_denied(format!(
+                "{} may not run reindex: it needs a grant of every dataset (datasets = [\"*\"])",
+                caller.name()
+            )));
+        }
         match self.lake.reindex_action {
             ReindexAction::Any => Ok(()),
             ReindexAction::Off => Err(Status::permission_denied(
@@ -334,22 +406,49 @@ impl FlightService for AstroFlight {
     type DoActionStream = Stream<arrow_flight::Result>;
     type ListActionsStream = Stream<ActionType>;
 
+    /// Basic credentials (`authorization: Basic ...`, as pyarrow's `authenticate_basic_token`,
+    /// the JDBC driver and ADBC send them) for a session token, returned as
+    /// `authorization: Bearer <token>` in the response headers and as the response's payload. A
+    /// valid bearer token is echoed back. On a server that takes no credentials the answer is
+    /// empty.
     async fn handshake(
         &self,
-        _: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(Status::unimplemented(
-            "astroflight needs no handshake: call DoGet with a ticket",
-        ))
+        let certificate = conn_info(&request).and_then(|c| c.client.clone());
+        let headers = request.metadata().clone().into_headers();
+        let session = self.security.handshake(&headers, certificate.as_deref()).await?;
+        let Some(session) = session else {
+            let out = stream::iter([Ok(HandshakeResponse::default())]);
+            return Ok(Response::new(out.boxed()));
+        };
+        tracing::info!(identity = session.caller.identity.as_deref().unwrap_or(""), "signed in");
+        let bearer = format!("Bearer {}", session.token);
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: session.token.into_bytes().into(),
+        };
+        let mut response = Response::new(stream::iter([Ok(reply)]).boxed() as Self::HandshakeStream);
+        let value = bearer
+            .parse()
+            .map_err(|_| Status::internal("the session token is not a valid header value"))?;
+        response.metadata_mut().insert("authorization", value);
+        Ok(response)
     }
 
     #[instrument(skip_all)]
-    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+    async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let caller = self.caller(&request)?;
         let lake = self.lake.clone();
         let infos = blocking(move || {
             lake.datasets()
+                .filter(|d| caller.may_read(&d.name))
                 .map(|d| Self::dataset_info(&lake, d))
-                .chain(lake.fits_datasets().map(|d| Self::fits_dataset_info(&lake, d)))
+                .chain(
+                    lake.fits_datasets()
+                        .filter(|d| caller.may_read(&d.name))
+                        .map(|d| Self::fits_dataset_info(&lake, d)),
+                )
                 .collect::<Result<Vec<_>>>()
         })
         .await?;
@@ -361,14 +460,16 @@ impl FlightService for AstroFlight {
         if crate::sql::is_flight_sql(&request.get_ref().cmd) {
             return FlightService::get_flight_info(&self.sql, request).await;
         }
+        let caller = self.caller(&request)?;
         let d = request.into_inner();
         let Some(cmd) = descriptor_cmd(&d)? else {
             let lake = self.lake.clone();
             let name = dataset_path(&d)?.to_string();
+            caller.check(&name)?;
             let info = blocking(move || Self::any_dataset_info(&lake, &name)).await?;
             return Ok(Response::new(info));
         };
-        let plan = self.plan(cmd, true).await?;
+        let plan = self.plan(cmd, true, &caller).await?;
         let mut info = FlightInfo::new()
             .try_with_schema(&plan.schema())
             .map_err(|e| Status::internal(e.to_string()))?
@@ -398,17 +499,19 @@ impl FlightService for AstroFlight {
             let info = FlightService::get_flight_info(&self.sql, request).await?.into_inner();
             return Ok(Response::new(SchemaResult { schema: info.schema }));
         }
+        let caller = self.caller(&request)?;
         let d = request.into_inner();
         let schema = match descriptor_cmd(&d)? {
             None => {
                 let name = dataset_path(&d)?;
+                caller.check(name)?;
                 if self.lake.is_fits(name) {
                     crate::headers::table::schema(Vec::new())
                 } else {
                     cutout_schema(self.lake.dataset(name)?.kind, StampFormat::Fits)
                 }
             }
-            Some(cmd) => tickets::schema(&self.lake, decode(cmd).await?, cmd).await?,
+            Some(cmd) => tickets::schema(&self.lake, self.decode_for(cmd, &caller).await?, cmd).await?,
         };
         Ok(Response::new(schema_result(&schema)?))
     }
@@ -417,18 +520,28 @@ impl FlightService for AstroFlight {
         let started = Instant::now();
         let (id, deadline) = self.request_id_and_deadline(request.metadata())?;
         let deadline_at = tokio::time::Instant::from_std(started) + deadline;
+        let caller = self.caller(&request)?;
+        // A stream slot first (waiting in line up to limits.queue_secs), held until the
+        // stream ends or its client goes.
+        let slot =
+            match tokio::time::timeout_at(deadline_at, self.slots.acquire(&Self::slot_key(&caller, &request))).await {
+                Ok(slot) => slot?,
+                Err(_) => return Err(deadline_status(deadline)),
+            };
         if crate::sql::is_flight_sql(&request.get_ref().ticket) {
             // A Flight SQL ticket: the same deadline and request record as ours.
             let span = tracing::info_span!("do_get", request = id.as_str(), dataset = "sql");
             let record = RequestRecord {
                 id,
                 dataset: "sql".into(),
+                identity: caller.identity.clone(),
                 alerts: 0,
                 io: Arc::new(IoStats::default()),
                 started,
                 span: span.clone(),
                 outcome: Mutex::new(None),
                 recent: self.recent.clone(),
+                _slot: Some(slot),
             };
             request
                 .extensions_mut()
@@ -438,7 +551,14 @@ impl FlightService for AstroFlight {
                 Ok(r) => r?.into_inner(),
                 Err(_) => return Err(deadline_status(deadline)),
             };
-            return Ok(Response::new(guarded(encoded, Arc::new(record), deadline_at, deadline)));
+            let max = self.max_response_bytes;
+            return Ok(Response::new(guarded(
+                encoded,
+                Arc::new(record),
+                deadline_at,
+                deadline,
+                max,
+            )));
         }
         let ticket = request.into_inner().ticket;
         let span = tracing::info_span!(
@@ -447,8 +567,8 @@ impl FlightService for AstroFlight {
             dataset = tracing::field::Empty,
             alerts = tracing::field::Empty
         );
-        let plan = match tokio::time::timeout_at(deadline_at, self.plan(&ticket, false).instrument(span.clone())).await
-        {
+        let planned = self.plan(&ticket, false, &caller).instrument(span.clone());
+        let plan = match tokio::time::timeout_at(deadline_at, planned).await {
             Ok(plan) => plan?,
             Err(_) => return Err(deadline_status(deadline)),
         };
@@ -457,12 +577,14 @@ impl FlightService for AstroFlight {
         let record = RequestRecord {
             id,
             dataset: plan.dataset().to_string(),
+            identity: caller.identity.clone(),
             alerts: plan.alerts(),
             io: Arc::new(IoStats::default()),
             started,
             span,
             outcome: Mutex::new(None),
             recent: self.recent.clone(),
+            _slot: Some(slot),
         };
         let (schema, planned, compression) = (plan.schema(), plan.rows(), plan.compression());
         let batches = plan.execute(record.io.clone());
@@ -475,7 +597,14 @@ impl FlightService for AstroFlight {
             .try_with_compression(compression)
             .map_err(|e| Status::internal(e.to_string()))?;
         let encoded = flight_data(schema, options, batches);
-        Ok(Response::new(guarded(encoded, Arc::new(record), deadline_at, deadline)))
+        let max = self.max_response_bytes;
+        Ok(Response::new(guarded(
+            encoded,
+            Arc::new(record),
+            deadline_at,
+            deadline,
+            max,
+        )))
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
@@ -495,13 +624,16 @@ impl FlightService for AstroFlight {
         if request.get_ref().r#type == "CancelFlightInfo" {
             return cancel_flight_info(&request.get_ref().body);
         }
-        let peer = request.remote_addr();
+        let peer = conn_info(&request).and_then(|c| c.remote);
+        let caller = self.caller(&request)?;
         let action = request.into_inner();
         tracing::Span::current().record("action", action.r#type.as_str());
         let body = match action.r#type.as_str() {
             "stats" => {
                 let (lake, recent) = (self.lake.clone(), self.recent.clone());
-                blocking(move || Self::stats(&lake, &recent)).await?
+                let mut stats = blocking(move || Self::stats(&lake, &recent, &caller)).await?;
+                stats["open_streams"] = json!(self.slots.open());
+                stats
             }
             "classes" => {
                 // Body: {"dataset": "ztf"} (or the bare name).
@@ -516,24 +648,24 @@ impl FlightService for AstroFlight {
                 } else {
                     body
                 };
+                caller.check(&name)?;
                 let lake = self.lake.clone();
                 blocking(move || tickets::alerts::classes_action(&lake, &name)).await?
             }
             "health" => {
-                let datasets: Vec<_> = self
-                    .lake
-                    .datasets()
-                    .map(|d| json!({"name": d.name, "indexing": d.first_build_pending()}))
-                    .chain(
-                        self.lake
-                            .fits_datasets()
-                            .map(|d| json!({"name": d.name, "indexing": d.first_build_pending()})),
-                    )
-                    .collect();
+                let datasets: Vec<_> =
+                    self.lake
+                        .datasets()
+                        .filter(|d| caller.may_read(&d.name))
+                        .map(|d| json!({"name": d.name, "indexing": d.first_build_pending(), "serving": d.serving()}))
+                        .chain(self.lake.fits_datasets().filter(|d| caller.may_read(&d.name)).map(
+                            |d| json!({"name": d.name, "indexing": d.first_build_pending(), "serving": d.serving()}),
+                        ))
+                        .collect();
                 json!({"ready": self.lake.is_ready(), "datasets": datasets})
             }
             "reindex" => {
-                self.may_reindex(peer)?;
+                self.may_reindex(peer, &caller)?;
                 let stats = self.lake.reindex().await;
                 let out: Vec<_> = stats
                     .into_iter()
@@ -625,6 +757,11 @@ impl AstroFlight {
     }
 }
 
+/// The connection a request came on (set by tonic from [`crate::tls::Conn`]).
+fn conn_info<T>(request: &Request<T>) -> Option<&crate::tls::ConnInfo> {
+    request.extensions().get::<crate::tls::ConnInfo>()
+}
+
 /// gRPC's `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
 fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     if v.len() < 2 || v.len() > 9 {
@@ -660,6 +797,8 @@ fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::Internal => "INTERNAL",
         tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
         _ => "OTHER",
     }
 }

@@ -20,12 +20,16 @@ pub type Recent = Arc<Mutex<VecDeque<serde_json::Value>>>;
 pub struct RequestRecord {
     pub id: String,
     pub dataset: String,
+    /// The caller's identity (None on an open server).
+    pub identity: Option<String>,
     pub alerts: usize,
     pub io: Arc<IoStats>,
     pub started: Instant,
     pub span: tracing::Span,
     pub outcome: Mutex<Option<&'static str>>,
     pub recent: Recent,
+    /// The stream slot, given back when the stream ends.
+    pub _slot: Option<super::slots::Slot>,
 }
 
 impl RequestRecord {
@@ -47,7 +51,7 @@ impl Drop for RequestRecord {
             let _g = self.span.enter();
             info!(requests = io.requests, bytes = io.bytes, ms, outcome, "do_get done");
         }
-        let entry = json!({"id": self.id, "dataset": self.dataset, "alerts": self.alerts,
+        let entry = json!({"id": self.id, "dataset": self.dataset, "identity": self.identity, "alerts": self.alerts,
                            "requests": io.requests, "bytes": io.bytes, "ms": ms, "outcome": outcome});
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECENT_REQUESTS {

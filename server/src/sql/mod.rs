@@ -77,6 +77,7 @@ use tonic::{Request, Response, Status, Streaming};
 use astroflight_proto::sql::{SqlFile, SqlHandle, SqlPart};
 use astroflight_proto::FLIGHT_SQL_TYPE_PREFIX;
 
+use crate::auth::{caller_of, Caller, Security};
 use crate::lake::{Dataset, Lake};
 use crate::service::{endpoint, flight_data, Stream as ResponseStream};
 use crate::storage::{IoStats, MountedStore};
@@ -118,6 +119,7 @@ pub struct RequestIo(pub Arc<IoStats>);
 
 pub struct SqlService {
     lake: Arc<Lake>,
+    security: Arc<Security>,
     /// Listing tables by dataset, built on first use (their schema is read from the files).
     tables: Mutex<HashMap<String, Arc<ListingTable>>>,
     /// Shared by every query: the memory pool, spill files, and DataFusion's caches (parquet
@@ -129,7 +131,7 @@ pub struct SqlService {
 }
 
 impl SqlService {
-    pub fn new(lake: Arc<Lake>) -> crate::error::Result<Self> {
+    pub fn new(lake: Arc<Lake>, security: Arc<Security>) -> crate::error::Result<Self> {
         let caches = CacheManagerConfig::default().with_list_files_cache_ttl(Some(LISTING_TTL));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(lake.sql.memory_bytes as usize)))
@@ -138,6 +140,7 @@ impl SqlService {
             .map_err(|e| crate::error::Error::Internal(format!("cannot set up the SQL engine: {e}")))?;
         Ok(SqlService {
             lake,
+            security,
             tables: Mutex::default(),
             runtime,
             sql_info: sql_info(),
@@ -145,9 +148,20 @@ impl SqlService {
         })
     }
 
-    /// A session with every dataset registered as a table; reads are counted into `io` (and
-    /// the server's totals). `part`: this session serves one endpoint of a split scan.
-    async fn session(&self, io: &Arc<IoStats>, part: Option<&SqlPart>) -> Result<SessionContext, Status> {
+    /// The caller of a request (see [`crate::auth`]).
+    fn caller<T>(&self, request: &Request<T>) -> Result<Arc<Caller>, Status> {
+        Ok(caller_of(&self.security, request)?)
+    }
+
+    /// A session with every dataset the caller may read registered as a table (so catalogs and
+    /// `information_schema` show only those); reads are counted into `io` (and the server's
+    /// totals). `part`: this session serves one endpoint of a split scan.
+    async fn session(
+        &self,
+        io: &Arc<IoStats>,
+        part: Option<&SqlPart>,
+        caller: &Caller,
+    ) -> Result<SessionContext, Status> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
             .with_create_default_catalog_and_schema(true)
@@ -168,7 +182,7 @@ impl SqlService {
             object_store_registry: Arc::new(DefaultObjectStoreRegistry::new()),
         });
         let ctx = SessionContext::new_with_config_rt(config, runtime);
-        for ds in self.lake.datasets() {
+        for ds in self.lake.datasets().filter(|d| caller.may_read(&d.name)) {
             let store = MountedStore::new(self.lake.store_for(ds, io), &ds.name);
             ctx.register_object_store(&dataset_url(ds)?, Arc::new(store));
             if let Some(t) = self.listing_table(&ctx, ds).await? {
@@ -179,6 +193,7 @@ impl SqlService {
             }
         }
         if let Some(p) = part {
+            caller.check(&p.table)?;
             if self.lake.dataset(&p.table).is_err() {
                 return Err(Status::invalid_argument(format!(
                     "the ticket names the table {:?}, which this server does not have",
@@ -229,9 +244,22 @@ impl SqlService {
         Ok(Some(t))
     }
 
-    /// Plan a handle's query (read-only: no DDL, DML or SET); its errors are the client's.
-    async fn plan(&self, ctx: &SessionContext, handle: &SqlHandle) -> Result<DataFrame, Status> {
+    /// Plan a handle's query (read-only: no DDL, DML or SET); its errors are the client's. A
+    /// query naming a dataset the caller may not read is PERMISSION_DENIED (not "table not
+    /// found": the caller's session does not hold it).
+    async fn plan(&self, ctx: &SessionContext, handle: &SqlHandle, caller: &Caller) -> Result<DataFrame, Status> {
         let sql = number_placeholders(&handle.sql)?;
+        if !caller.reads_everything() {
+            let state = ctx.state();
+            let dialect = state.config().options().sql_parser.dialect;
+            let statement = state.sql_to_statement(&sql, &dialect).map_err(query_error)?;
+            for t in state.resolve_table_references(&statement).map_err(query_error)? {
+                let ours = t.schema().is_none_or(|s| s == SCHEMA) && t.catalog().is_none_or(|c| c == CATALOG);
+                if ours && (self.lake.dataset(t.table()).is_ok() || self.lake.is_fits(t.table())) {
+                    caller.check(t.table())?;
+                }
+            }
+        }
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -246,10 +274,15 @@ impl SqlService {
 
     /// The FlightInfo of a query: its schema, and one endpoint per slice of a split scan (or
     /// one for the whole query).
-    async fn statement_info(&self, handle: SqlHandle, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    async fn statement_info(
+        &self,
+        handle: SqlHandle,
+        descriptor: FlightDescriptor,
+        caller: &Caller,
+    ) -> Result<FlightInfo, Status> {
         let io = Arc::new(IoStats::default());
-        let ctx = self.session(&io, None).await?;
-        let df = self.plan(&ctx, &handle).await?;
+        let ctx = self.session(&io, None, caller).await?;
+        let df = self.plan(&ctx, &handle, caller).await?;
         let schema = df.schema().as_arrow().clone();
         let split = splittable(df.logical_plan());
         let physical = df.create_physical_plan().await.map_err(query_error)?;
@@ -323,9 +356,10 @@ impl SqlService {
         &self,
         handle: SqlHandle,
         io: Arc<IoStats>,
+        caller: &Caller,
     ) -> Result<Response<ResponseStream<FlightData>>, Status> {
-        let ctx = self.session(&io, handle.part.as_ref()).await?;
-        let df = self.plan(&ctx, &handle).await?;
+        let ctx = self.session(&io, handle.part.as_ref(), caller).await?;
+        let df = self.plan(&ctx, &handle, caller).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.execute_stream().await.map_err(query_error)?;
         let limits = Limits {
@@ -814,7 +848,7 @@ impl FlightSqlService for SqlService {
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<ResponseStream<HandshakeResponse>>, Status> {
-        // The server is open (no [auth] yet): an empty handshake answers.
+        // Not reached: the service answers Handshake itself (crate::auth) before Flight SQL.
         let out = futures::stream::iter([Ok(HandshakeResponse::default())]);
         Ok(Response::new(out.boxed()))
     }
@@ -824,8 +858,9 @@ impl FlightSqlService for SqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(&request)?;
         let info = self
-            .statement_info(SqlHandle::of_sql(query.query), request.into_inner())
+            .statement_info(SqlHandle::of_sql(query.query), request.into_inner(), &caller)
             .await?;
         Ok(Response::new(info))
     }
@@ -836,7 +871,10 @@ impl FlightSqlService for SqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = Self::handle(&cmd.prepared_statement_handle, "the prepared statement handle")?;
-        Ok(Response::new(self.statement_info(handle, request.into_inner()).await?))
+        let caller = self.caller(&request)?;
+        Ok(Response::new(
+            self.statement_info(handle, request.into_inner(), &caller).await?,
+        ))
     }
 
     async fn get_flight_info_catalogs(
@@ -925,7 +963,8 @@ impl FlightSqlService for SqlService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let (handle, io) = Self::do_get_parts(&ticket.statement_handle, &request)?;
-        self.stream(handle, io).await
+        let caller = self.caller(&request)?;
+        self.stream(handle, io, &caller).await
     }
 
     async fn do_get_prepared_statement(
@@ -934,7 +973,8 @@ impl FlightSqlService for SqlService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let (handle, io) = Self::do_get_parts(&cmd.prepared_statement_handle, &request)?;
-        self.stream(handle, io).await
+        let caller = self.caller(&request)?;
+        self.stream(handle, io, &caller).await
     }
 
     async fn do_get_catalogs(
@@ -960,9 +1000,10 @@ impl FlightSqlService for SqlService {
     async fn do_get_tables(
         &self,
         cmd: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let ctx = self.session(&Arc::new(IoStats::default()), None).await?;
+        let caller = self.caller(&request)?;
+        let ctx = self.session(&Arc::new(IoStats::default()), None, &caller).await?;
         let mut b = cmd.into_builder();
         let mut names: Vec<String> = ctx
             .catalog(CATALOG)
@@ -1039,12 +1080,13 @@ impl FlightSqlService for SqlService {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<arrow_flight::Action>,
+        request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         // Stateless: the handle carries the SQL itself, so any replica can execute it.
         let handle = SqlHandle::of_sql(query.query);
-        let ctx = self.session(&Arc::new(IoStats::default()), None).await?;
-        let df = self.plan(&ctx, &handle).await?;
+        let caller = self.caller(&request)?;
+        let ctx = self.session(&Arc::new(IoStats::default()), None, &caller).await?;
+        let df = self.plan(&ctx, &handle, &caller).await?;
         let schema = df.schema().as_arrow().clone();
         let parameters = parameter_schema(df.logical_plan())?;
         let ipc = |s: &Schema| {

@@ -178,11 +178,13 @@ pub fn check_request(lake: &Lake, req: &CutoutRequest) -> Result<Arc<Dataset>> {
 /// request run on the blocking pool.
 pub async fn plan(lake: &Arc<Lake>, req: CutoutRequest, command: &[u8]) -> Result<CutoutPlan> {
     let command = command.to_vec();
+    // A child span of the request's (traces show the lookups apart from the reads).
+    let span = tracing::info_span!("index.lookup", dataset = %req.dataset, ids = req.selector.len());
     if req.selector.len() <= INLINE_IDS {
-        return resolve(lake.clone(), &req, command);
+        return span.in_scope(|| resolve(lake.clone(), &req, command));
     }
     let lake = lake.clone();
-    tokio::task::spawn_blocking(move || resolve(lake, &req, command)).await?
+    tokio::task::spawn_blocking(move || span.in_scope(|| resolve(lake, &req, command))).await?
 }
 
 /// Resolve every id through the index (blocking).

@@ -1,0 +1,325 @@
+"""TLS, mutual TLS, authentication and per-dataset authorization, with real clients: pyarrow
+Flight over TLS (with and without client certificates, with basic credentials through
+Handshake and with bearer tokens), ADBC's Flight SQL driver with a token and with a user and
+password, and the JDBC driver (tests/jdbc/JdbcAuth.java) with both. Certificates are made by the
+test (pki.py); password hashes by `astroflight hash-password`."""
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import time
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
+import pytest
+from pyarrow import flight
+
+from helpers import as_fits, parquet_alerts, rows, ticket
+from pki import Ca, write
+from test_alerts import gen
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SVC_TOKEN = "svc-token-0123456789abcdef"
+READER_TOKEN = "reader-token-0123456789abcdef"
+ALICE_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def lake(binary, tmp_path_factory):
+    d = tmp_path_factory.mktemp("security-lake")
+    gen(binary, d / "ztf", "ztf", 2, 1, 30)
+    gen(binary, d / "lsst", "lsst", 2, 1, 20)
+    ztf = parquet_alerts(d / "ztf")
+    lsst = parquet_alerts(d / "lsst", ztf=False)
+    return {"dir": d, "ztf": ztf, "lsst": lsst,
+            "datasets": [("ztf", "ztf", d / "ztf"), ("lsst", "lsst", d / "lsst")]}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    server_ca, client_ca, other_ca = Ca("astroflight test server CA"), Ca("astroflight test clients CA"), Ca("other CA")
+    cert, key = server_ca.issue("astroflight", server=True)
+    out = {"dir": d, "server_ca": server_ca, "client_ca": client_ca, "other_ca": other_ca,
+           "cert": write(d, "server.pem", cert), "key": write(d, "server.key", key),
+           "clients_ca": write(d, "clients-ca.pem", client_ca.pem)}
+    out["portal"] = client_ca.issue("fink-portal")
+    out["stranger"] = client_ca.issue("stranger")
+    out["san_only"] = client_ca.issue(None, sans=["san-service.example"])
+    out["outsider"] = other_ca.issue("fink-portal")
+    return out
+
+
+def tls_client(server, ca, cert=None):
+    kw = {"tls_root_certs": ca.pem}
+    if cert:
+        kw["cert_chain"], kw["private_key"] = cert
+    return flight.connect(f"grpc+tls://{server.addr}", **kw)
+
+
+def cutout(client, alert, options=None):
+    t = ticket(dataset="ztf", candid=alert["candid"]) if "candid" in alert else \
+        ticket(dataset="lsst", diaSourceId=alert["diaSourceId"])
+    return client.do_get(t, options).read_all() if options else client.do_get(t).read_all()
+
+
+def names(infos):
+    return sorted(json.loads(i.app_metadata)["dataset"] for i in infos)
+
+
+def test_an_open_server_says_so(start_server, lake):
+    s = start_server(lake["datasets"])
+    assert names(s.client().list_flights()) == ["lsst", "ztf"]
+    assert "OPEN" in s.stderr_path.read_text()
+
+
+def test_tls_serves_pyarrow_and_refuses_plain_and_unknown_cas(start_server, lake, pki):
+    extra = f'[tls]\ncert = "{pki["cert"]}"\nkey = "{pki["key"]}"\n'
+    s = start_server(lake["datasets"], extra=extra, scheme="grpc+tls")
+    c = tls_client(s, pki["server_ca"])
+    a = lake["ztf"][0]
+    t = cutout(c, a)
+    assert rows(t, "candid")[(a["candid"], "Science")]["stamp"] == as_fits(a["stamps"]["Science"])
+    assert names(c.list_flights()) == ["lsst", "ztf"]
+    with pytest.raises(flight.FlightUnavailableError):
+        flight.connect(f"grpc://{s.addr}").list_actions()
+    with pytest.raises(flight.FlightUnavailableError):
+        tls_client(s, pki["other_ca"]).list_actions()
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(start_server, lake, pki, tmp_path):
+    cert, key = write(tmp_path, "s.pem", pki["cert"].read_bytes()), write(tmp_path, "s.key", pki["key"].read_bytes())
+    extra = f'[tls]\ncert = "{cert}"\nkey = "{key}"\nreload_secs = 0.2\n'
+    s = start_server(lake["datasets"], extra=extra, scheme="grpc+tls")
+    new_ca = Ca("renewed CA")
+    with pytest.raises(flight.FlightUnavailableError):
+        tls_client(s, new_ca).list_actions()
+    new_cert, new_key = new_ca.issue("astroflight", server=True)
+    # The key first, then the certificate: in between the pair does not match, which must be
+    # logged and the old certificate kept, not served broken.
+    key.write_bytes(new_key)
+    time.sleep(1)
+    assert list(tls_client(s, pki["server_ca"]).list_actions())
+    cert.write_bytes(new_cert)
+    deadline = time.time() + 15
+    while True:
+        try:
+            assert list(tls_client(s, new_ca).list_actions())
+            break
+        except flight.FlightUnavailableError:
+            assert time.time() < deadline, "the renewed certificate was not picked up"
+            time.sleep(0.2)
+    with pytest.raises(flight.FlightUnavailableError):
+        tls_client(s, pki["server_ca"]).list_actions()
+    log = s.stderr_path.read_text()
+    assert "do not load" in log and "reloaded the TLS certificate" in log
+
+
+@pytest.fixture
+def mtls_server(start_server, lake, pki):
+    extra = (f'[tls]\ncert = "{pki["cert"]}"\nkey = "{pki["key"]}"\nclient_ca = "{pki["clients_ca"]}"\n'
+             '[[grant]]\nidentity = "fink-portal"\ndatasets = ["ztf"]\n'
+             '[[grant]]\nidentity = "san-service.example"\ndatasets = ["lsst"]\n')
+    return start_server(lake["datasets"], extra=extra, scheme="grpc+tls")
+
+
+def test_mutual_tls_identity_is_the_certificate_subject(mtls_server, lake, pki):
+    s = mtls_server
+    portal = tls_client(s, pki["server_ca"], pki["portal"])
+    assert names(portal.list_flights()) == ["ztf"]
+    assert cutout(portal, lake["ztf"][0]).num_rows == 3
+    with pytest.raises(flight.FlightUnauthorizedError, match=r'identity "fink-portal" may not read dataset "lsst"'):
+        cutout(portal, lake["lsst"][0])
+    # The SAN when the subject has no CN.
+    san = tls_client(s, pki["server_ca"], pki["san_only"])
+    assert names(san.list_flights()) == ["lsst"]
+    assert cutout(san, lake["lsst"][0]).num_rows == 3
+    # A known certificate with no grant reads nothing.
+    stranger = tls_client(s, pki["server_ca"], pki["stranger"])
+    assert names(stranger.list_flights()) == []
+    with pytest.raises(flight.FlightUnauthorizedError):
+        cutout(stranger, lake["ztf"][0])
+
+
+def test_mutual_tls_refuses_clients_without_a_certificate_of_its_ca(mtls_server, pki):
+    for cert in (None, pki["outsider"]):
+        with pytest.raises(flight.FlightUnavailableError):
+            tls_client(mtls_server, pki["server_ca"], cert).list_actions()
+
+
+def hash_password(binary, password):
+    r = subprocess.run([binary, "hash-password"], input=password + "\n", capture_output=True, text=True, check=True)
+    h = r.stdout.strip()
+    assert h.startswith("$argon2id$") and password not in h
+    return h
+
+
+@pytest.fixture
+def auth_files(binary, tmp_path):
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[token]]\ntoken = "{SVC_TOKEN}"\nidentity = "svc"\n'
+                      f'[[token]]\ntoken = "{READER_TOKEN}"\nidentity = "reader"\n')
+    users = tmp_path / "users.toml"
+    users.write_text(f'[[user]]\nname = "alice"\npassword_hash = "{hash_password(binary, ALICE_PASSWORD)}"\n')
+    grants = ('[[grant]]\nidentity = "svc"\ndatasets = ["*"]\n'
+              '[[grant]]\nidentity = "reader"\ndatasets = ["lsst"]\n'
+              '[[grant]]\nidentity = "alice"\ndatasets = ["ztf"]\n')
+    return f'[auth]\ntokens_file = "{tokens}"\nusers_file = "{users}"\nreload_secs = 0.2\n{grants}', tokens
+
+
+@pytest.fixture
+def auth_server(start_server, lake, pki, auth_files):
+    extra = f'[tls]\ncert = "{pki["cert"]}"\nkey = "{pki["key"]}"\n' + auth_files[0]
+    return start_server(lake["datasets"], extra=extra, scheme="grpc+tls")
+
+
+def bearer(token):
+    return flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())])
+
+
+def test_every_call_needs_credentials(auth_server, lake, pki):
+    c = tls_client(auth_server, pki["server_ca"])
+    calls = [lambda: list(c.list_flights()), lambda: cutout(c, lake["ztf"][0]),
+             lambda: c.get_flight_info(flight.FlightDescriptor.for_path("ztf")),
+             lambda: list(c.do_action(flight.Action("stats", b""))), lambda: list(c.list_actions())]
+    for call in calls:
+        with pytest.raises(flight.FlightUnauthenticatedError, match="needs credentials"):
+            call()
+    with pytest.raises(flight.FlightUnauthenticatedError, match="not valid"):
+        list(c.list_flights(options=bearer("no-such-token-0123456789")))
+
+
+def test_basic_credentials_through_handshake_give_a_session_token(auth_server, lake, pki):
+    c = tls_client(auth_server, pki["server_ca"])
+    key, value = c.authenticate_basic_token("alice", ALICE_PASSWORD)
+    assert key == b"authorization" and value.startswith(b"Bearer afs1.")
+    opts = flight.FlightCallOptions(headers=[(key, value)])
+    a = lake["ztf"][1]
+    t = cutout(c, a, opts)
+    assert rows(t, "candid")[(a["candid"], "Difference")]["stamp"] == as_fits(a["stamps"]["Difference"])
+    assert names(c.list_flights(options=opts)) == ["ztf"]
+    # A dataset without a grant: PERMISSION_DENIED before any data (not even a schema).
+    with pytest.raises(flight.FlightUnauthorizedError, match=r'identity "alice" may not read dataset "lsst"') as e:
+        c.do_get(ticket(dataset="lsst", diaSourceId=lake["lsst"][0]["diaSourceId"]), opts).read_all()
+    assert "never sent a data message" in str(e.value)
+    with pytest.raises(flight.FlightUnauthorizedError):
+        c.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(
+            {"alerts": {"dataset": "lsst"}})), opts)
+    # The server-wide reindex needs a grant of everything.
+    with pytest.raises(flight.FlightUnauthorizedError, match="reindex"):
+        list(c.do_action(flight.Action("reindex", b""), opts))
+    # Wrong password and unknown user: one message, no hint which.
+    for user, password in (("alice", "wrong"), ("mallory", ALICE_PASSWORD)):
+        with pytest.raises(flight.FlightUnauthenticatedError, match="unknown user or wrong password"):
+            tls_client(auth_server, pki["server_ca"]).authenticate_basic_token(user, password)
+    # A forged session token (another identity under alice's signature) is refused.
+    token = value.decode().split(" ", 1)[1]
+    parts = token.split(".")
+    import base64
+    parts[1] = base64.urlsafe_b64encode(b"svc").decode().rstrip("=")
+    with pytest.raises(flight.FlightUnauthenticatedError, match="not valid"):
+        list(c.list_flights(options=bearer(".".join(parts))))
+
+
+def test_static_tokens_and_grants(auth_server, lake, pki):
+    c = tls_client(auth_server, pki["server_ca"])
+    assert names(c.list_flights(options=bearer(READER_TOKEN))) == ["lsst"]
+    assert cutout(c, lake["lsst"][0], bearer(READER_TOKEN)).num_rows == 3
+    with pytest.raises(flight.FlightUnauthorizedError, match='identity "reader" may not read dataset "ztf"'):
+        cutout(c, lake["ztf"][0], bearer(READER_TOKEN))
+    assert names(c.list_flights(options=bearer(SVC_TOKEN))) == ["lsst", "ztf"]
+    # stats: the reader sees its datasets and its own requests; svc sees everything.
+    stats = json.loads(next(iter(c.do_action(flight.Action("stats", b""), bearer(READER_TOKEN)))).body.to_pybytes())
+    assert [d["name"] for d in stats["datasets"]] == ["lsst"]
+    assert {r["identity"] for r in stats["requests"]} == {"reader"}
+    stats = json.loads(next(iter(c.do_action(flight.Action("stats", b""), bearer(SVC_TOKEN)))).body.to_pybytes())
+    assert {d["name"] for d in stats["datasets"]} == {"ztf", "lsst"}
+
+
+def test_a_revoked_token_stops_working_without_a_restart(auth_server, auth_files, pki):
+    c = tls_client(auth_server, pki["server_ca"])
+    assert names(c.list_flights(options=bearer(READER_TOKEN))) == ["lsst"]
+    auth_files[1].write_text(f'[[token]]\ntoken = "{SVC_TOKEN}"\nidentity = "svc"\n')
+    deadline = time.time() + 15
+    while True:
+        try:
+            list(c.list_flights(options=bearer(READER_TOKEN)))
+        except flight.FlightUnauthenticatedError:
+            break
+        assert time.time() < deadline, "the revoked token still works"
+        time.sleep(0.2)
+    assert names(c.list_flights(options=bearer(SVC_TOKEN))) == ["lsst", "ztf"]
+
+
+def test_no_secret_reaches_logs_errors_or_stats(auth_server, lake, pki):
+    c = tls_client(auth_server, pki["server_ca"])
+    _, value = c.authenticate_basic_token("alice", ALICE_PASSWORD)
+    session = value.decode().split(" ", 1)[1]
+    stats = json.loads(next(iter(c.do_action(flight.Action("stats", b""), bearer(SVC_TOKEN)))).body.to_pybytes())
+    messages = [json.dumps(stats)]
+    for token in (session + "x", READER_TOKEN + "x", "Basic xyz"):
+        try:
+            list(c.list_flights(options=bearer(token)))
+        except flight.FlightError as e:
+            messages.append(str(e))
+    auth_server.stop()
+    log = auth_server.stderr_path.read_text()
+    for secret in (SVC_TOKEN, READER_TOKEN, ALICE_PASSWORD, session, session.rsplit(".", 1)[1]):
+        for text in [log, *messages]:
+            assert secret not in text
+
+
+def adbc(server, pki, **db_kwargs):
+    kw = {"adbc.flight.sql.client_option.tls_root_certs": pki["server_ca"].pem.decode(), **db_kwargs}
+    return flight_sql.connect(f"grpc+tls://{server.addr}", db_kwargs=kw)
+
+
+def test_adbc_with_a_token_and_with_a_password(auth_server, lake, pki):
+    with adbc(auth_server, pki, **{"adbc.flight.sql.authorization_header": f"Bearer {READER_TOKEN}"}) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) AS n FROM lsst")
+        assert cur.fetchone()[0] == len(lake["lsst"])
+        tables = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        listed = [t["table_name"] for c in tables for s in c["catalog_db_schemas"] for t in s["db_schema_tables"]]
+        assert listed == ["lsst"]
+        with pytest.raises(Exception, match="may not read dataset"):
+            cur.execute("SELECT count(*) FROM ztf")
+            cur.fetchall()
+        cur.close()
+    with adbc(auth_server, pki, username="alice", password=ALICE_PASSWORD) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) FROM ztf")
+        assert cur.fetchone()[0] == len(lake["ztf"])
+        cur.close()
+    with pytest.raises(Exception, match="(?i)unauthenticated|unknown user"):
+        with adbc(auth_server, pki, username="alice", password="wrong") as conn:
+            conn.cursor().execute("SELECT 1")
+
+
+@pytest.fixture
+def plain_auth_server(start_server, lake, auth_files):
+    # JDBC over plain TCP (its TLS needs a Java trust store; TLS is covered by pyarrow and ADBC).
+    return start_server(lake["datasets"], extra=auth_files[0])
+
+
+def jdbc(server, params):
+    r = subprocess.run(["bash", str(REPO / "tests/jdbc/jdbc.sh"), "--main", "JdbcAuth.java", server.addr, params],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return {o["what"]: o for o in map(json.loads, filter(lambda l: l.startswith("{"), r.stdout.splitlines()))}
+
+
+def test_jdbc_with_a_token_and_with_a_password(plain_auth_server, lake):
+    s = plain_auth_server
+    assert "plain TCP" in s.stderr_path.read_text()
+    out = jdbc(s, f"token={READER_TOKEN}")
+    assert out["tables"]["tables"] == ["lsst"]
+    assert out["count_lsst"]["value"] == len(lake["lsst"])
+    assert "may not read dataset" in out["count_ztf"]["error"]
+    out = jdbc(s, f"user=alice&password={ALICE_PASSWORD.replace(' ', '%20')}")
+    assert out["tables"]["tables"] == ["ztf"]
+    assert out["count_ztf"]["value"] == len(lake["ztf"])
+    assert "may not read dataset" in out["count_lsst"]["error"]
+    out = jdbc(s, "user=alice&password=wrong")
+    assert "connect" in out and re.search("(?i)unauthenticated|unknown user", out["connect"]["error"])
