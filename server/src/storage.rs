@@ -913,7 +913,7 @@ impl ObjectStore for CountingStore {
         let head = options.head;
         // A child span of the request's: one per storage request, with its bytes.
         let span =
-            tracing::info_span!("storage.read", path = %location, requests = 1u64, bytes = tracing::field::Empty);
+            tracing::info_span!("storage.read", path = %location, requests = 1i64, bytes = tracing::field::Empty);
         async {
             // A request counts when it is made; its bytes when they arrive.
             self.add(1, 0);
@@ -921,7 +921,7 @@ impl ObjectStore for CountingStore {
             if !head {
                 let n = r.range.end - r.range.start;
                 self.add(0, n);
-                tracing::Span::current().record("bytes", n);
+                tracing::Span::current().record("bytes", n as i64);
             }
             Ok(r)
         }
@@ -933,7 +933,7 @@ impl ObjectStore for CountingStore {
         match self.ranges {
             RangeReads::Exact => {
                 let n: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-                let span = tracing::info_span!("storage.read", path = %location, requests = ranges.len(), bytes = n);
+                let span = tracing::info_span!("storage.read", path = %location, requests = ranges.len() as i64, bytes = n as i64);
                 self.add(ranges.len() as u64, 0);
                 let out = self.inner.get_ranges(location, ranges).instrument(span).await?;
                 self.add(0, n);

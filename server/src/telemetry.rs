@@ -129,13 +129,16 @@ pub async fn install(config: &TelemetryConfig, format: LogFormat) -> Result<Tele
             .with_endpoint(endpoint.clone())
             .build()
             .map_err(|e| Error::InvalidArgument(format!("telemetry.otlp_endpoint {endpoint}: {e}")))?;
-        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
-            .with_batch_config(
-                opentelemetry_sdk::trace::BatchConfigBuilder::default()
-                    .with_scheduled_delay(Duration::from_millis(500))
-                    .build(),
-            )
-            .build();
+        let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .with_batch_config(
+            opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_scheduled_delay(Duration::from_millis(500))
+                .build(),
+        )
+        .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_resource(resource.clone())
@@ -166,9 +169,12 @@ pub async fn install(config: &TelemetryConfig, format: LogFormat) -> Result<Tele
                 .map_err(|e| Error::InvalidArgument(format!("telemetry.otlp_endpoint {endpoint}: {e}")))?;
             let every = Duration::from_secs_f64(config.export_interval_secs.unwrap_or(10.0));
             builder = builder.with_reader(
-                opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
-                    .with_interval(every)
-                    .build(),
+                opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
+                    exporter,
+                    opentelemetry_sdk::runtime::Tokio,
+                )
+                .with_interval(every)
+                .build(),
             );
         }
         let manual = Arc::new(ManualReader::builder().build());
@@ -273,6 +279,8 @@ fn prom_labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>, extra: Option<(&st
             format!("{}=\"{v}\"", prom_name(kv.key.as_str()))
         })
         .collect();
+    // Sorted by name (attribute sets have no order), `le` last as is customary.
+    parts.sort();
     if let Some((k, v)) = extra {
         parts.push(format!("{k}=\"{v}\""));
     }
@@ -623,7 +631,7 @@ mod tests {
         let text = prometheus_text(&rm);
         assert!(text.contains("# TYPE astroflight_rpc_requests_total counter"), "{text}");
         assert!(
-            text.contains("astroflight_rpc_requests_total{rpc_method=\"DoGet\",code=\"Ok\"} 3"),
+            text.contains("astroflight_rpc_requests_total{code=\"Ok\",rpc_method=\"DoGet\"} 3"),
             "{text}"
         );
         assert!(

@@ -20,6 +20,7 @@ pub mod footer;
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
@@ -129,7 +130,8 @@ pub async fn cached_footer(
                 ArrowReaderMetadata::try_new(md, ArrowReaderOptions::new()).map_err(|e| Error::parquet(&what, e))
             };
             let handle = lake.cpu.handle();
-            async move { handle.spawn(load).await? }
+            // The request's span goes along, so the reads are its children in traces.
+            async move { handle.spawn(load.in_current_span()).await? }
         })
         .await
 }
@@ -286,27 +288,30 @@ where
     E: Fn(usize) -> Option<Error> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(1);
-    cpu.handle().spawn(async move {
-        let mut stream = make();
-        let mut count = 0usize;
-        loop {
-            let item = match AssertUnwindSafe(stream.next()).catch_unwind().await {
-                Ok(Some(raw)) => raw.and_then(|raw| {
-                    std::panic::catch_unwind(AssertUnwindSafe(|| step(raw, &mut count)))
-                        .unwrap_or_else(|p| Err(panicked("converting rows", p)))
-                }),
-                Ok(None) => match at_end(count) {
-                    Some(e) => Err(e),
-                    None => break,
-                },
-                Err(p) => Err(panicked("reading rows", p)),
-            };
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                break;
+    cpu.handle().spawn(
+        async move {
+            let mut stream = make();
+            let mut count = 0usize;
+            loop {
+                let item = match AssertUnwindSafe(stream.next()).catch_unwind().await {
+                    Ok(Some(raw)) => raw.and_then(|raw| {
+                        std::panic::catch_unwind(AssertUnwindSafe(|| step(raw, &mut count)))
+                            .unwrap_or_else(|p| Err(panicked("converting rows", p)))
+                    }),
+                    Ok(None) => match at_end(count) {
+                        Some(e) => Err(e),
+                        None => break,
+                    },
+                    Err(p) => Err(panicked("reading rows", p)),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
             }
         }
-    });
+        .in_current_span(),
+    );
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
 }
 
@@ -372,19 +377,22 @@ fn zip_columns(parts: Vec<BoxStream<'static, Result<RecordBatch>>>) -> BoxStream
         .into_iter()
         .map(|mut part| {
             let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tokio::spawn(async move {
-                loop {
-                    let b = match AssertUnwindSafe(part.next()).catch_unwind().await {
-                        Ok(Some(b)) => b,
-                        Ok(None) => break,
-                        Err(p) => Err(panicked("reading a column", p)),
-                    };
-                    let failed = b.is_err();
-                    if tx.send(b).await.is_err() || failed {
-                        break;
+            tokio::spawn(
+                async move {
+                    loop {
+                        let b = match AssertUnwindSafe(part.next()).catch_unwind().await {
+                            Ok(Some(b)) => b,
+                            Ok(None) => break,
+                            Err(p) => Err(panicked("reading a column", p)),
+                        };
+                        let failed = b.is_err();
+                        if tx.send(b).await.is_err() || failed {
+                            break;
+                        }
                     }
                 }
-            });
+                .in_current_span(),
+            );
             rx
         })
         .collect();

@@ -179,7 +179,7 @@ pub fn check_request(lake: &Lake, req: &CutoutRequest) -> Result<Arc<Dataset>> {
 pub async fn plan(lake: &Arc<Lake>, req: CutoutRequest, command: &[u8]) -> Result<CutoutPlan> {
     let command = command.to_vec();
     // A child span of the request's (traces show the lookups apart from the reads).
-    let span = tracing::info_span!("index.lookup", dataset = %req.dataset, ids = req.selector.len());
+    let span = tracing::info_span!("index.lookup", dataset = %req.dataset, ids = req.selector.len() as i64);
     if req.selector.len() <= INLINE_IDS {
         return span.in_scope(|| resolve(lake.clone(), &req, command));
     }
