@@ -1,0 +1,132 @@
+"""Limits, with pyarrow clients: concurrent streams per identity and in total (queue, then
+RESOURCE_EXHAUSTED), ids per ticket, bytes per response, gRPC message size; a client that stops
+reading holds the server to a few batches of memory, and one that goes away stops the server's
+storage reads within a second (counted by the proxy in front of moto)."""
+import json
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+from pyarrow import flight
+
+from helpers import parquet_alerts, ticket
+from storage_servers import FaultProxy
+from test_alerts import gen
+
+TOKENS = {"a": "token-of-caller-a-0123456789", "b": "token-of-caller-b-0123456789",
+          "c": "token-of-caller-c-0123456789"}
+
+
+@pytest.fixture(scope="module")
+def lake(binary, tmp_path_factory):
+    d = tmp_path_factory.mktemp("limits-lake")
+    gen(binary, d / "ztf", "ztf", 2, 2, 300)
+    return {"dir": d, "ztf": parquet_alerts(d / "ztf"), "datasets": [("ztf", "ztf", d / "ztf")]}
+
+
+def as_(who):
+    return flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {TOKENS[who]}".encode())])
+
+
+BULK = flight.Ticket(json.dumps({"alerts": {"dataset": "ztf", "content": "full"}}))
+
+
+def test_streams_per_identity_and_in_total_queue_then_are_refused(start_server, lake, tmp_path):
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text("".join(f'[[token]]\ntoken = "{t}"\nidentity = "{w}"\n' for w, t in TOKENS.items()))
+    s = start_server(lake["datasets"], extra=(
+        f'[auth]\ntokens_file = "{tokens}"\n[[grant]]\nidentity = "*"\ndatasets = ["*"]\n'
+        '[limits]\nmax_streams = 2\nmax_streams_per_identity = 1\nqueue_secs = 1\n'))
+    c = s.client()
+    held = c.do_get(BULK, as_("a"))
+    held.read_chunk()  # open, and not read further: the stream holds its slot
+    started = time.time()
+    with pytest.raises(pa.ArrowException, match="max_streams_per_identity") as e:
+        c.do_get(BULK, as_("a")).read_all()
+    assert "resource exhausted" in str(e.value)
+    assert 0.9 < time.time() - started < 5, "it waited in line for queue_secs first"
+    other = c.do_get(BULK, as_("b"))  # another identity has its own slot
+    other.read_chunk()
+    with pytest.raises(pa.ArrowException, match=r"limits.max_streams\)"):
+        c.do_get(ticket(dataset="ztf", candid=lake["ztf"][0]["candid"]), as_("c")).read_all()
+    # A caller in line gets the slot that frees up while it waits.
+    result = {}
+
+    def waiter():
+        result["rows"] = c.do_get(ticket(dataset="ztf", candid=lake["ztf"][0]["candid"]), as_("a")).read_all().num_rows
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)
+    held.cancel()
+    t.join(timeout=30)
+    assert result.get("rows") == 3
+    stats = json.loads(next(iter(c.do_action(flight.Action("stats", b""), as_("b")))).body.to_pybytes())
+    assert stats["open_streams"] >= 1
+    other.cancel()
+
+
+def test_ids_response_bytes_and_message_size(start_server, lake):
+    s = start_server(lake["datasets"], top={}, extra=(
+        "[limits]\nmax_ticket_ids = 5\nmax_response_bytes = 2000000\nmax_message_bytes = 4096\n"))
+    c = s.client()
+    candids = [a["candid"] for a in lake["ztf"][:6]]
+    with pytest.raises(pa.ArrowException, match="limits.max_ticket_ids"):
+        c.do_get(ticket(dataset="ztf", candids=candids)).read_all()
+    assert c.do_get(ticket(dataset="ztf", candids=candids[:5])).read_all().num_rows == 15
+    # Past the byte limit the stream ends with an error: never a short answer presented whole.
+    with pytest.raises(pa.ArrowException, match="limits.max_response_bytes"):
+        c.do_get(BULK).read_all()
+    big = ticket(dataset="ztf", objectIds=[f"ZTF20aaaaaa{i:04d}" for i in range(400)])
+    assert len(big.ticket) > 4096
+    with pytest.raises(pa.ArrowException, match="(?i)message length too large|larger than max"):
+        c.do_get(big).read_all()
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_stops_reading_holds_a_few_batches(start_server, lake):
+    s = start_server(lake["datasets"])
+    c = s.client()
+    total = c.do_get(BULK).read_all().nbytes
+    assert total > 50e6, "the answer must be much larger than the buffers for this test to mean anything"
+    before = rss_bytes(s.proc.pid)
+    stalled = s.client().do_get(BULK)
+    rows = stalled.read_chunk().data.num_rows
+    time.sleep(3)
+    grown = rss_bytes(s.proc.pid) - before
+    print(f"answer {total / 1e6:.0f} MB; server RSS grew {grown / 1e6:.1f} MB while the client did not read")
+    assert grown < 48e6, grown
+    while True:
+        try:
+            rows += stalled.read_chunk().data.num_rows
+        except StopIteration:
+            break
+    assert rows == len(lake["ztf"])  # and the stalled stream, read again, ends whole
+
+
+def test_a_client_that_goes_away_stops_the_reads_within_a_second(start_server, lake, s3_server, tmp_path):
+    s3_server.upload_dir(lake["dir"] / "ztf", "lake", "gone")
+    proxy = FaultProxy(tmp_path, s3_server.endpoint, slow=1.0, slow_secs=0.2)
+    try:
+        s = start_server([("ztf", "ztf", "s3://lake/gone", s3_server.dataset_options(endpoint=proxy.endpoint))])
+        c = s.client()
+        reader = c.do_get(BULK, flight.FlightCallOptions(headers=[(b"x-request-id", b"goes-away")]))
+        reader.read_chunk()
+        reader.cancel()
+        c.close()
+        time.sleep(1.0)
+        at_one_second = proxy.state()["counts"]["requests"]
+        time.sleep(2.0)
+        assert proxy.state()["counts"]["requests"] == at_one_second, "storage reads went on after the client left"
+        record = s.request_record("goes-away")
+        assert record["outcome"] == "cancelled"
+    finally:
+        proxy.stop()
