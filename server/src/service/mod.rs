@@ -835,6 +835,41 @@ mod tests {
         assert_eq!(long.len(), 2);
     }
 
+    /// Whatever the bytes, a ticket that does not decode is a status a client can act on:
+    /// INVALID_ARGUMENT (or UNIMPLEMENTED for a Flight SQL command this server does not serve),
+    /// with a message (the decoders themselves are fuzzed in `proto/tests/fuzz.rs`).
+    #[tokio::test]
+    async fn undecodable_tickets_are_clear_statuses() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds: [&[u8]; 4] = [
+            b"{\"cutout\": {\"dataset\": ",
+            b"{\"alerts\": ",
+            b"\x0a\x20type.googleapis.com/x",
+            b"",
+        ];
+        for i in 0..4000 {
+            let mut bytes = seeds[i % seeds.len()].to_vec();
+            for _ in 0..(next() % 64) {
+                bytes.push((next() % 256) as u8);
+            }
+            if let Err(e) = decode(&bytes).await {
+                let st = e.to_status();
+                assert!(
+                    matches!(st.code(), tonic::Code::InvalidArgument | tonic::Code::Unimplemented),
+                    "{:?} for {bytes:?}",
+                    st.code()
+                );
+                assert!(!st.message().is_empty());
+            }
+        }
+    }
+
     #[test]
     fn grpc_timeouts() {
         assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
