@@ -349,6 +349,45 @@ impl DatasetIndex {
         self.catalog.contains(file_id)
     }
 
+    /// Everything the dataset's index holds, as sorted lines, with the file ids (which depend
+    /// on the order of writes) replaced by the files' paths, so that two indexes of the same
+    /// lake give the same lines however they were built; an entry of a file that is not
+    /// committed (left by a build that died) shows as `ORPHAN`. For crash tests and diagnosis
+    /// (`astroflight index --dump`); reads every entry.
+    pub fn canonical_dump(&self) -> Result<Vec<String>> {
+        let files = self.catalog.files()?;
+        let paths: std::collections::HashMap<u64, String> = files.iter().map(|f| (f.file_id, f.path.clone())).collect();
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut out: Vec<String> = files
+            .iter()
+            .map(|f| format!("file {} {}", f.path, hex(&keys::encode_file_entry(f))))
+            .collect();
+        // Where each tree's keys hold the file id (a big-endian u64).
+        let layouts: [(&str, &sled::Tree, fn(usize) -> usize); 5] = [
+            ("obj", &self.obj, |len| len - 8),
+            ("candid", &self.candid, |_| 8),
+            ("dia", &self.dia, |_| 8),
+            ("diaobj", &self.diaobj, |_| 16),
+            ("byfile", &self.byfile, |_| 0),
+        ];
+        for (name, tree, at) in layouts {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                let i = at(k.len());
+                let id = keys::u64_at(&k, i)?;
+                let file = paths.get(&id).map_or("ORPHAN", String::as_str);
+                out.push(format!(
+                    "{name} {}|{file}|{} = {}",
+                    hex(&k[..i]),
+                    hex(&k[i + 8..]),
+                    hex(&v)
+                ));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// The committed catalog entry of a file.
     pub fn file(&self, file_id: u64) -> Result<Option<FileEntry>> {
         self.catalog.file(file_id)

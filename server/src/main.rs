@@ -117,6 +117,10 @@ enum Cmd {
     Index {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Build nothing: print every entry of each dataset's index, file ids replaced by paths
+        /// (two indexes of the same lake print the same lines).
+        #[arg(long)]
+        dump: bool,
     },
     /// Fetch cutouts from a server and write them as files.
     Cutout {
@@ -439,12 +443,22 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             println!("{}", astroflight_server::auth::hash_password(password)?);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Index { config } => {
+        Cmd::Index { config, dump } => {
             let cfg = Config::load(config.as_deref())?;
             if cfg.datasets.is_empty() {
                 return Err("the configuration names no [[dataset]]".into());
             }
             let lake = Lake::open(&cfg)?;
+            if dump {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                for d in lake.datasets() {
+                    for line in d.index.canonical_dump()? {
+                        writeln!(out, "{} {line}", d.name)?;
+                    }
+                }
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut failed = 0;
             for (name, result) in lake.reindex().await {
                 let s = match result {
