@@ -362,8 +362,9 @@ impl DatasetIndex {
             .iter()
             .map(|f| format!("file {} {}", f.path, hex(&keys::encode_file_entry(f))))
             .collect();
-        // Where each tree's keys hold the file id (a big-endian u64).
-        let layouts: [(&str, &sled::Tree, fn(usize) -> usize); 5] = [
+        // Where each tree's keys hold the file id (a big-endian u64), from the key's length.
+        type FileIdAt = fn(usize) -> usize;
+        let layouts: [(&str, &sled::Tree, FileIdAt); 5] = [
             ("obj", &self.obj, |len| len - 8),
             ("candid", &self.candid, |_| 8),
             ("dia", &self.dia, |_| 8),
