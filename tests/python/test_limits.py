@@ -92,7 +92,7 @@ def rss_bytes(pid):
     raise AssertionError("no VmRSS")
 
 
-def test_a_client_that_stops_reading_holds_a_few_batches(start_server, lake):
+def test_a_client_that_stops_reading_holds_a_few_batches(start_server, lake, capsys):
     s = start_server(lake["datasets"])
     c = s.client()
     total = c.do_get(BULK).read_all().nbytes
@@ -102,7 +102,8 @@ def test_a_client_that_stops_reading_holds_a_few_batches(start_server, lake):
     rows = stalled.read_chunk().data.num_rows
     time.sleep(3)
     grown = rss_bytes(s.proc.pid) - before
-    print(f"answer {total / 1e6:.0f} MB; server RSS grew {grown / 1e6:.1f} MB while the client did not read")
+    with capsys.disabled():
+        print(f"\n[limits] answer {total / 1e6:.0f} MB; server RSS grew {grown / 1e6:.1f} MB while the client did not read")
     assert grown < 48e6, grown
     while True:
         try:
@@ -130,3 +131,30 @@ def test_a_client_that_goes_away_stops_the_reads_within_a_second(start_server, l
         assert record["outcome"] == "cancelled"
     finally:
         proxy.stop()
+
+
+def test_keepalive_closes_a_connection_whose_peer_went_silent(start_server, lake):
+    """A raw HTTP/2 client that opens a connection and then answers nothing: the server pings it
+    every keepalive_secs and closes the connection when a ping goes unanswered."""
+    import socket
+    s = start_server(lake["datasets"], extra="[limits]\nkeepalive_secs = 1\nkeepalive_timeout_secs = 1\n")
+    host, port = s.addr.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # preface, SETTINGS
+    started = time.time()
+    frames = []
+    buf = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            frames.append(buf[3])
+            buf = buf[9 + n:]
+    took = time.time() - started
+    sock.close()
+    assert 6 in frames, frames  # PING
+    assert 7 in frames, frames  # GOAWAY: the server closed it, after keepalive_secs + keepalive_timeout_secs
+    assert 1.5 < took < 10, took

@@ -39,7 +39,7 @@ def dump(binary, config):
     return r.stdout.splitlines()
 
 
-def test_index_killed_at_random_points_then_rerun_equals_a_clean_build(binary, start_server, tmp_path):
+def test_index_killed_at_random_points_then_rerun_equals_a_clean_build(binary, tmp_path, capsys):
     # Many small alerts (tiny stamps): the build takes long enough to be killed at many points.
     gen(binary, tmp_path / "ztf", "ztf", 3, 4, 2500, "--stamp-side", "4")
     gen(binary, tmp_path / "lsst", "lsst", 2, 3, 1500, "--stamp-side", "4")
@@ -73,8 +73,9 @@ def test_index_killed_at_random_points_then_rerun_equals_a_clean_build(binary, s
     assert r.returncode == 0, r.stderr
     got = dump(binary, config)
     assert got == want, f"{len(set(got) ^ set(want))} lines differ from a clean build"
-    print(f"{killed_mid_build} of {KILLS} SIGKILLs landed mid-build (a build takes {build_secs:.1f} s); "
-          f"the rerun's index equals a clean build ({len(want)} entries)")
+    with capsys.disabled():
+        print(f"\n[reliability] {killed_mid_build} of {KILLS} SIGKILLs landed mid-build (a build takes {build_secs:.1f} s); "
+              f"the rerun's index equals a clean build ({len(want)} entries)")
 
     # A server on it (no build of its own at start) answers every id rightly.
     from conftest import Server
@@ -117,7 +118,7 @@ def p99(xs):
     return xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else float("nan")
 
 
-def test_soak_32_clients_mixed_work(binary, start_server, tmp_path):
+def test_soak_32_clients_mixed_work(binary, start_server, tmp_path, capsys):
     gen(binary, tmp_path / "ztf", "ztf", 3, 2, 200)
     alerts = parquet_alerts(tmp_path / "ztf")
     s = start_server([("ztf", "ztf", tmp_path / "ztf")], extra="[limits]\nmax_streams_per_identity = 64\n")
@@ -195,9 +196,10 @@ def test_soak_32_clients_mixed_work(binary, start_server, tmp_path):
     first = [ms for t, ms in latencies if warm_until <= t < mid]
     second = [ms for t, ms in latencies if t >= mid]
     growth = (end_rss - rss["warm"]) / rss["warm"]
-    print(f"soak {SOAK_SECS:.0f} s, 32 clients: {counts}; wrong answers {len(wrong)}; "
-          f"server RSS {rss['warm'] / 1e6:.0f} MB after warm-up -> {end_rss / 1e6:.0f} MB ({growth * 100:+.1f}%); "
-          f"cutout p99 {p99(first):.1f} ms then {p99(second):.1f} ms")
+    with capsys.disabled():
+        print(f"\n[reliability] soak {SOAK_SECS:.0f} s, 32 clients: {counts}; wrong answers {len(wrong)}; "
+              f"server RSS {rss['warm'] / 1e6:.0f} MB after warm-up -> {end_rss / 1e6:.0f} MB "
+              f"({growth * 100:+.1f}%); cutout p99 {p99(first):.1f} ms then {p99(second):.1f} ms")
     assert not wrong, wrong[:5]
     assert all(counts[k] > 0 for k in ("cutout", "batch", "sql", "slow", "gone")), counts
     assert growth < 0.10, growth
@@ -206,7 +208,7 @@ def test_soak_32_clients_mixed_work(binary, start_server, tmp_path):
     assert stats["open_streams"] == 0  # every stream, finished or abandoned, gave its slot back
 
 
-def test_storage_faults_during_a_bulk_transfer(binary, start_server, s3_server, tmp_path):
+def test_storage_faults_during_a_bulk_transfer(binary, start_server, s3_server, tmp_path, capsys):
     gen(binary, tmp_path / "ztf", "ztf", 3, 2, 150)
     alerts = parquet_alerts(tmp_path / "ztf")
     s3_server.upload_dir(tmp_path / "ztf", "lake", "bulkfaults")
@@ -242,7 +244,8 @@ def test_storage_faults_during_a_bulk_transfer(binary, start_server, s3_server, 
             tables[i] = t
         candids = sorted(cd for t in tables.values() for cd in t.column("candid").to_pylist())
         assert candids == sorted(a["candid"] for a in alerts)  # each endpoint exactly its rows, once
-        print(f"{len(info.endpoints)} endpoints under faults ({counts}): {len(info.endpoints) - len(failed)} "
-              f"complete, {len(failed)} UNAVAILABLE and complete on re-run")
+        with capsys.disabled():
+            print(f"\n[reliability] {len(info.endpoints)} endpoints under faults ({counts}): "
+                  f"{len(info.endpoints) - len(failed)} complete, {len(failed)} UNAVAILABLE and complete on re-run")
     finally:
         proxy.stop()
