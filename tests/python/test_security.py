@@ -323,3 +323,48 @@ def test_jdbc_with_a_token_and_with_a_password(plain_auth_server, lake):
     assert "may not read dataset" in out["count_lsst"]["error"]
     out = jdbc(s, "user=alice&password=wrong")
     assert "connect" in out and re.search("(?i)unauthenticated|unknown user", out["connect"]["error"])
+
+
+def test_the_python_client_with_a_token_a_password_and_tls(auth_server, lake, pki):
+    import astroflight
+    url = f"grpc+tls://{auth_server.addr}"
+    roots = pki["server_ca"].pem
+    with astroflight.connect(url, token=READER_TOKEN, tls_root_certs=roots) as af:
+        t = af.alerts("lsst", content="columns", columns=["diaSource.diaSourceId"])
+        assert t.num_rows == len(lake["lsst"])
+        with pytest.raises(flight.FlightUnauthorizedError):
+            af.alerts("ztf", content="lightcurve")
+    with astroflight.connect(url, username="alice", password=ALICE_PASSWORD, tls_root_certs=roots) as af:
+        assert af.alerts("ztf", content="columns", columns=["candid"]).num_rows == len(lake["ztf"])
+        assert sum(b.num_rows for b in af.iter_batches("ztf", content="columns", columns=["candid"])) == len(
+            lake["ztf"])
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        astroflight.connect(url, tls_root_certs=roots).alerts("ztf")
+
+
+def test_spark_with_a_token(plain_auth_server, lake):
+    """Spark (local mode, as test_spark.py runs it) pulling from a server with [auth]: the
+    driver plans with the token, and every executor's pull carries it."""
+    import os
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    from astroflight.spark import AstroflightDataSource, read_sql
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    spark = (SparkSession.builder.master("local[2]").appName("astroflight-security")
+             .config("spark.ui.enabled", "false").getOrCreate())
+    try:
+        url = plain_auth_server.url
+        df = read_sql(spark, url, "SELECT candid FROM ztf", token=SVC_TOKEN)
+        assert df.count() == len(lake["ztf"])
+        spark.dataSource.register(AstroflightDataSource)
+        df = (spark.read.format("astroflight").option("location", url).option("token", READER_TOKEN)
+              .option("table", "lsst").load())
+        assert df.count() == len(lake["lsst"])
+        with pytest.raises(Exception, match="may not read dataset"):
+            (spark.read.format("astroflight").option("location", url).option("token", READER_TOKEN)
+             .option("table", "ztf").load().count())
+    finally:
+        spark.stop()

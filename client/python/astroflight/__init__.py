@@ -10,6 +10,12 @@
 `alerts()` plans the query with GetFlightInfo and pulls every endpoint in parallel (each on
 its own connection to the endpoint's first advertised location, or to this server), then
 concatenates them in plan order: the same rows, in the same order, as one sequential pull.
+
+A server with `[auth]` takes a token or a user's password, and TLS options go to pyarrow:
+
+    af = astroflight.connect("grpc+tls://flight.example.org:8815", token="...",
+                             tls_root_certs=open("ca.pem", "rb").read())
+    af = astroflight.connect("grpc+tls://flight.example.org:8815", username="alice", password="...")
 """
 import json
 import queue
@@ -73,12 +79,26 @@ def query(dataset, nights=None, start=None, end=None, classes=None, where=None, 
     return json.dumps({"alerts": q}).encode()
 
 
+def _auth_headers(client, token, username, password):
+    """The headers every call carries: a bearer token, given or from a Handshake with the user's
+    basic credentials (a session token, good on every connection and replica)."""
+    if token and username:
+        raise ValueError("give a token or a username and password, not both")
+    if username is not None:
+        return [client.authenticate_basic_token(username, password or "")]
+    if token:
+        return [(b"authorization", b"Bearer " + token.encode())]
+    return []
+
+
 class Client:
-    def __init__(self, location, parallel=4, **kwargs):
+    def __init__(self, location, parallel=4, token=None, username=None, password=None, **kwargs):
         self.location = location
         self.parallel = parallel
         self._kwargs = kwargs
         self._flight = flight.connect(location, **kwargs)
+        self.headers = _auth_headers(self._flight, token, username, password)
+        self.options = flight.FlightCallOptions(headers=self.headers)
 
     def close(self):
         self._flight.close()
@@ -91,16 +111,16 @@ class Client:
 
     def plan_sql(self, sql):
         """GetFlightInfo of a Flight SQL query: its schema and endpoints."""
-        return self._flight.get_flight_info(flight.FlightDescriptor.for_command(sql_command(sql)))
+        return self._flight.get_flight_info(flight.FlightDescriptor.for_command(sql_command(sql)), self.options)
 
     def plan(self, dataset, **q):
         """GetFlightInfo of a query: schema, total_records, total_bytes and the endpoints."""
-        return self._flight.get_flight_info(flight.FlightDescriptor.for_command(query(dataset, **q)))
+        return self._flight.get_flight_info(flight.FlightDescriptor.for_command(query(dataset, **q)), self.options)
 
     def _read_endpoint(self, endpoint):
         c = self._connect_endpoint(endpoint)
         try:
-            return c.do_get(endpoint.ticket).read_all()
+            return c.do_get(endpoint.ticket, self.options).read_all()
         finally:
             c.close()
 
@@ -114,7 +134,7 @@ class Client:
         try:
             c = self._connect_endpoint(endpoint)
             try:
-                for chunk in c.do_get(endpoint.ticket):
+                for chunk in c.do_get(endpoint.ticket, self.options):
                     if not _put(out, chunk.data, cancel):
                         return
             finally:
@@ -166,7 +186,7 @@ class Client:
     def classes(self, dataset):
         """Alerts per night and class of a dataset (the `classes` action)."""
         body = json.dumps({"dataset": dataset}).encode()
-        r = next(iter(self._flight.do_action(flight.Action("classes", body))))
+        r = next(iter(self._flight.do_action(flight.Action("classes", body), self.options)))
         return json.loads(r.body.to_pybytes())
 
 
@@ -181,8 +201,11 @@ def _put(q, item, cancel):
     return False
 
 
-def connect(location="grpc://127.0.0.1:8815", parallel=4, **kwargs):
-    return Client(location, parallel=parallel, **kwargs)
+def connect(location="grpc://127.0.0.1:8815", parallel=4, token=None, username=None, password=None, **kwargs):
+    """A client of the server at `location`; `token`, or `username` and `password`, for a
+    server with `[auth]`; other keyword arguments go to `pyarrow.flight.connect` (TLS:
+    `tls_root_certs`, and for mutual TLS `cert_chain` and `private_key`)."""
+    return Client(location, parallel=parallel, token=token, username=username, password=password, **kwargs)
 
 
 def stamps_as_numpy(table, column="cutoutScience"):

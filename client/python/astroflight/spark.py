@@ -19,7 +19,9 @@ Two ways, the same rows:
 
 The plan (GetFlightInfo) runs on the driver; its schema becomes the DataFrame's, converted by
 Spark's own Arrow type mapping (int64 ids stay LongType, structs and lists stay nested).
-Executors need pyarrow and this package.
+Executors need pyarrow and this package. A server with `[auth]`: the option `token` (or the
+`token` argument of `read_alerts` / `read_sql`); the bearer token goes with every executor's
+pull. Over TLS (`grpc+tls://`), executors verify the server with the system's CAs.
 """
 import json
 
@@ -30,19 +32,20 @@ import astroflight
 __all__ = ["AstroflightDataSource", "read_alerts", "read_sql", "read_endpoints"]
 
 
-def read_endpoints(batches, default_location, arrow_schema=None):
+def read_endpoints(batches, default_location, arrow_schema=None, token=None):
     """The `mapInArrow` body: each input row is an endpoint (`ticket` bytes and `location`, empty
     for the planning server); yields the endpoint's record batches as they arrive (cast to
     `arrow_schema`, the Arrow form of the DataFrame's schema, when given)."""
     for b in batches:
         for ticket, location in zip(b.column("ticket").to_pylist(), b.column("location").to_pylist()):
-            yield from _stream(ticket, location or default_location, arrow_schema)
+            yield from _stream(ticket, location or default_location, arrow_schema, token)
 
 
-def _stream(ticket, location, arrow_schema=None):
+def _stream(ticket, location, arrow_schema=None, token=None):
     c = flight.connect(location)
+    headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
     try:
-        for chunk in c.do_get(flight.Ticket(ticket)):
+        for chunk in c.do_get(flight.Ticket(ticket), flight.FlightCallOptions(headers=headers)):
             b = chunk.data
             # Spark's types are not all Arrow's (timestamps are microseconds, fields nullable):
             # batches are cast to the Arrow form of the Spark schema, which Spark checks.
@@ -63,33 +66,33 @@ def _endpoints(info):
     return [(e.ticket.ticket, e.locations[0].uri.decode() if e.locations else None) for e in info.endpoints]
 
 
-def _frame(spark, location, info):
+def _frame(spark, location, info, token=None):
     endpoints = _endpoints(info)
     schema, arrow_schema = _spark_schema(info.schema)
     if not endpoints:
         return spark.createDataFrame([], schema)
     plan = spark.createDataFrame(endpoints, "ticket binary, location string").repartition(len(endpoints))
-    return plan.mapInArrow(lambda it: read_endpoints(it, location, arrow_schema), schema)
+    return plan.mapInArrow(lambda it: read_endpoints(it, location, arrow_schema, token), schema)
 
 
-def read_alerts(spark, location, dataset, **q):
+def read_alerts(spark, location, dataset, token=None, **q):
     """A DataFrame of an alert batch query (`q` as `astroflight.query`), one partition per
     endpoint, through mapInArrow."""
-    with astroflight.connect(location) as af:
-        return _frame(spark, location, af.plan(dataset, **q))
+    with astroflight.connect(location, token=token) as af:
+        return _frame(spark, location, af.plan(dataset, **q), token)
 
 
-def read_sql(spark, location, sql):
+def read_sql(spark, location, sql, token=None):
     """A DataFrame of a Flight SQL query, one partition per endpoint, through mapInArrow."""
-    with astroflight.connect(location) as af:
-        return _frame(spark, location, af.plan_sql(sql))
+    with astroflight.connect(location, token=token) as af:
+        return _frame(spark, location, af.plan_sql(sql), token)
 
 
 def _plan(options):
     """What a data source's options ask for, planned: (location, Arrow schema, endpoints), all
     picklable (Spark ships the data source to its Python workers)."""
     location, info = _flight_info(options)
-    return location, info.schema, _endpoints(info)
+    return location, info.schema, _endpoints(info), options.get("token")
 
 
 def _flight_info(options):
@@ -99,7 +102,7 @@ def _flight_info(options):
     if len(given) != 1:
         raise ValueError("the astroflight data source takes exactly one of the options sql, table, or command "
                          f"(with dataset); got {given or 'none'}")
-    with astroflight.connect(location) as af:
+    with astroflight.connect(location, token=options.get("token")) as af:
         if options.get("sql"):
             return location, af.plan_sql(options["sql"])
         if options.get("table"):
@@ -114,7 +117,7 @@ def _flight_info(options):
         body = json.loads(astroflight.query(options["dataset"]).decode())["alerts"]
         body.update(q)
         cmd = json.dumps({"alerts": body}).encode()
-        return location, af._flight.get_flight_info(flight.FlightDescriptor.for_command(cmd))
+        return location, af._flight.get_flight_info(flight.FlightDescriptor.for_command(cmd), af.options)
 
 
 try:
@@ -131,20 +134,22 @@ if DataSource is not None:
             self.location = location
 
     class _Reader(DataSourceReader):
-        def __init__(self, location, endpoints, arrow_schema):
+        def __init__(self, location, endpoints, arrow_schema, token):
             self.location = location
             self.endpoints = endpoints
             self.arrow_schema = arrow_schema
+            self.token = token
 
         def partitions(self):
             return [_Endpoint(t, loc or self.location) for t, loc in self.endpoints]
 
         def read(self, partition):
-            yield from _stream(partition.ticket, partition.location, self.arrow_schema)
+            yield from _stream(partition.ticket, partition.location, self.arrow_schema, self.token)
 
     class AstroflightDataSource(DataSource):
         """`spark.read.format("astroflight")`: options `location` (default
-        grpc://127.0.0.1:8815) and one of `sql`, `table`, or `dataset` + `command`."""
+        grpc://127.0.0.1:8815), `token` (a server with `[auth]`), and one of `sql`, `table`, or
+        `dataset` + `command`."""
 
         @classmethod
         def name(cls):
@@ -161,7 +166,7 @@ if DataSource is not None:
         def reader(self, schema):
             from pyspark.sql.pandas.types import to_arrow_schema
 
-            location, _, endpoints = self._info()
-            return _Reader(location, endpoints, to_arrow_schema(schema))
+            location, _, endpoints, token = self._info()
+            return _Reader(location, endpoints, to_arrow_schema(schema), token)
 else:
     AstroflightDataSource = None
