@@ -36,7 +36,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, ConnectOptions};
 
 /// Version of the plan file format.
 const PLAN_FORMAT: u32 = 1;
@@ -133,8 +133,19 @@ impl TransferPlan {
     /// the query is `exact`). The annotation `partition_by` needs is added to the query.
     pub async fn create(
         server: &str,
+        query: serde_json::Value,
+        partition_by: PartitionBy,
+    ) -> Result<TransferPlan, TransferError> {
+        Self::create_with(server, query, partition_by, &ConnectOptions::default()).await
+    }
+
+    /// [`TransferPlan::create`] on a server that needs TLS roots or a token (neither is saved
+    /// in the plan).
+    pub async fn create_with(
+        server: &str,
         mut query: serde_json::Value,
         partition_by: PartitionBy,
+        connect: &ConnectOptions,
     ) -> Result<TransferPlan, TransferError> {
         let alerts = query
             .get_mut("alerts")
@@ -150,7 +161,7 @@ impl TransferPlan {
             }
         }
         let cmd = serde_json::to_vec(&query).map_err(|e| TransferError::Plan(e.to_string()))?;
-        let mut client = Client::connect(server).await?;
+        let mut client = Client::connect_with(server, connect).await?;
         let info = client
             .inner
             .get_flight_info(FlightDescriptor::new_cmd(cmd))
@@ -260,6 +271,8 @@ pub struct PullOptions {
     pub progress: bool,
     /// Pull from this server instead of the plan's (for endpoints without locations).
     pub server: Option<String>,
+    /// TLS roots and the bearer token of every pull.
+    pub connect: ConnectOptions,
 }
 
 /// What a pull did.
@@ -431,7 +444,8 @@ pub async fn pull(plan: &TransferPlan, opts: &PullOptions) -> Result<PullSummary
     let results = futures::stream::iter(pending)
         .map(|index| {
             let (server, schema, progress) = (&server, &schema, &progress);
-            async move { (index, pull_endpoint(plan, index, server, out, schema, progress).await) }
+            let connect = &opts.connect;
+            async move { (index, pull_endpoint(plan, index, server, out, schema, progress, connect).await) }
         })
         .buffer_unordered(opts.parallel.max(1))
         .collect::<Vec<_>>()
@@ -609,6 +623,7 @@ async fn pull_endpoint(
     out: &Path,
     schema: &SchemaRef,
     progress: &Progress,
+    connect: &ConnectOptions,
 ) -> Result<Done, TransferError> {
     let e = &plan.endpoints[index];
     let ticket = b64()
@@ -616,7 +631,7 @@ async fn pull_endpoint(
         .map_err(|err| TransferError::Plan(format!("ticket of endpoint {index} is not base64: {err}")))?;
     // The first advertised location; none means the server the plan came from.
     let at = e.locations.first().map(String::as_str).unwrap_or(server);
-    let mut client = Client::connect(at).await?;
+    let mut client = Client::connect_with(at, connect).await?;
     let mut stream = client
         .inner
         .do_get(Ticket::new(ticket))

@@ -152,16 +152,43 @@ enum Cmd {
         hdu: u32,
         #[arg(short = 'o', long, default_value = ".")]
         out: PathBuf,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Pull an alert batch query into a folder of parquet files: endpoints in parallel, with a
     /// progress bar, resumable (re-run the same command to finish an interrupted transfer).
     Transfer(TransferArgs),
 }
 
+/// How the client commands reach a server with TLS or `[auth]`.
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// Bearer token for a server with [auth] (sent on every call; never saved in a plan).
+    #[arg(long, env = "ASTROFLIGHT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA certificates of a grpc+tls:// server (default: the system's CAs).
+    #[arg(long, env = "ASTROFLIGHT_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    fn options(&self) -> AnyResult<astroflight_client::ConnectOptions> {
+        Ok(astroflight_client::ConnectOptions {
+            token: self.token.clone().filter(|t| !t.is_empty()),
+            tls_ca_pem: match &self.tls_ca {
+                Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read --tls-ca {}: {e}", p.display()))?),
+                None => None,
+            },
+        })
+    }
+}
+
 #[derive(clap::Args)]
 struct TransferArgs {
     #[arg(long, default_value = "grpc://127.0.0.1:8815")]
     server: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[arg(long)]
     dataset: Option<String>,
     /// Nights: 2019-09-03, 2019-09-03..2019-09-05 (inclusive), or a comma-separated list.
@@ -503,6 +530,7 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             format,
             hdu,
             out,
+            connect,
         } => {
             let ticket = astroflight_proto::CutoutTicket {
                 dataset,
@@ -516,7 +544,7 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             };
             let req: CutoutRequest = ticket.validate()?;
             std::fs::create_dir_all(&out)?;
-            let mut client = Client::connect(&server).await?;
+            let mut client = Client::connect_with(&server, &connect.options()?).await?;
             let mut stream = client.cutouts(&req).await?;
             let mut n = 0;
             while let Some(batch) = stream.try_next().await? {
@@ -740,7 +768,7 @@ async fn transfer(a: TransferArgs, server_given: bool) -> AnyResult<ExitCode> {
                 eprintln!("resuming the transfer planned in {}", p.display());
                 saved
             }
-            None => TransferPlan::create(&a.server, query, partition_by).await?,
+            None => TransferPlan::create_with(&a.server, query, partition_by, &a.connect.options()?).await?,
         }
     };
     eprintln!("plan: {}", plan.describe());
@@ -761,6 +789,7 @@ async fn transfer(a: TransferArgs, server_given: bool) -> AnyResult<ExitCode> {
         parallel: a.parallel,
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         server: (a.plan.is_some() && server_given).then(|| a.server.clone()),
+        connect: a.connect.options()?,
     };
     let s = t::pull(&plan, &opts).await?;
     eprintln!(

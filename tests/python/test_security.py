@@ -368,3 +368,35 @@ def test_spark_with_a_token(plain_auth_server, lake):
              .option("table", "ztf").load().count())
     finally:
         spark.stop()
+
+
+def test_the_command_line_clients_over_tls_with_a_token(binary, auth_server, lake, pki, tmp_path):
+    import glob
+    import os
+
+    import pyarrow.parquet as pq
+    ca = write(tmp_path, "ca.pem", pki["server_ca"].pem)
+    url = f"grpc+tls://{auth_server.addr}"
+    a = lake["ztf"][2]
+    base = [binary, "cutout", "--server", url, "--tls-ca", str(ca), "--dataset", "ztf", "--candid",
+            str(a["candid"]), "--kind", "Science"]
+    env = {k: v for k, v in os.environ.items() if k != "ASTROFLIGHT_TOKEN"}
+    r = subprocess.run(base + ["-o", str(tmp_path / "none")], capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "needs credentials" in r.stderr
+    r = subprocess.run(base + ["-o", str(tmp_path / "stamps")], capture_output=True, text=True,
+                       env={**env, "ASTROFLIGHT_TOKEN": SVC_TOKEN})
+    assert r.returncode == 0, r.stderr
+    (f,) = glob.glob(str(tmp_path / "stamps" / "*.fits"))
+    assert pathlib.Path(f).read_bytes() == as_fits(a["stamps"]["Science"])
+    out = tmp_path / "transfer"
+    plan = tmp_path / "plan.json"
+    r = subprocess.run([binary, "transfer", "--server", url, "--tls-ca", str(ca), "--token", READER_TOKEN,
+                        "--dataset", "lsst", "--content", "lightcurve", "--plan-out", str(plan)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert READER_TOKEN not in plan.read_text()  # the token is not saved with the plan
+    r = subprocess.run([binary, "transfer", "--plan", str(plan), "--server", url, "--tls-ca", str(ca), "--token",
+                        READER_TOKEN, "--out", str(out), "--quiet"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    rows = sum(pq.read_metadata(p).num_rows for p in glob.glob(str(out / "**" / "*.parquet"), recursive=True))
+    assert rows == len(lake["lsst"])
