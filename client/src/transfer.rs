@@ -445,7 +445,12 @@ pub async fn pull(plan: &TransferPlan, opts: &PullOptions) -> Result<PullSummary
         .map(|index| {
             let (server, schema, progress) = (&server, &schema, &progress);
             let connect = &opts.connect;
-            async move { (index, pull_endpoint(plan, index, server, out, schema, progress, connect).await) }
+            async move {
+                (
+                    index,
+                    pull_endpoint(plan, index, server, out, schema, progress, connect).await,
+                )
+            }
         })
         .buffer_unordered(opts.parallel.max(1))
         .collect::<Vec<_>>()
