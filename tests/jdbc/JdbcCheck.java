@@ -1,8 +1,13 @@
-// A JDBC client of astroflight's Flight SQL service, with Apache Arrow's Flight SQL JDBC driver:
-// connect, list tables and columns through DatabaseMetaData, run a query and a prepared
-// statement with a parameter. Prints one JSON object per line; tests/python/test_jdbc.py compares
-// the rows with DuckDB's on the same files.
+// A JDBC client of astroflight's Flight SQL service, with Apache Arrow's Flight SQL JDBC driver.
+// Prints one JSON object per line. One file for both modes: Java 17 runs a single source file.
 //   java -cp <driver> JdbcCheck.java <host:port> <objectId>
+//     connect, list tables and columns through DatabaseMetaData, run a query and a prepared
+//     statement with a parameter; tests/python/test_jdbc.py compares the rows with DuckDB's.
+//   java -cp <driver> JdbcCheck.java auth <host:port> <url parameters>
+//     connect to a server that needs credentials with the URL parameters given (token=..., or
+//     user=...&password=..., which the driver turns into a Handshake with basic credentials), list
+//     the tables it is shown and count the rows of ztf and lsst; a refused query prints its error.
+//     tests/python/test_security.py checks them against the server's grants.
 import java.sql.Connection;
 import java.sql.DatabaseMetaData;
 import java.sql.DriverManager;
@@ -41,7 +46,47 @@ public class JdbcCheck {
         return "\"types\":[" + String.join(",", types) + "],\"rows\":[" + String.join(",", out) + "]";
     }
 
+    /** The whole chain of causes: the driver wraps the gRPC status. */
+    static String messages(Throwable e) {
+        StringBuilder b = new StringBuilder();
+        for (Throwable t = e; t != null; t = t.getCause()) b.append(t).append(" | ");
+        return b.toString();
+    }
+
+    static void count(Connection c, String table) {
+        try (Statement s = c.createStatement(); ResultSet rs = s.executeQuery("SELECT count(*) FROM " + table)) {
+            rs.next();
+            System.out.println("{\"what\":\"count_" + table + "\",\"value\":" + rs.getLong(1) + "}");
+        } catch (SQLException e) {
+            System.out.println("{\"what\":\"count_" + table + "\",\"error\":" + json(messages(e)) + "}");
+        }
+    }
+
+    static void auth(String addr, String params) throws Exception {
+        String url = "jdbc:arrow-flight-sql://" + addr + "/?useEncryption=false&" + params;
+        Connection c;
+        try {
+            c = DriverManager.getConnection(url);
+        } catch (SQLException e) {
+            System.out.println("{\"what\":\"connect\",\"error\":" + json(messages(e)) + "}");
+            return;
+        }
+        try (c) {
+            List<String> tables = new ArrayList<>();
+            try (ResultSet rs = c.getMetaData().getTables(null, null, "%", null)) {
+                while (rs.next()) tables.add(json(rs.getString("TABLE_NAME")));
+            }
+            System.out.println("{\"what\":\"tables\",\"tables\":[" + String.join(",", tables) + "]}");
+            count(c, "ztf");
+            count(c, "lsst");
+        }
+    }
+
     public static void main(String[] args) throws Exception {
+        if (args[0].equals("auth")) {
+            auth(args[1], args[2]);
+            return;
+        }
         String url = "jdbc:arrow-flight-sql://" + args[0] + "/?useEncryption=false";
         try (Connection c = DriverManager.getConnection(url)) {
             DatabaseMetaData md = c.getMetaData();

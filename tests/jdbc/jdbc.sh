@@ -3,7 +3,7 @@
 # Flight SQL JDBC driver from Maven Central (resolved once and cached in target/jdbc/ by
 # tests/maven_classpath.sh).
 #   bash tests/jdbc/jdbc.sh <host:port> <objectId>
-#   bash tests/jdbc/jdbc.sh --main JdbcAuth.java <host:port> <url parameters>
+#   bash tests/jdbc/jdbc.sh auth <host:port> <url parameters>
 #   bash tests/jdbc/jdbc.sh --classpath-only
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -11,11 +11,6 @@ cp_file="$(bash "$here/../maven_classpath.sh" "$here/pom.xml" jdbc)"
 if [ "${1:-}" = "--classpath-only" ]; then
   exit 0
 fi
-main=JdbcCheck.java
-if [ "${1:-}" = "--main" ]; then
-  main="$2"
-  shift 2
-fi
 # Arrow's Java memory needs java.nio opened on Java 17.
 exec java -Xmx512m --add-opens=java.base/java.nio=ALL-UNNAMED \
-  -cp "$(cat "$cp_file")" "$here/$main" "$@"
+  -cp "$(cat "$cp_file")" "$here/JdbcCheck.java" "$@"

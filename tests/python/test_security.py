@@ -1,7 +1,7 @@
 """TLS, mutual TLS, authentication and per-dataset authorization, with real clients: pyarrow
 Flight over TLS (with and without client certificates, with basic credentials through
 Handshake and with bearer tokens), ADBC's Flight SQL driver with a token and with a user and
-password, and the JDBC driver (tests/jdbc/JdbcAuth.java) with both. Certificates are made by the
+password, and the JDBC driver (tests/jdbc/JdbcCheck.java auth) with both. Certificates are made by the
 test (pki.py); password hashes by `astroflight hash-password`."""
 import json
 import pathlib
@@ -304,7 +304,7 @@ def plain_auth_server(start_server, lake, auth_files):
 
 
 def jdbc(server, params):
-    r = subprocess.run(["bash", str(REPO / "tests/jdbc/jdbc.sh"), "--main", "JdbcAuth.java", server.addr, params],
+    r = subprocess.run(["bash", str(REPO / "tests/jdbc/jdbc.sh"), "auth", server.addr, params],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     return {o["what"]: o for o in map(json.loads, filter(lambda l: l.startswith("{"), r.stdout.splitlines()))}
