@@ -258,11 +258,8 @@ async fn report_health(lake: Arc<Lake>, reporter: HealthReporter) {
         };
         reporter.set_service_status("", ready).await;
         reporter.set_service_status(FLIGHT_SERVICE, ready).await;
-        for d in lake.datasets() {
-            reporter.set_service_status(&d.name, status(d.serving())).await;
-        }
-        for d in lake.fits_datasets() {
-            reporter.set_service_status(&d.name, status(d.serving())).await;
+        for (name, build) in lake.build_states() {
+            reporter.set_service_status(name, status(build.serving())).await;
         }
         if builds.changed().await.is_err() {
             return;
@@ -282,11 +279,7 @@ async fn set_all(lake: &Lake, reporter: &HealthReporter, s: ServingStatus) {
     for name in ["", FLIGHT_SERVICE, LIVENESS_SERVICE] {
         reporter.set_service_status(name, s).await;
     }
-    for name in lake
-        .datasets()
-        .map(|d| d.name.clone())
-        .chain(lake.fits_datasets().map(|d| d.name.clone()))
-    {
+    for (name, _) in lake.build_states() {
         reporter.set_service_status(name, s).await;
     }
 }

@@ -32,11 +32,8 @@ pub struct Dataset {
     pub index: DatasetIndex,
     /// The class of an alert (a column or a SQL expression), when the dataset has one.
     pub class_sql: Option<String>,
-    /// True until the first index build since the server started has finished (or failed):
-    /// an id not found meanwhile may be in a file not indexed yet.
-    first_build: AtomicBool,
-    /// Whether the last index build failed (its storage could not be listed).
-    build_failed: AtomicBool,
+    /// Where its index builds stand.
+    pub build: BuildState,
 }
 
 /// A FITS dataset (`kind = "fits"`): its store and its header catalog.
@@ -52,19 +49,41 @@ pub struct FitsDataset {
     pub catalog: HeaderStore,
     /// Refreshes of the catalog never overlap.
     refresh: tokio::sync::Mutex<()>,
-    first_build: AtomicBool,
-    build_failed: AtomicBool,
+    /// Where its header catalog refreshes stand.
+    pub build: BuildState,
 }
 
-impl FitsDataset {
-    pub fn first_build_pending(&self) -> bool {
-        self.first_build.load(Ordering::Acquire)
+/// Where the index builds of a dataset (the header catalog refreshes of a FITS dataset) stand.
+pub struct BuildState {
+    /// True until the first build since the server started has finished (or failed): an id
+    /// not found meanwhile may be in a file not indexed yet.
+    first_pending: AtomicBool,
+    /// Whether the last build failed (its storage could not be listed).
+    failed: AtomicBool,
+}
+
+impl BuildState {
+    fn new(first_pending: bool) -> Self {
+        BuildState {
+            first_pending: AtomicBool::new(first_pending),
+            failed: AtomicBool::new(false),
+        }
     }
 
-    /// Serving (the health service's word): the first refresh since start has ended and the
+    pub fn first_build_pending(&self) -> bool {
+        self.first_pending.load(Ordering::Acquire)
+    }
+
+    /// Serving (the health service's word): the first build since start has ended and the
     /// last one reached the storage.
     pub fn serving(&self) -> bool {
-        !self.first_build_pending() && !self.build_failed.load(Ordering::Acquire)
+        !self.first_build_pending() && !self.failed.load(Ordering::Acquire)
+    }
+
+    /// Record that a build ended; true when it was the first since start.
+    fn ended(&self, ok: bool) -> bool {
+        self.failed.store(!ok, Ordering::Release);
+        self.first_pending.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -90,18 +109,6 @@ impl std::fmt::Debug for Lake {
 impl std::fmt::Debug for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Dataset({})", self.name)
-    }
-}
-
-impl Dataset {
-    pub fn first_build_pending(&self) -> bool {
-        self.first_build.load(Ordering::Acquire)
-    }
-
-    /// Serving (the health service's word): the first index build since start has ended and
-    /// the last build reached the storage.
-    pub fn serving(&self) -> bool {
-        !self.first_build_pending() && !self.build_failed.load(Ordering::Acquire)
     }
 }
 
@@ -193,8 +200,7 @@ impl Lake {
                     backend: opened.backend,
                     catalog: index.headers(&d.name)?,
                     refresh: tokio::sync::Mutex::new(()),
-                    first_build: AtomicBool::new(config.index_on_start),
-                    build_failed: AtomicBool::new(false),
+                    build: BuildState::new(config.index_on_start),
                 }));
                 continue;
             };
@@ -214,8 +220,7 @@ impl Lake {
                     (None, SurveyKind::Ztf) => Some("cdsxmatch".to_string()),
                     (None, SurveyKind::Lsst) => None,
                 },
-                first_build: AtomicBool::new(config.index_on_start),
-                build_failed: AtomicBool::new(false),
+                build: BuildState::new(config.index_on_start),
             }));
         }
         let (ready, _) = tokio::sync::watch::channel(!config.index_on_start || config.datasets.is_empty());
@@ -250,6 +255,14 @@ impl Lake {
     /// The FITS datasets, in configuration order.
     pub fn fits_datasets(&self) -> impl Iterator<Item = &Arc<FitsDataset>> {
         self.fits.iter()
+    }
+
+    /// Every dataset's name and build state, alert datasets then FITS datasets.
+    pub fn build_states(&self) -> impl Iterator<Item = (&str, &BuildState)> {
+        self.datasets
+            .iter()
+            .map(|d| (d.name.as_str(), &d.build))
+            .chain(self.fits.iter().map(|d| (d.name.as_str(), &d.build)))
     }
 
     fn unknown(&self, name: &str) -> Error {
@@ -346,8 +359,7 @@ impl Lake {
                 }
                 Err(e) => warn!(dataset = %ds.name, error = %e, "index build failed; the previous index stays in use"),
             }
-            ds.build_failed.store(result.is_err(), Ordering::Release);
-            if ds.first_build.swap(false, Ordering::AcqRel) {
+            if ds.build.ended(result.is_ok()) {
                 info!(dataset = %ds.name, "first index build since start ended; lookups are authoritative");
             }
             out.push((ds.name.clone(), result));
@@ -355,8 +367,7 @@ impl Lake {
         for ds in &self.fits {
             out.push((ds.name.clone(), self.refresh_headers(ds).await));
         }
-        if !self.datasets.iter().any(|d| d.first_build_pending()) && !self.fits.iter().any(|d| d.first_build_pending())
-        {
+        if !self.build_states().any(|(_, b)| b.first_build_pending()) {
             self.ready.send_replace(true);
         }
         self.builds.send_modify(|n| *n += 1);
@@ -393,8 +404,7 @@ impl Lake {
                 Err(e)
             }
         };
-        ds.build_failed.store(result.is_err(), Ordering::Release);
-        if ds.first_build.swap(false, Ordering::AcqRel) {
+        if ds.build.ended(result.is_ok()) {
             info!(dataset = %ds.name, "first header catalog refresh since start ended");
         }
         result

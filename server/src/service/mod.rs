@@ -198,7 +198,7 @@ impl AstroFlight {
         let mut meta = json!({
             "dataset": ds.name, "kind": ds.kind.name(), "storage": ds.backend.name(),
             "files": sum.files, "alerts": sum.alerts, "bytes": sum.bytes,
-            "indexing": ds.first_build_pending(),
+            "indexing": ds.build.first_build_pending(),
         });
         if lake.publish_roots {
             meta["root"] = json!(ds.root);
@@ -219,7 +219,7 @@ impl AstroFlight {
         let mut meta = json!({
             "dataset": ds.name, "kind": "fits", "storage": ds.backend.name(),
             "files": files, "hdus": hdus, "files_with_errors": errors,
-            "indexing": ds.first_build_pending(),
+            "indexing": ds.build.first_build_pending(),
         });
         if lake.publish_roots {
             meta["root"] = json!(ds.root);
@@ -282,7 +282,7 @@ impl AstroFlight {
             .map(|d| {
                 let sum = d.index.summary()?;
                 let mut v = json!({"name": d.name, "kind": d.kind.name(), "storage": d.backend.name(),
-                                   "files": sum.files, "alerts": sum.alerts, "indexing": d.first_build_pending()});
+                                   "files": sum.files, "alerts": sum.alerts, "indexing": d.build.first_build_pending()});
                 if lake.publish_roots {
                     v["root"] = json!(d.root);
                 }
@@ -292,7 +292,7 @@ impl AstroFlight {
                 let (files, hdus, errors) = crate::headers::catalog::summary(&d.catalog)?;
                 let mut v = json!({"name": d.name, "kind": "fits", "storage": d.backend.name(),
                                    "files": files, "hdus": hdus, "files_with_errors": errors,
-                                   "indexing": d.first_build_pending()});
+                                   "indexing": d.build.first_build_pending()});
                 if lake.publish_roots {
                     v["root"] = json!(d.root);
                 }
@@ -541,7 +541,7 @@ impl FlightService for AstroFlight {
                 span: span.clone(),
                 outcome: Mutex::new(None),
                 recent: self.recent.clone(),
-                _slot: Some(slot),
+                _slot: slot,
             };
             request
                 .extensions_mut()
@@ -584,7 +584,7 @@ impl FlightService for AstroFlight {
             span,
             outcome: Mutex::new(None),
             recent: self.recent.clone(),
-            _slot: Some(slot),
+            _slot: slot,
         };
         let (schema, planned, compression) = (plan.schema(), plan.rows(), plan.compression());
         let batches = plan.execute(record.io.clone());
@@ -653,15 +653,12 @@ impl FlightService for AstroFlight {
                 blocking(move || tickets::alerts::classes_action(&lake, &name)).await?
             }
             "health" => {
-                let datasets: Vec<_> =
-                    self.lake
-                        .datasets()
-                        .filter(|d| caller.may_read(&d.name))
-                        .map(|d| json!({"name": d.name, "indexing": d.first_build_pending(), "serving": d.serving()}))
-                        .chain(self.lake.fits_datasets().filter(|d| caller.may_read(&d.name)).map(
-                            |d| json!({"name": d.name, "indexing": d.first_build_pending(), "serving": d.serving()}),
-                        ))
-                        .collect();
+                let datasets: Vec<_> = self
+                    .lake
+                    .build_states()
+                    .filter(|(name, _)| caller.may_read(name))
+                    .map(|(name, b)| json!({"name": name, "indexing": b.first_build_pending(), "serving": b.serving()}))
+                    .collect();
                 json!({"ready": self.lake.is_ready(), "datasets": datasets})
             }
             "reindex" => {

@@ -29,7 +29,7 @@ pub struct RequestRecord {
     pub outcome: Mutex<Option<&'static str>>,
     pub recent: Recent,
     /// The stream slot, given back when the stream ends.
-    pub _slot: Option<super::slots::Slot>,
+    pub _slot: super::slots::Slot,
 }
 
 impl RequestRecord {

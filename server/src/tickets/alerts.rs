@@ -317,7 +317,7 @@ pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool) -> Resul
         .map_err(|e| Error::Internal(e.to_string()))??;
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let Some(first) = entries.first() else {
-        return Err(if ds.first_build_pending() {
+        return Err(if ds.build.first_build_pending() {
             Error::Unavailable(format!("dataset {:?} is still being indexed; retry shortly", ds.name))
         } else {
             Error::NotFound(format!("dataset {:?} has no files", ds.name))

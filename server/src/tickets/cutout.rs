@@ -146,7 +146,7 @@ fn not_found(what: &str, ds: &Dataset, missing: &[String]) -> Error {
         shown.join(", "),
         ds.name
     );
-    if ds.first_build_pending() {
+    if ds.build.first_build_pending() {
         // The index is still being built since the server started: the id may be in a file
         // not indexed yet, so "not found" would be a guess.
         return Error::Unavailable(format!(

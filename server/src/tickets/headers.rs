@@ -174,7 +174,7 @@ impl Planned for CatalogPlan {
             "hdus": self.hdus,
             "records_are_upper_bound": !self.request.query.r#where.trim().is_empty(),
             "endpoints": self.cuts.len() + 1,
-            "catalog_pending": self.ds.first_build_pending(),
+            "catalog_pending": self.ds.build.first_build_pending(),
         }))
     }
     fn execute(self: Arc<Self>, _io: Arc<IoStats>) -> BoxStream<'static, Result<RecordBatch>> {
