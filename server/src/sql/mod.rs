@@ -249,10 +249,12 @@ impl SqlService {
     /// found": the caller's session does not hold it).
     async fn plan(&self, ctx: &SessionContext, handle: &SqlHandle, caller: &Caller) -> Result<DataFrame, Status> {
         let sql = number_placeholders(&handle.sql)?;
+        // Parsed once, for the grant check and for the plan (what `sql_with_options` does, with
+        // the check between).
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(&sql, &dialect).map_err(query_error)?;
         if !caller.reads_everything() {
-            let state = ctx.state();
-            let dialect = state.config().options().sql_parser.dialect;
-            let statement = state.sql_to_statement(&sql, &dialect).map_err(query_error)?;
             for t in state.resolve_table_references(&statement).map_err(query_error)? {
                 let ours = t.schema().is_none_or(|s| s == SCHEMA) && t.catalog().is_none_or(|c| c == CATALOG);
                 if ours && (self.lake.dataset(t.table()).is_ok() || self.lake.is_fits(t.table())) {
@@ -260,11 +262,14 @@ impl SqlService {
                 }
             }
         }
-        let options = SQLOptions::new()
+        let plan = state.statement_to_plan(statement).await.map_err(query_error)?;
+        SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
-            .with_allow_statements(false);
-        let mut df = ctx.sql_with_options(&sql, options).await.map_err(query_error)?;
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(query_error)?;
+        let mut df = ctx.execute_logical_plan(plan).await.map_err(query_error)?;
         if !handle.parameters.is_empty() {
             let values = decode_parameters(&handle.parameters)?;
             df = df.with_param_values(values).map_err(query_error)?;
