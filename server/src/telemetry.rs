@@ -461,11 +461,8 @@ impl CallEnd {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let attrs = [KeyValue::new("rpc.method", self.method.to_string())];
-        let with_code = [
-            KeyValue::new("rpc.method", self.method.to_string()),
-            KeyValue::new("code", format!("{code:?}")),
-        ];
+        let attrs = [KeyValue::new("rpc.method", self.method.clone())];
+        let with_code = [attrs[0].clone(), KeyValue::new("code", format!("{code:?}"))];
         self.metrics.requests.add(1, &with_code);
         self.metrics
             .duration
@@ -567,9 +564,7 @@ where
         let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
         let _ = span.set_parent(parent);
         let method: Arc<str> = Arc::from(method);
-        self.metrics
-            .open
-            .add(1, &[KeyValue::new("rpc.method", method.to_string())]);
+        self.metrics.open.add(1, &[KeyValue::new("rpc.method", method.clone())]);
         let mut end = CallEnd {
             metrics: self.metrics.clone(),
             method,
