@@ -29,17 +29,14 @@ impl std::fmt::Display for Finding {
 }
 
 fn finding(what: impl Into<String>, r: Result<String, String>) -> Finding {
-    match r {
-        Ok(detail) => Finding {
-            ok: true,
-            what: what.into(),
-            detail,
-        },
-        Err(detail) => Finding {
-            ok: false,
-            what: what.into(),
-            detail,
-        },
+    let (ok, detail) = match r {
+        Ok(detail) => (true, detail),
+        Err(detail) => (false, detail),
+    };
+    Finding {
+        ok,
+        what: what.into(),
+        detail,
     }
 }
 
@@ -69,17 +66,16 @@ pub fn summary(c: &Config) -> serde_json::Value {
 
 /// Run every check of a parsed (hence valid) configuration.
 pub async fn check(config: &Config) -> Vec<Finding> {
-    let mut out = vec![Finding {
-        ok: true,
-        what: "configuration".into(),
-        detail: format!(
+    let mut out = vec![finding(
+        "configuration",
+        Ok(format!(
             "{} datasets, {} grants, tls {}, auth {}",
             config.datasets.len(),
             config.grants.len(),
             if config.tls.is_some() { "on" } else { "off" },
             if config.auth.is_some() { "on" } else { "off (open)" }
-        ),
-    }];
+        )),
+    )];
     if let Some(t) = &config.tls {
         out.push(finding(
             "tls",
