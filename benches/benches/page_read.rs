@@ -88,8 +88,9 @@ fn bench(c: &mut Criterion) {
                 };
                 let out: Vec<_> = rt
                     .block_on(async {
-                        let plan = tickets::plan(&lake, Command::Cutout(req), b"", false).await?;
-                        plan.execute(Arc::new(IoStats::default())).try_collect().await
+                        let io = Arc::new(IoStats::default());
+                        let plan = tickets::plan(&lake, Command::Cutout(req), b"", false, &io).await?;
+                        plan.execute(io).try_collect().await
                     })
                     .unwrap();
                 assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), kind.expand().len());

@@ -191,7 +191,9 @@ impl App {
         let flight = AstroFlight::new(self.lake.clone(), self.deadline, self.security.clone(), limits)?;
         let service = FlightServiceServer::new(flight)
             .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(64 << 20);
+            // Our encoder refuses a message past limits.max_message_bytes with a status naming it;
+            // tonic's own bound (a little higher, for gRPC's framing) is the safety net.
+            .max_encoding_message_size(limits.max_message_bytes.saturating_add(1 << 20));
         let keepalive = (limits.keepalive_secs > 0.0).then(|| Duration::from_secs_f64(limits.keepalive_secs));
         let incoming = crate::tls::incoming(self.listener, self.tls.clone());
         // Larger HTTP/2 windows let big tickets and responses flow without waiting for window

@@ -61,6 +61,11 @@ pub fn summary(c: &Config) -> serde_json::Value {
         "telemetry": {"otlp_endpoint": c.telemetry.otlp_endpoint, "prometheus_listen": c.telemetry.prometheus_listen},
         "log_format": if c.log_format == crate::config::LogFormat::Json { "json" } else { "text" },
         "shutdown_grace_secs": c.shutdown_grace_secs,
+        "memory": {
+            "max_memory_bytes": c.memory().budget, "max_request_memory_bytes": c.memory().request,
+            "max_value_bytes": c.memory().value, "max_expression_batch_bytes": c.memory().batch,
+            "sql_memory_bytes": c.memory().sql_pool,
+        },
     })
 }
 
@@ -76,6 +81,23 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             if config.auth.is_some() { "on" } else { "off (open)" }
         )),
     )];
+    let m = config.memory();
+    out.push(finding(
+        "memory",
+        Ok(format!(
+            "budget {} ({}), {} per request, {} per value, {} per expression batch; the machine (or cgroup) has {}",
+            crate::memory::human(m.budget),
+            if config.max_memory_bytes.is_some() {
+                "max_memory_bytes"
+            } else {
+                "70% of the machine's"
+            },
+            crate::memory::human(m.request),
+            crate::memory::human(m.value),
+            crate::memory::human(m.batch),
+            crate::memory::machine_memory().map_or("unknown memory".to_string(), crate::memory::human),
+        )),
+    ));
     if let Some(t) = &config.tls {
         out.push(finding(
             "tls",

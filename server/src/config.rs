@@ -123,6 +123,13 @@ pub struct Config {
     /// cut, in seconds. New calls are refused from the signal on.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: f64,
+    /// The process's memory budget, in bytes: every request's large buffers (reads, the arrays
+    /// expressions build, DataFusion's operators, batches being encoded) count against it, and
+    /// a request that would pass it (or its share, `limits.max_request_memory_bytes`) fails with
+    /// RESOURCE_EXHAUSTED. Default: 70% of the machine's memory, or of the container's (cgroup)
+    /// limit when that is lower.
+    #[serde(default)]
+    pub max_memory_bytes: Option<u64>,
 }
 
 /// `[tls]`: the server's certificate chain and key (PEM), and for mutual TLS the CA of the
@@ -206,7 +213,9 @@ pub struct LimitsConfig {
     /// with RESOURCE_EXHAUSTED. 0: no limit.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
-    /// Largest gRPC message the server accepts (tickets, commands, DoPut data).
+    /// Largest gRPC message the server accepts (tickets, commands, DoPut data) and sends:
+    /// responses are split into messages of about 2 MiB, and a row that alone passes this
+    /// (a large image section, a huge SQL value) is refused with RESOURCE_EXHAUSTED naming it.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// HTTP/2 keep-alive: a ping every this many seconds on an idle connection (0: off)...
@@ -218,6 +227,21 @@ pub struct LimitsConfig {
     /// Most concurrent HTTP/2 streams (calls) on one connection.
     #[serde(default = "default_max_concurrent_calls")]
     pub max_calls_per_connection: u32,
+    /// Most memory one request may hold (its share of `max_memory_bytes`): reads, the arrays its
+    /// expressions build, its DataFusion operators, its batches being encoded. Default: an eighth
+    /// of the budget, at least 64 MiB.
+    #[serde(default)]
+    pub max_request_memory_bytes: Option<u64>,
+    /// Largest value (a string, a binary, a list with all it holds) a SQL function or operator
+    /// may build: `repeat`, `lpad`, `array_repeat`, `string_agg`, `array_agg`, `||`... are refused
+    /// before they allocate more. At most `max_message_bytes` (a value must fit in a message).
+    /// Default 64 MiB.
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: u64,
+    /// Most bytes one function call may build for one batch of rows. Default 256 MiB (at most the
+    /// request's share).
+    #[serde(default = "default_max_expression_batch_bytes")]
+    pub max_expression_batch_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -550,7 +574,13 @@ fn default_max_response_bytes() -> u64 {
     64 << 30
 }
 fn default_max_message_bytes() -> usize {
-    16 << 20
+    64 << 20
+}
+fn default_max_value_bytes() -> u64 {
+    64 << 20
+}
+fn default_max_expression_batch_bytes() -> u64 {
+    256 << 20
 }
 fn default_keepalive_secs() -> f64 {
     30.0
@@ -568,7 +598,46 @@ impl Default for Config {
     }
 }
 
+/// The smallest `max_memory_bytes` a server starts with.
+pub const MIN_MEMORY_BYTES: u64 = 64 << 20;
+
+/// The memory settings with their defaults resolved (`max_memory_bytes` from the machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    pub budget: u64,
+    pub request: u64,
+    pub value: u64,
+    pub batch: u64,
+    /// DataFusion's operators, all queries together (`sql.memory_bytes`, within the budget).
+    pub sql_pool: u64,
+    /// The largest message sent (`limits.max_message_bytes`).
+    pub message: usize,
+}
+
 impl Config {
+    /// The memory budget and the bounds under it, defaults resolved: the budget from the
+    /// machine (or cgroup) when not set; a request's share an eighth of it (at least 64 MiB);
+    /// a value at most a message; everything at most the budget.
+    pub fn memory(&self) -> MemoryLimits {
+        let budget = self
+            .max_memory_bytes
+            .unwrap_or_else(crate::memory::default_budget)
+            .max(MIN_MEMORY_BYTES);
+        let l = &self.limits;
+        let request = l
+            .max_request_memory_bytes
+            .unwrap_or_else(|| (budget / 8).max(64 << 20))
+            .min(budget);
+        MemoryLimits {
+            budget,
+            request,
+            value: l.max_value_bytes.min(l.max_message_bytes as u64).min(request),
+            batch: l.max_expression_batch_bytes.min(request),
+            sql_pool: self.sql.memory_bytes.min(budget),
+            message: l.max_message_bytes,
+        }
+    }
+
     /// Parse a config text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config> {
         let mut c: Config =
@@ -773,6 +842,19 @@ impl Config {
                 "limits.max_message_bytes must be at least 1024 (got {})",
                 l.max_message_bytes
             ));
+        }
+        if let Some(m) = self.max_memory_bytes {
+            if m < MIN_MEMORY_BYTES {
+                return bad(format!(
+                    "max_memory_bytes must be at least {MIN_MEMORY_BYTES} (64 MiB; got {m})"
+                ));
+            }
+        }
+        if l.max_request_memory_bytes.is_some_and(|r| r < 1 << 20)
+            || l.max_value_bytes < 1024
+            || l.max_expression_batch_bytes < 1024
+        {
+            return bad("limits.max_request_memory_bytes must be at least 1 MiB, limits.max_value_bytes and limits.max_expression_batch_bytes at least 1024".into());
         }
         secs("limits.queue_secs", l.queue_secs, true)?;
         secs("limits.keepalive_secs", l.keepalive_secs, true)?;

@@ -4,7 +4,7 @@
 use astroflight_index::IndexError;
 use astroflight_proto::TicketError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request is malformed or names something that cannot exist (client's fault).
     #[error("{0}")]
@@ -68,8 +68,22 @@ impl Error {
         }
     }
 
+    /// A read refused because the request's memory had no room for it (see
+    /// `storage::CountingStore`), as the RESOURCE_EXHAUSTED it is.
+    pub fn memory_refusal(e: &object_store::Error) -> Option<Error> {
+        match e {
+            object_store::Error::Generic { store, source } if *store == crate::memory::MEMORY_STORE => {
+                Some(Error::ResourceExhausted(source.to_string()))
+            }
+            _ => None,
+        }
+    }
+
     /// Classify a storage error met while reading `what`.
     pub fn storage(what: &str, e: &object_store::Error) -> Error {
+        if let Some(refused) = Error::memory_refusal(e) {
+            return refused;
+        }
         match e {
             object_store::Error::NotFound { .. } => Error::DataLoss(format!(
                 "{what} is missing from storage (the index may be stale: re-run `astroflight index`): {e}"

@@ -121,8 +121,14 @@ pub struct Lake {
     pub footers: FooterCache,
     /// Everything read from storage since start.
     pub io: Arc<IoStats>,
-    /// Where pages are decompressed and stamps decoded.
+    /// Where pages of point reads are decompressed and stamps decoded.
     pub cpu: CpuPool,
+    /// Where bulk work runs (SQL, alert batch scans, header conditions), at a lower priority.
+    pub bulk: CpuPool,
+    /// The process's memory budget; each request holds an account of it.
+    pub memory: Arc<crate::memory::Budget>,
+    /// The memory settings, resolved.
+    pub memory_limits: crate::config::MemoryLimits,
     pub limits: Limits,
     /// Publish dataset roots (storage addresses) to clients.
     pub publish_roots: bool,
@@ -224,20 +230,28 @@ impl Lake {
             }));
         }
         let (ready, _) = tokio::sync::watch::channel(!config.index_on_start || config.datasets.is_empty());
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let memory = config.memory();
         Ok(Lake {
             datasets,
             fits,
             by_name,
             footers: FooterCache::new(config.footer_cache_files, config.footer_cache_bytes),
             io: Arc::new(IoStats::default()),
-            cpu: CpuPool::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))?,
+            cpu: CpuPool::new(cores)?,
+            bulk: CpuPool::bulk(cores)?,
+            memory: crate::memory::Budget::new(memory.budget, memory.request, true),
+            memory_limits: memory,
             limits: Limits {
                 max_alerts: config.max_ticket_alerts,
                 max_bytes: config.max_ticket_bytes,
             },
             publish_roots: config.publish_roots,
             reindex_action: config.reindex_action,
-            engine: crate::scan::Engine::new(),
+            engine: crate::scan::Engine::new(crate::scan::guard::ExprLimits {
+                max_value_bytes: memory.value,
+                max_batch_bytes: memory.batch,
+            }),
             endpoint_bytes: config.endpoint_bytes,
             advertise: config.advertise.clone(),
             sql: config.sql.clone(),

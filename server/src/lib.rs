@@ -13,6 +13,7 @@
 //!               └─ storage  file, s3, hdfs, http; counting, retries
 //!  lake: datasets, their catalog + id index (astroflight-index), index builds and readiness;
 //!        FITS datasets and their header catalogs ([`headers`])
+//!  memory: the process's budget and each request's account of it (every layer counts into it)
 //! ```
 //!
 //! The lake generator and the demo lake are a separate crate (`astroflight-gen`), not part of
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod lake;
+pub mod memory;
 pub mod read;
 pub mod reload;
 pub mod scan;

@@ -273,7 +273,12 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // An idle worker gives the allocator's free memory back (see memory::on_park).
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(astroflight_server::memory::on_park)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

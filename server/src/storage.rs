@@ -33,8 +33,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, ClientConfigKey, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
+    BackoffConfig, ClientConfigKey, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
     OBJECT_STORE_COALESCE_DEFAULT,
 };
 use serde::Serialize;
@@ -809,11 +809,13 @@ impl ObjectStore for ListedStore {
     }
 }
 
-/// Requests and bytes read from storage.
+/// Requests and bytes read from storage, and (for a request's own) the memory account its
+/// reads are held against.
 #[derive(Debug, Default)]
 pub struct IoStats {
     requests: AtomicU64,
     bytes: AtomicU64,
+    memory: Option<Arc<crate::memory::Account>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -823,6 +825,19 @@ pub struct IoSnapshot {
 }
 
 impl IoStats {
+    /// A request's counters, whose reads hold memory from `account` while their bytes live.
+    pub fn for_request(account: Arc<crate::memory::Account>) -> Self {
+        IoStats {
+            memory: Some(account),
+            ..Default::default()
+        }
+    }
+
+    /// The memory account of the request these counters belong to.
+    pub fn memory(&self) -> Option<&Arc<crate::memory::Account>> {
+        self.memory.as_ref()
+    }
+
     pub fn add(&self, requests: u64, bytes: u64) {
         self.requests.fetch_add(requests, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -864,6 +879,51 @@ impl CountingStore {
         for s in &self.stats {
             s.add(requests, bytes);
         }
+    }
+
+    /// The account reads are held against (the request's), if any.
+    fn account(&self) -> Option<&Arc<crate::memory::Account>> {
+        self.stats.iter().find_map(|s| s.memory())
+    }
+
+    /// Reserve `n` bytes for a read of `location` before it is made (RESOURCE_EXHAUSTED when
+    /// the request's share or the budget has no room: the read is not made).
+    fn reserve(&self, location: &Path, n: u64) -> object_store::Result<Option<crate::memory::Reservation>> {
+        let Some(account) = self.account() else {
+            return Ok(None);
+        };
+        account
+            .reserve(n, &format_args!("reading {location}"))
+            .map(Some)
+            .map_err(|e| object_store::Error::Generic {
+                store: crate::memory::MEMORY_STORE,
+                source: Box::new(e),
+            })
+    }
+}
+
+/// Bytes that hold their share of a reservation until the last slice of them is dropped.
+struct Held {
+    bytes: Bytes,
+    _reservation: crate::memory::Reservation,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+fn held(bytes: Bytes, reservation: &mut Option<crate::memory::Reservation>) -> Bytes {
+    match reservation {
+        Some(r) => {
+            let part = r.split(bytes.len() as u64);
+            Bytes::from_owner(Held {
+                bytes,
+                _reservation: part,
+            })
+        }
+        None => bytes,
     }
 }
 
@@ -918,12 +978,25 @@ impl ObjectStore for CountingStore {
             // A request counts when it is made; its bytes when they arrive.
             self.add(1, 0);
             let r = self.inner.get_opts(location, options).await?;
-            if !head {
-                let n = r.range.end - r.range.start;
-                self.add(0, n);
-                tracing::Span::current().record("bytes", n as i64);
+            if head {
+                return Ok(r);
             }
-            Ok(r)
+            let n = r.range.end - r.range.start;
+            self.add(0, n);
+            tracing::Span::current().record("bytes", n as i64);
+            // A request's reads hold its memory while their bytes live.
+            let mut reservation = self.reserve(location, n)?;
+            if reservation.is_none() {
+                return Ok(r);
+            }
+            let (meta, range, attributes) = (r.meta.clone(), r.range.clone(), r.attributes.clone());
+            let chunks = r.into_stream().map_ok(move |b| held(b, &mut reservation)).boxed();
+            Ok(GetResult {
+                payload: GetResultPayload::Stream(chunks),
+                meta,
+                range,
+                attributes,
+            })
         }
         .instrument(span)
         .await
@@ -935,9 +1008,10 @@ impl ObjectStore for CountingStore {
                 let n: u64 = ranges.iter().map(|r| r.end - r.start).sum();
                 let span = tracing::info_span!("storage.read", path = %location, requests = ranges.len() as i64, bytes = n as i64);
                 self.add(ranges.len() as u64, 0);
+                let mut reservation = self.reserve(location, n)?;
                 let out = self.inner.get_ranges(location, ranges).instrument(span).await?;
                 self.add(0, n);
-                Ok(out)
+                Ok(out.into_iter().map(|b| held(b, &mut reservation)).collect())
             }
             RangeReads::Coalesced => {
                 if ranges.is_empty() {

@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use opentelemetry::metrics::{Counter, Histogram, ObservableCounter, ObservableGauge, UpDownCounter};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
@@ -366,12 +367,15 @@ pub struct Metrics {
     _storage_requests: ObservableCounter<u64>,
     _storage_bytes: ObservableCounter<u64>,
     _ready: ObservableGauge<u64>,
+    _memory: ObservableGauge<u64>,
+    _refusals: ObservableCounter<u64>,
 }
 
 impl Metrics {
     pub fn new(lake: &Arc<Lake>) -> Arc<Metrics> {
         let meter = opentelemetry::global::meter("astroflight");
         let (l1, l2, l3) = (lake.clone(), lake.clone(), lake.clone());
+        let (m1, m2) = (lake.memory.clone(), lake.memory.clone());
         Arc::new(Metrics {
             requests: meter
                 .u64_counter("astroflight.rpc.requests")
@@ -407,6 +411,25 @@ impl Metrics {
                 .u64_observable_gauge("astroflight.ready")
                 .with_description("1 once the first index build of every dataset has ended")
                 .with_callback(move |o| o.observe(u64::from(l3.is_ready()), &[]))
+                .build(),
+            _memory: meter
+                .u64_observable_gauge("astroflight.memory")
+                .with_unit("By")
+                .with_description(
+                    "Memory by kind: held by requests (reserved), the process's resident memory (rss), the budget \
+                     (max_memory_bytes)",
+                )
+                .with_callback(move |o| {
+                    let m = m1.snapshot();
+                    o.observe(m.reserved_bytes, &[KeyValue::new("kind", "reserved")]);
+                    o.observe(m.rss_bytes, &[KeyValue::new("kind", "rss")]);
+                    o.observe(m.max_memory_bytes, &[KeyValue::new("kind", "budget")]);
+                })
+                .build(),
+            _refusals: meter
+                .u64_observable_counter("astroflight.memory.refusals")
+                .with_description("Reservations refused for memory (a request's share or the budget)")
+                .with_callback(move |o| o.observe(m2.snapshot().refusals, &[]))
                 .build(),
         })
     }
@@ -577,7 +600,26 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let call = inner.call(req).instrument(span);
         Box::pin(async move {
-            match call.await {
+            // A handler that panics (a bug) fails its call with INTERNAL; the connection and
+            // every other call on it go on.
+            let call = match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+                Ok(r) => r,
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %msg, "a call's handler panicked; the call fails with INTERNAL");
+                    end.finish(tonic::Code::Internal);
+                    return Ok(tonic::Status::internal(format!(
+                        "internal error (a bug, please report it): {}",
+                        crate::error::cut(&msg, 200)
+                    ))
+                    .into_http());
+                }
+            };
+            match call {
                 Ok(response) => {
                     // A status in the headers: the call failed before any data (trailers-only).
                     if let Some(code) = grpc_status(response.headers()) {

@@ -78,3 +78,43 @@ def check_every_stamp(client, dataset, alerts, id_col, id_field):
             got = np.asarray(r["pixels"], dtype=np.float32).reshape(r["height"], r["width"])
             assert got.shape == want.shape
             assert np.array_equal(got, want, equal_nan=True), f"pixels of {key}"
+
+
+def varint_field(tag, value):
+    """A length-delimited protobuf field (any length)."""
+    n, out = len(value), bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([tag << 3 | 2]) + bytes(out) + value
+
+
+def any_bytes(type_url, value):
+    """A google.protobuf.Any: field 1 the type URL, field 2 the value."""
+    return varint_field(1, type_url.encode()) + varint_field(2, value)
+
+
+def sql_command(sql):
+    """A Flight SQL CommandStatementQuery as a FlightDescriptor, for a plain pyarrow.flight client."""
+    return flight.FlightDescriptor.for_command(
+        any_bytes("type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery", varint_field(1, sql.encode())))
+
+
+def proc_rss(pid, field="VmRSS"):
+    """A process's resident memory (VmRSS) or its peak (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU seconds a process has used (all its threads)."""
+    import os
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

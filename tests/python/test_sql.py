@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 from pyarrow import flight
 
+from helpers import any_bytes, varint_field
 from test_alerts import gen
 
 
@@ -135,11 +136,6 @@ def test_json_tickets_and_flight_sql_share_the_port(sql_server):
         c.get_flight_info(flight.FlightDescriptor.for_command(
             any_bytes("type.googleapis.com/arrow.flight.protocol.sql.CommandStatementUpdate", b"")))
     c.close()
-
-
-def any_bytes(type_url, value):
-    """A google.protobuf.Any: field 1 the type URL, field 2 the value."""
-    return varint_field(1, type_url.encode()) + varint_field(2, value)
 
 
 @pytest.fixture(scope="module")
@@ -318,18 +314,6 @@ def statement(sql):
     q = sql.encode()
     return flight.FlightDescriptor.for_command(
         any_bytes("type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery", varint_field(1, q)))
-
-
-def varint_field(tag, value):
-    """A length-delimited protobuf field (any length)."""
-    n, out = len(value), bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes([tag << 3 | 2]) + bytes(out) + value
 
 
 def test_an_endpoint_whose_file_changed_fails_alone_with_data_loss(binary, tmp_path):

@@ -293,7 +293,14 @@ where
             let mut stream = make();
             let mut count = 0usize;
             loop {
-                let item = match AssertUnwindSafe(stream.next()).catch_unwind().await {
+                // The consumer may go (its client cancelled, its deadline passed) while the
+                // stream works on a batch: that stops the work at once, not at the next send.
+                let next = tokio::select! {
+                    biased;
+                    _ = tx.closed() => break,
+                    next = AssertUnwindSafe(stream.next()).catch_unwind() => next,
+                };
+                let item = match next {
                     Ok(Some(raw)) => raw.and_then(|raw| {
                         std::panic::catch_unwind(AssertUnwindSafe(|| step(raw, &mut count)))
                             .unwrap_or_else(|p| Err(panicked("converting rows", p)))
@@ -313,6 +320,42 @@ where
         .in_current_span(),
     );
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// Run a future on another runtime (the bulk one: SQL planning, counting), cancelled when the
+/// caller stops waiting for it (its deadline passed, its client went); a panic in it is an
+/// error.
+pub async fn on_runtime<T: Send + 'static>(
+    cpu: &cpu::CpuPool,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(cpu.handle().spawn(AssertUnwindSafe(f.in_current_span()).catch_unwind()));
+    match (&mut task.0).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(p)) => Err(panicked("planning", p)),
+        Err(e) => Err(Error::Internal(format!("a worker task failed: {e}"))),
+    }
+}
+
+/// Make a stream on another runtime (the future that makes it runs there too, so that the tasks
+/// it starts live there) and hand its batches over a one-batch channel; an error making it is
+/// the stream's first item.
+pub fn stream_on<F, S>(cpu: &cpu::CpuPool, make: F) -> BoxStream<'static, Result<RecordBatch>>
+where
+    F: std::future::Future<Output = Result<S>> + Send + 'static,
+    S: futures::Stream<Item = Result<RecordBatch>> + Send + 'static,
+{
+    let made = stream::once(make).map(|r| match r {
+        Ok(s) => s.boxed(),
+        Err(e) => stream::iter([Err(e)]).boxed(),
+    });
+    on_cpu_stream(cpu, made.flatten().boxed())
 }
 
 /// Run a stream on the CPU runtime (with panic capture), handing batches over a one-batch

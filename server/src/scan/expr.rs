@@ -17,62 +17,116 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionConfig;
 
+use super::guard::{self, ExprLimits, Guard};
 use crate::error::{Error, Result};
+use crate::memory::Account;
 
-/// The query engine's state shared by every request: the function registry and SQL options.
+/// The query engine's state shared by every request: the function registry (every function
+/// guarded, see [`super::guard`]) and SQL options.
 #[derive(Clone)]
 pub struct Engine {
     state: Arc<SessionState>,
-}
-
-impl Default for Engine {
-    fn default() -> Self {
-        Self::new()
-    }
+    limits: ExprLimits,
+    /// The guard of work that no request owns (index builds' class counts, planning).
+    guard: Arc<Guard>,
 }
 
 /// An engine error as a client sees it: the engine's own explanation, cut to a readable size.
+/// An expression that would pass a memory bound is RESOURCE_EXHAUSTED; an overflow (a value
+/// too large for Arrow's offsets, an arithmetic overflow) is the expression's fault:
+/// INVALID_ARGUMENT naming it.
 pub fn engine_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("{what}: {}", crate::error::cut(&e.to_string(), 800)))
+    let msg = e.to_string();
+    let text = format!("{what}: {}", crate::error::cut(&msg, 800));
+    if msg.contains("Resources exhausted") {
+        Error::ResourceExhausted(text)
+    } else {
+        Error::InvalidArgument(text)
+    }
+}
+
+/// [`engine_error`] for DataFusion's own errors, by kind.
+pub fn datafusion_error(what: &str, e: &datafusion::error::DataFusionError) -> Error {
+    match e.find_root() {
+        datafusion::error::DataFusionError::ResourcesExhausted(m) => {
+            Error::ResourceExhausted(format!("{what}: {}", crate::error::cut(m, 800)))
+        }
+        _ => engine_error(what, e),
+    }
 }
 
 impl Engine {
-    pub fn new() -> Self {
+    pub fn new(limits: ExprLimits) -> Self {
         let mut config = SessionConfig::new();
         // Alert fields are camelCase (objectId, diaSource.psfFlux): keep identifiers as written.
         config.options_mut().sql_parser.enable_ident_normalization = false;
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
             .build();
-        Engine { state: Arc::new(state) }
+        let guard = Guard::new(limits, None);
+        guard::guard_registry(&mut state, &guard).expect("registering guarded functions");
+        Engine {
+            state: Arc::new(state),
+            limits,
+            guard,
+        }
+    }
+
+    /// The bounds every expression of this engine is held to.
+    pub fn limits(&self) -> ExprLimits {
+        self.limits
     }
 
     /// Parse a SQL expression against a (nested) schema: nested fields become `get_field`.
     pub fn parse(&self, sql: &str, schema: &Schema, what: &str) -> Result<Expr> {
+        check_shape(sql, what)?;
         let df = DFSchema::try_from(schema.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         self.state
             .create_logical_expr(sql, &df)
-            .map_err(|e| engine_error(&format!("{what} {}", crate::error::quoted(sql)), e))
+            .map_err(|e| datafusion_error(&format!("{what} {}", crate::error::quoted(sql)), &e))
     }
 
-    /// Compile a logical expression for batches of `schema` (type coercion included).
-    pub fn compile(&self, expr: &Expr, schema: &Schema, what: &str) -> Result<Arc<dyn PhysicalExpr>> {
+    /// Compile a logical expression for batches of `schema` (type coercion included), its
+    /// functions guarded for `account` (the request that evaluates it; None: work no request
+    /// owns, held to the bounds only).
+    pub fn compile(
+        &self,
+        expr: &Expr,
+        schema: &Schema,
+        what: &str,
+        account: Option<&Arc<Account>>,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
         let df = DFSchema::try_from(schema.clone()).map_err(|e| Error::Internal(e.to_string()))?;
-        self.state
-            .create_physical_expr(expr.clone(), &df)
-            .map_err(|e| engine_error(what, e))
+        let guard = match account {
+            Some(a) => Guard::new(self.limits, Some(a.clone())),
+            None => self.guard.clone(),
+        };
+        let guarded = guard::guard_expr(expr.clone(), &guard)
+            .map_err(|e| datafusion_error(what, &e))?
+            .data;
+        let phys = self
+            .state
+            .create_physical_expr(guarded, &df)
+            .map_err(|e| datafusion_error(what, &e))?;
+        Ok(phys)
     }
 
     /// Parse and compile a SQL expression for batches of `schema`.
-    pub fn compile_sql(&self, sql: &str, schema: &Schema, what: &str) -> Result<Arc<dyn PhysicalExpr>> {
-        self.compile(&self.parse(sql, schema, what)?, schema, what)
+    pub fn compile_sql(
+        &self,
+        sql: &str,
+        schema: &Schema,
+        what: &str,
+        account: Option<&Arc<Account>>,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        self.compile(&self.parse(sql, schema, what)?, schema, what, account)
     }
 
     /// Compile a condition and check, on an empty batch, that it evaluates to a boolean (a
     /// literal that cannot be cast to its column's type fails here, before anything is read).
     pub fn compile_condition(&self, expr: &Expr, schema: &SchemaRef, what: &str) -> Result<Arc<dyn PhysicalExpr>> {
-        let phys = self.compile(expr, schema, what)?;
+        let phys = self.compile(expr, schema, what, None)?;
         let ty = phys.data_type(schema).map_err(|e| engine_error(what, e))?;
         if ty != DataType::Boolean {
             return Err(Error::InvalidArgument(format!(
@@ -82,6 +136,65 @@ impl Engine {
         evaluate(&phys, &RecordBatch::new_empty(schema.clone()), what)?;
         Ok(phys)
     }
+}
+
+/// Most operators (`+`, `AND`, `||`, comparisons...) one SQL text may hold. A chain of a few
+/// hundred thousand (`1+1+...+1`) parses into an expression tree that deep, and walking or
+/// dropping such a tree recursively overflows a thread's stack: it is refused before parsing.
+pub const MAX_OPERATORS: usize = 20_000;
+
+/// Refuse SQL whose operator count would make an expression tree too deep to handle
+/// (INVALID_ARGUMENT naming the bound); the tokenizer is iterative, so this costs one pass.
+pub fn check_shape(sql: &str, what: &str) -> Result<()> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    // A cheap bound first: every operator is at least one character.
+    let symbols = sql.bytes().filter(|b| b"+-*/%<>=|&^!".contains(b)).count();
+    let words = sql.len() / 3;
+    if symbols + words <= MAX_OPERATORS {
+        return Ok(());
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))?;
+    let ops = tokens
+        .iter()
+        .filter(|t| match t {
+            Token::Word(w) => matches!(
+                w.keyword,
+                datafusion::sql::sqlparser::keywords::Keyword::AND
+                    | datafusion::sql::sqlparser::keywords::Keyword::OR
+                    | datafusion::sql::sqlparser::keywords::Keyword::NOT
+            ),
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::Eq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::StringConcat
+            | Token::Pipe
+            | Token::Ampersand
+            | Token::Caret
+            | Token::ShiftLeft
+            | Token::ShiftRight
+            | Token::DoubleColon
+            | Token::Spaceship => true,
+            _ => false,
+        })
+        .count();
+    if ops > MAX_OPERATORS {
+        return Err(Error::InvalidArgument(format!(
+            "{what} has {ops} operators, more than this server's bound of {MAX_OPERATORS} per statement: \
+             a long chain of them (a OR b OR c ...) is better written as an IN list"
+        )));
+    }
+    Ok(())
 }
 
 /// An expression compiled for the schema of the batches it last saw, compiled again when a
@@ -111,7 +224,7 @@ impl PerSchema {
 pub fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch, what: &str) -> Result<ArrayRef> {
     expr.evaluate(batch)
         .and_then(|v| v.into_array(batch.num_rows()))
-        .map_err(|e| engine_error(what, e))
+        .map_err(|e| datafusion_error(what, &e))
 }
 
 /// Evaluate a condition: true rows are kept (null counts as false).
@@ -293,7 +406,7 @@ mod tests {
 
     #[test]
     fn fink_conditions_evaluate() {
-        let e = Engine::new();
+        let e = Engine::new(ExprLimits::unlimited());
         let s = schema();
         let sql = "(candidate.magnr - candidate.magpsf) < -4 * (LOG10(candidate.distnr) + 0.2) AND objectId <> 'x'";
         let expr = e.parse(sql, &s, "where").unwrap();
@@ -317,7 +430,7 @@ mod tests {
 
     #[test]
     fn bad_conditions_are_invalid_arguments() {
-        let e = Engine::new();
+        let e = Engine::new(ExprLimits::unlimited());
         let s = schema();
         let err = |sql: &str| match e
             .parse(sql, &s, "where")

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod expr;
+pub mod guard;
 pub mod prune;
 
 use std::sync::{Arc, Mutex};
@@ -728,9 +729,10 @@ pub async fn scan_file(
             let spec = ctx.spec.clone();
             let class_expr: Arc<expr::PerSchema> = Arc::default();
             let lake = ctx.lake.clone();
+            let account = ctx.io.memory().cloned();
             Ok(raw
                 .and_then(move |b| {
-                    let r = shape_output(&lake, &spec, &b, &what, &class_expr);
+                    let r = shape_output(&lake, &spec, &b, &what, &class_expr, account.as_ref());
                     futures::future::ready(r)
                 })
                 .boxed())
@@ -739,17 +741,43 @@ pub async fn scan_file(
 }
 
 /// A condition failed while evaluated on data (a cast that fails on a value): the client's
-/// query, INVALID_ARGUMENT; other failures are the file's.
+/// query, INVALID_ARGUMENT; one that passed a memory bound, RESOURCE_EXHAUSTED; other failures
+/// are the file's. (The parquet reader keeps a row filter's error as text only: its kind
+/// travels as a prefix.)
 fn parquet_or_condition(what: &str, e: parquet::errors::ParquetError) -> Error {
-    match e {
-        parquet::errors::ParquetError::ArrowError(m) if m.starts_with(CONDITION_ERROR) => {
-            Error::InvalidArgument(m.trim_start_matches(CONDITION_ERROR).to_string())
+    let text = match &e {
+        parquet::errors::ParquetError::ArrowError(m) => Some(m.clone()),
+        parquet::errors::ParquetError::External(inner) => {
+            inner.downcast_ref::<arrow::error::ArrowError>().map(|a| a.to_string())
         }
-        e => Error::parquet(what, e),
+        _ => None,
+    };
+    match text.and_then(|m| condition_error(&m)) {
+        Some(c) => c,
+        None => Error::parquet(what, e),
     }
 }
 
 const CONDITION_ERROR: &str = "astroflight condition: ";
+const CONDITION_RESOURCES: &str = "astroflight condition resources: ";
+
+/// A condition's error as the row filter hands it to the parquet reader.
+fn to_row_filter_error(what: &str, e: Error) -> arrow::error::ArrowError {
+    let prefix = match e {
+        Error::ResourceExhausted(_) => CONDITION_RESOURCES,
+        _ => CONDITION_ERROR,
+    };
+    arrow::error::ArrowError::ComputeError(format!("{prefix}{what}: {e}"))
+}
+
+/// Back from the row filter's text to the condition's error.
+fn condition_error(m: &str) -> Option<Error> {
+    let at = |p: &str| m.find(p).map(|i| m[i + p.len()..].to_string());
+    if let Some(rest) = at(CONDITION_RESOURCES) {
+        return Some(Error::ResourceExhausted(rest));
+    }
+    at(CONDITION_ERROR).map(Error::InvalidArgument)
+}
 
 /// The parquet row filter of a condition: compiled by DataFusion on the first batch's schema
 /// (the condition's columns, pruned to the leaves it names), evaluated on every batch.
@@ -762,12 +790,14 @@ fn predicate(
     impl FnMut(RecordBatch) -> std::result::Result<arrow::array::BooleanArray, arrow::error::ArrowError>,
 > {
     let lake = ctx.lake.clone();
+    let account = ctx.io.memory().cloned();
     let compiled = expr::PerSchema::default();
     ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
-        let fail = |e: Error| arrow::error::ArrowError::ComputeError(format!("{CONDITION_ERROR}{what}: {e}"));
+        let fail = |e: Error| to_row_filter_error(&what, e);
         let phys = compiled
             .get(&batch.schema(), || {
-                lake.engine.compile(&expr, &batch.schema(), "the condition")
+                lake.engine
+                    .compile(&expr, &batch.schema(), "the condition", account.as_ref())
             })
             .map_err(fail)?;
         expr::evaluate_condition(&phys, &batch, "the condition").map_err(fail)
@@ -782,6 +812,7 @@ fn shape_output(
     b: &RecordBatch,
     what: &str,
     class_expr: &expr::PerSchema,
+    account: Option<&Arc<crate::memory::Account>>,
 ) -> Result<RecordBatch> {
     let mut cols = Vec::with_capacity(spec.schema.fields().len());
     for f in spec.schema.fields() {
@@ -801,7 +832,8 @@ fn shape_output(
                     None => new_null_array(&DataType::Utf8, b.num_rows()),
                     Some(sql) => {
                         let phys = class_expr.get(&b.schema(), || {
-                            lake.engine.compile_sql(sql, &b.schema(), "the dataset's class")
+                            lake.engine
+                                .compile_sql(sql, &b.schema(), "the dataset's class", account)
                         })?;
                         let v = expr::evaluate(&phys, b, "the dataset's class")?;
                         arrow::compute::cast(&v, &DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?

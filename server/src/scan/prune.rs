@@ -44,7 +44,7 @@ impl Pruner {
     /// keep everything (pruning is an optimisation; the condition itself is always evaluated).
     pub fn new(engine: &Engine, flat_expr: &Expr, flat: SchemaRef) -> Self {
         let build = |e: &Expr| -> Option<Arc<PruningPredicate>> {
-            let phys = engine.compile(e, &flat, "pruning").ok()?;
+            let phys = engine.compile(e, &flat, "pruning", None).ok()?;
             PruningPredicateBuilder::new()
                 .with_file_schema(flat.clone())
                 .build(phys)

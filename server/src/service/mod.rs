@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -34,6 +34,7 @@ use crate::auth::{caller_of, Caller, Security};
 use crate::config::{LimitsConfig, ReindexAction};
 use crate::error::{Error, Result};
 use crate::lake::{Dataset, FitsDataset, Lake};
+use crate::memory::Account;
 use crate::storage::IoStats;
 use crate::tickets::{self, cutout::cutout_schema, Planned};
 use record::{Recent, RequestRecord, RECENT_REQUESTS};
@@ -43,22 +44,168 @@ use slots::Slots;
 /// customary 4 MiB receive limit.
 pub const MAX_FLIGHT_DATA_BYTES: usize = 2 << 20;
 
+/// What the encoding of every response is held to: the request's memory account (a batch
+/// counts while it is encoded and its messages sent) and the largest message.
+pub struct Encoding {
+    pub account: Option<Arc<Account>>,
+    /// `limits.max_message_bytes`: a row that alone is larger cannot be sent.
+    pub max_message_bytes: usize,
+    /// Where the encoding (and, through it, the production of the batches) runs: the CPU
+    /// runtime for point reads, the bulk runtime for bulk work; None: where the stream is
+    /// polled (small answers).
+    pub runtime: Option<tokio::runtime::Handle>,
+}
+
 /// Batches as Flight messages of at most [`MAX_FLIGHT_DATA_BYTES`], the schema first (also for
-/// an empty stream); a failed batch ends the stream with its status.
+/// an empty stream); a failed batch ends the stream with its status. A batch counts against the
+/// request's memory while it is encoded (RESOURCE_EXHAUSTED past its share or the budget), and a
+/// message that cannot be split below `limits.max_message_bytes` (one row larger than that) is
+/// RESOURCE_EXHAUSTED naming the limit.
 pub fn flight_data(
     schema: arrow::datatypes::SchemaRef,
     options: IpcWriteOptions,
     batches: impl futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static,
+    encoding: Encoding,
 ) -> impl futures::Stream<Item = Result<FlightData, Status>> + Send + 'static {
-    FlightDataEncoderBuilder::new()
+    let Encoding {
+        account,
+        max_message_bytes,
+        runtime,
+    } = encoding;
+    let encoded = FlightDataEncoderBuilder::new()
         .with_options(options)
         .with_schema(schema)
         .with_max_flight_data_size(MAX_FLIGHT_DATA_BYTES)
-        .build(batches)
-        .map_err(|e| match e {
-            FlightError::Tonic(status) => *status,
-            other => Status::internal(other.to_string()),
+        .build(counted(batches, account, max_message_bytes))
+        .map(move |d| {
+            let d = d.map_err(flight_status)?;
+            let n = d.data_header.len() + d.data_body.len() + d.app_metadata.len();
+            if n > max_message_bytes {
+                return Err(message_too_large(n as u64, max_message_bytes));
+            }
+            Ok(d)
         })
+        .boxed();
+    match runtime {
+        Some(rt) => crate::read::cpu::relay(&rt, encoded, |p| {
+            Status::internal(format!(
+                "internal error while encoding the response: {}",
+                panic_message(&p)
+            ))
+        }),
+        None => encoded,
+    }
+}
+
+/// RESOURCE_EXHAUSTED for a row that alone is larger than a message.
+fn message_too_large(bytes: u64, max: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "a row of the response takes {}, more than this server's limit of {} per message \
+         (limits.max_message_bytes); select fewer or smaller columns",
+        crate::memory::human(bytes),
+        crate::memory::human(max as u64)
+    ))
+}
+
+/// What a panic said.
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// An encoder's error as a status: ours keep their kind; Arrow's overflow (a batch too large
+/// to encode) is RESOURCE_EXHAUSTED; anything else is a bug.
+fn flight_status(e: FlightError) -> Status {
+    match e {
+        FlightError::Tonic(status) => *status,
+        FlightError::Arrow(a) if a.to_string().to_lowercase().contains("overflow") => {
+            Status::resource_exhausted(format!("the response cannot be encoded: {a}"))
+        }
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// Each batch claimed by the request's account (its buffers count until dropped), and handed to
+/// the encoder in slices of about [`MAX_FLIGHT_DATA_BYTES`] (the encoder encodes all of what it
+/// is given at once: a batch that projects a wide column a hundred times would otherwise be
+/// encoded whole, a hundred times its memory). A slice's encoded size is reserved until the
+/// encoder asks for the next one (it asks only once the previous one's messages are all handed
+/// to gRPC).
+fn counted(
+    batches: impl futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static,
+    account: Option<Arc<Account>>,
+    max_message_bytes: usize,
+) -> impl futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static {
+    let slices = batches.flat_map(move |b| match b {
+        Ok(b) => stream::iter(slices(b).into_iter().map(move |(s, bytes)| {
+            // A row too large for one message is refused before it is encoded.
+            if s.num_rows() == 1 && bytes > max_message_bytes as u64 {
+                return Err(FlightError::Tonic(Box::new(message_too_large(
+                    bytes,
+                    max_message_bytes,
+                ))));
+            }
+            Ok((s, bytes))
+        }))
+        .boxed(),
+        Err(e) => stream::iter([Err(e)]).boxed(),
+    });
+    stream::unfold(
+        (slices.boxed(), None::<crate::memory::Reservation>, account),
+        |(mut slices, held, account)| async move {
+            drop(held);
+            let (b, bytes) = match slices.next().await? {
+                Ok(s) => s,
+                Err(e) => return Some((Err(e), (slices, None, account))),
+            };
+            let Some(a) = &account else {
+                return Some((Ok(b), (slices, None, account)));
+            };
+            let what = "encoding the response";
+            for c in b.columns() {
+                c.claim(&a.arrow_pool());
+            }
+            let reserved = a.check(bytes, &what).and_then(|_| a.reserve(bytes, &what));
+            match reserved {
+                Ok(r) => Some((Ok(b), (slices, Some(r), account))),
+                Err(e) => Some((
+                    Err(FlightError::Tonic(Box::new(e.to_status()))),
+                    (slices, None, account),
+                )),
+            }
+        },
+    )
+}
+
+/// A batch in row slices of about [`MAX_FLIGHT_DATA_BYTES`] (one row at least), each with its
+/// estimated encoded size.
+fn slices(b: RecordBatch) -> Vec<(RecordBatch, u64)> {
+    let rows = b.num_rows();
+    // What the rows hold (a batch may be a slice of larger arrays: their whole buffers would
+    // overstate it).
+    let bytes: u64 = b
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size()) as u64
+        })
+        .sum();
+    let per_row = bytes / rows.max(1) as u64;
+    let step = ((MAX_FLIGHT_DATA_BYTES as u64 / per_row.max(1)) as usize).clamp(1, rows.max(1));
+    if step >= rows {
+        return vec![(b, bytes)];
+    }
+    (0..rows)
+        .step_by(step)
+        .map(|at| {
+            let n = step.min(rows - at);
+            (b.slice(at, n), per_row * n as u64)
+        })
+        .collect()
 }
 
 /// Endpoint `i` of a plan, with the advertised addresses as its locations. Round robin:
@@ -89,6 +236,12 @@ fn guarded(
         move |(mut encoded, record, done, sent)| async move {
             if done {
                 return None;
+            }
+            // Checked before each message too: a stream whose next message is always ready
+            // would never let the timeout below see its deadline pass.
+            if tokio::time::Instant::now() >= deadline_at {
+                record.finish(code_name(tonic::Code::DeadlineExceeded));
+                return Some((Err(deadline_status(deadline)), (encoded, record, true, sent)));
             }
             let mut item = match tokio::time::timeout_at(deadline_at, encoded.next()).await {
                 Ok(Some(item)) => item,
@@ -241,9 +394,10 @@ impl AstroFlight {
         }
     }
 
-    async fn plan(&self, cmd: &[u8], for_info: bool, caller: &Caller) -> Result<Arc<dyn Planned>> {
+    /// Plan a command; what planning reads (an exact count) counts into `io`.
+    async fn plan(&self, cmd: &[u8], for_info: bool, caller: &Caller, io: &Arc<IoStats>) -> Result<Arc<dyn Planned>> {
         let command = self.decode_for(cmd, caller).await?;
-        tickets::plan(&self.lake, command, cmd, for_info).await
+        tickets::plan(&self.lake, command, cmd, for_info, io).await
     }
 
     /// Decode a command and check it against the caller's grants and the ids limit (before
@@ -259,6 +413,62 @@ impl AstroFlight {
             )));
         }
         Ok(command)
+    }
+
+    /// GetFlightInfo, within the caller's deadline.
+    async fn flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        if crate::sql::is_flight_sql(&request.get_ref().cmd) {
+            return FlightService::get_flight_info(&self.sql, request).await;
+        }
+        let caller = self.caller(&request)?;
+        let d = request.into_inner();
+        let Some(cmd) = descriptor_cmd(&d)? else {
+            let lake = self.lake.clone();
+            let name = dataset_path(&d)?.to_string();
+            caller.check(&name)?;
+            let info = blocking(move || Self::any_dataset_info(&lake, &name)).await?;
+            return Ok(Response::new(info));
+        };
+        let io = Arc::new(IoStats::for_request(self.lake.memory.account("GetFlightInfo")));
+        let plan = self.plan(cmd, true, &caller, &io).await?;
+        let mut info = FlightInfo::new()
+            .try_with_schema(&plan.schema())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .with_descriptor(d.clone())
+            .with_total_records(plan.estimated_rows())
+            .with_total_bytes(plan.estimated_bytes() as i64)
+            .with_ordered(true);
+        if let Some(meta) = plan.app_metadata() {
+            info = info.with_app_metadata(meta.to_string());
+        }
+        for (i, t) in plan.endpoint_tickets().into_iter().enumerate() {
+            info = info.with_endpoint(endpoint(t, i, &self.lake.advertise));
+        }
+        Ok(Response::new(info))
+    }
+
+    /// GetSchema, within the caller's deadline.
+    async fn schema_of(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        if crate::sql::is_flight_sql(&request.get_ref().cmd) {
+            // The schema a Flight SQL command's FlightInfo carries (planned, nothing read).
+            let info = FlightService::get_flight_info(&self.sql, request).await?.into_inner();
+            return Ok(Response::new(SchemaResult { schema: info.schema }));
+        }
+        let caller = self.caller(&request)?;
+        let d = request.into_inner();
+        let schema = match descriptor_cmd(&d)? {
+            None => {
+                let name = dataset_path(&d)?;
+                caller.check(name)?;
+                if self.lake.is_fits(name) {
+                    crate::headers::table::schema(Vec::new())
+                } else {
+                    cutout_schema(self.lake.dataset(name)?.kind, StampFormat::Fits)
+                }
+            }
+            Some(cmd) => tickets::schema(&self.lake, self.decode_for(cmd, &caller).await?, cmd).await?,
+        };
+        Ok(Response::new(schema_result(&schema)?))
     }
 
     /// The caller of a request, as the authentication layer found it.
@@ -312,7 +522,7 @@ impl AstroFlight {
             .cloned()
             .collect();
         Ok(
-            json!({"io": lake.io.snapshot(), "footer_cache_files": lake.footers.len(),
+            json!({"io": lake.io.snapshot(), "memory": lake.memory.snapshot(), "footer_cache_files": lake.footers.len(),
                   "footer_cache_bytes": lake.footers.bytes(), "ready": lake.is_ready(),
                   "datasets": datasets, "requests": recent}),
         )
@@ -457,33 +667,12 @@ impl FlightService for AstroFlight {
 
     #[instrument(skip_all)]
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        if crate::sql::is_flight_sql(&request.get_ref().cmd) {
-            return FlightService::get_flight_info(&self.sql, request).await;
+        // Planning may read (an exact count) and compute (a SQL plan): the deadline bounds it.
+        let (_, deadline) = self.request_id_and_deadline(request.metadata())?;
+        match tokio::time::timeout(deadline, self.flight_info(request)).await {
+            Ok(r) => r,
+            Err(_) => Err(deadline_status(deadline)),
         }
-        let caller = self.caller(&request)?;
-        let d = request.into_inner();
-        let Some(cmd) = descriptor_cmd(&d)? else {
-            let lake = self.lake.clone();
-            let name = dataset_path(&d)?.to_string();
-            caller.check(&name)?;
-            let info = blocking(move || Self::any_dataset_info(&lake, &name)).await?;
-            return Ok(Response::new(info));
-        };
-        let plan = self.plan(cmd, true, &caller).await?;
-        let mut info = FlightInfo::new()
-            .try_with_schema(&plan.schema())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_descriptor(d.clone())
-            .with_total_records(plan.estimated_rows())
-            .with_total_bytes(plan.estimated_bytes() as i64)
-            .with_ordered(true);
-        if let Some(meta) = plan.app_metadata() {
-            info = info.with_app_metadata(meta.to_string());
-        }
-        for (i, t) in plan.endpoint_tickets().into_iter().enumerate() {
-            info = info.with_endpoint(endpoint(t, i, &self.lake.advertise));
-        }
-        Ok(Response::new(info))
     }
 
     async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
@@ -494,26 +683,11 @@ impl FlightService for AstroFlight {
 
     #[instrument(skip_all)]
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        if crate::sql::is_flight_sql(&request.get_ref().cmd) {
-            // The schema a Flight SQL command's FlightInfo carries (planned, nothing read).
-            let info = FlightService::get_flight_info(&self.sql, request).await?.into_inner();
-            return Ok(Response::new(SchemaResult { schema: info.schema }));
+        let (_, deadline) = self.request_id_and_deadline(request.metadata())?;
+        match tokio::time::timeout(deadline, self.schema_of(request)).await {
+            Ok(r) => r,
+            Err(_) => Err(deadline_status(deadline)),
         }
-        let caller = self.caller(&request)?;
-        let d = request.into_inner();
-        let schema = match descriptor_cmd(&d)? {
-            None => {
-                let name = dataset_path(&d)?;
-                caller.check(name)?;
-                if self.lake.is_fits(name) {
-                    crate::headers::table::schema(Vec::new())
-                } else {
-                    cutout_schema(self.lake.dataset(name)?.kind, StampFormat::Fits)
-                }
-            }
-            Some(cmd) => tickets::schema(&self.lake, self.decode_for(cmd, &caller).await?, cmd).await?,
-        };
-        Ok(Response::new(schema_result(&schema)?))
     }
 
     async fn do_get(&self, mut request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
@@ -528,6 +702,10 @@ impl FlightService for AstroFlight {
                 Ok(slot) => slot?,
                 Err(_) => return Err(deadline_status(deadline)),
             };
+        // The request's memory: everything it holds (reads, arrays, operators, encoding)
+        // counts against its share of the budget.
+        let account = self.lake.memory.account(format!("request {id}"));
+        let io = Arc::new(IoStats::for_request(account.clone()));
         if crate::sql::is_flight_sql(&request.get_ref().ticket) {
             // A Flight SQL ticket: the same deadline and request record as ours.
             let span = tracing::info_span!("do_get", request = id.as_str(), dataset = "sql");
@@ -536,7 +714,7 @@ impl FlightService for AstroFlight {
                 dataset: "sql".into(),
                 identity: caller.identity.clone(),
                 alerts: 0,
-                io: Arc::new(IoStats::default()),
+                io,
                 started,
                 span: span.clone(),
                 outcome: Mutex::new(None),
@@ -567,7 +745,7 @@ impl FlightService for AstroFlight {
             dataset = tracing::field::Empty,
             alerts = tracing::field::Empty
         );
-        let planned = self.plan(&ticket, false, &caller).instrument(span.clone());
+        let planned = self.plan(&ticket, false, &caller, &io).instrument(span.clone());
         let plan = match tokio::time::timeout_at(deadline_at, planned).await {
             Ok(plan) => plan?,
             Err(_) => return Err(deadline_status(deadline)),
@@ -579,7 +757,7 @@ impl FlightService for AstroFlight {
             dataset: plan.dataset().to_string(),
             identity: caller.identity.clone(),
             alerts: plan.alerts(),
-            io: Arc::new(IoStats::default()),
+            io,
             started,
             span,
             outcome: Mutex::new(None),
@@ -587,6 +765,7 @@ impl FlightService for AstroFlight {
             _slot: slot,
         };
         let (schema, planned, compression) = (plan.schema(), plan.rows(), plan.compression());
+        let runtime = if plan.bulk() { &self.lake.bulk } else { &self.lake.cpu };
         let batches = plan.execute(record.io.clone());
         let batches = match planned {
             Some(n) => checked(batches, n),
@@ -596,7 +775,12 @@ impl FlightService for AstroFlight {
         let options = IpcWriteOptions::default()
             .try_with_compression(compression)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let encoded = flight_data(schema, options, batches);
+        let encoding = Encoding {
+            account: Some(account),
+            max_message_bytes: self.lake.memory_limits.message,
+            runtime: Some(runtime.handle()),
+        };
+        let encoded = flight_data(schema, options, batches, encoding);
         let max = self.max_response_bytes;
         Ok(Response::new(guarded(
             encoded,
@@ -619,7 +803,12 @@ impl FlightService for AstroFlight {
     #[instrument(skip_all, fields(action))]
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         if crate::sql::ACTIONS.contains(&request.get_ref().r#type.as_str()) {
-            return FlightService::do_action(&self.sql, request).await;
+            // CreatePreparedStatement plans the query: the deadline bounds it.
+            let (_, deadline) = self.request_id_and_deadline(request.metadata())?;
+            return match tokio::time::timeout(deadline, FlightService::do_action(&self.sql, request)).await {
+                Ok(r) => r,
+                Err(_) => Err(deadline_status(deadline)),
+            };
         }
         if request.get_ref().r#type == "CancelFlightInfo" {
             return cancel_flight_info(&request.get_ref().body);

@@ -64,6 +64,7 @@ use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::DefaultObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use datafusion::prelude::DataFrame;
@@ -79,6 +80,7 @@ use astroflight_proto::FLIGHT_SQL_TYPE_PREFIX;
 
 use crate::auth::{caller_of, Caller, Security};
 use crate::lake::{Dataset, Lake};
+use crate::scan::guard::{guard_registry, Guard, GuardRule};
 use crate::service::{endpoint, flight_data, Stream as ResponseStream};
 use crate::storage::{IoStats, MountedStore};
 use table::{relative_path, LakeScanExec, LakeTable};
@@ -103,6 +105,9 @@ pub const ACTIONS: &[&str] = &[
 /// parallel, list once). New files appear after at most this long.
 const LISTING_TTL: Duration = Duration::from_secs(5);
 
+/// Rows per batch of Flight SQL queries (see `session`).
+const SQL_BATCH_ROWS: usize = 1024;
+
 /// Most parameter rows one DoPut may bind (a query runs with one set of parameters).
 const MAX_PARAMETER_ROWS: usize = 1;
 
@@ -117,34 +122,37 @@ pub fn is_flight_sql(bytes: &[u8]) -> bool {
 #[derive(Clone)]
 pub struct RequestIo(pub Arc<IoStats>);
 
+/// Cheap to clone (its parts are shared): a query is planned and run on the bulk runtime by a
+/// clone of it.
+#[derive(Clone)]
 pub struct SqlService {
     lake: Arc<Lake>,
     security: Arc<Security>,
     /// Listing tables by dataset, built on first use (their schema is read from the files).
-    tables: Mutex<HashMap<String, Arc<ListingTable>>>,
+    tables: Arc<Mutex<HashMap<String, Arc<ListingTable>>>>,
     /// Shared by every query: the memory pool, spill files, and DataFusion's caches (parquet
     /// footers, file statistics, listings). Each query gets its own object stores (its I/O is
     /// counted into its own record).
     runtime: Arc<RuntimeEnv>,
-    sql_info: SqlInfoData,
-    xdbc: XdbcTypeInfoData,
+    sql_info: Arc<SqlInfoData>,
+    xdbc: Arc<XdbcTypeInfoData>,
 }
 
 impl SqlService {
     pub fn new(lake: Arc<Lake>, security: Arc<Security>) -> crate::error::Result<Self> {
         let caches = CacheManagerConfig::default().with_list_files_cache_ttl(Some(LISTING_TTL));
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(lake.sql.memory_bytes as usize)))
+            .with_memory_pool(Arc::new(FairSpillPool::new(lake.memory_limits.sql_pool as usize)))
             .with_cache_manager(caches)
             .build_arc()
             .map_err(|e| crate::error::Error::Internal(format!("cannot set up the SQL engine: {e}")))?;
         Ok(SqlService {
             lake,
             security,
-            tables: Mutex::default(),
+            tables: Arc::default(),
             runtime,
-            sql_info: sql_info(),
-            xdbc: xdbc_info(),
+            sql_info: Arc::new(sql_info()),
+            xdbc: Arc::new(xdbc_info()),
         })
     }
 
@@ -175,13 +183,37 @@ impl SqlService {
         // files' own statistics and page index when they are read, and the id index prunes
         // files and rows.
         config.options_mut().execution.collect_statistics = false;
+        // Batches of 1,024 rows, not DataFusion's 8,192: an alert with its stamps is ~55 KB, so
+        // 8,192 of them (a scan, a join's output) make a batch of ~450 MB; 1,024 keep one
+        // batch near 56 MB, well inside a request's share of memory.
+        config = config.with_batch_size(SQL_BATCH_ROWS);
+        // The request's memory: DataFusion's operators reserve from the request's account (its
+        // share, the process budget) and from the pool all queries share; the functions its
+        // expressions call are guarded (scan::guard) and their outputs counted while they live.
+        let account = io
+            .memory()
+            .cloned()
+            .unwrap_or_else(|| self.lake.memory.account("query without a request"));
+        let pool = Arc::new(crate::memory::RequestPool::new(
+            self.runtime.memory_pool.clone(),
+            account.clone(),
+        ));
         let runtime = Arc::new(RuntimeEnv {
-            memory_pool: self.runtime.memory_pool.clone(),
+            memory_pool: pool,
             disk_manager: self.runtime.disk_manager.clone(),
             cache_manager: self.runtime.cache_manager.clone(),
             object_store_registry: Arc::new(DefaultObjectStoreRegistry::new()),
         });
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let guard = Guard::new(self.lake.engine.limits(), Some(account));
+        let mut state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_analyzer_rule(Arc::new(GuardRule(guard.clone())))
+            .with_optimizer_rule(Arc::new(GuardRule(guard.clone())))
+            .build();
+        guard_registry(&mut state, &guard).map_err(internal)?;
+        let ctx = SessionContext::new_with_state(state);
         for ds in self.lake.datasets().filter(|d| caller.may_read(&d.name)) {
             let store = MountedStore::new(self.lake.store_for(ds, io), &ds.name);
             ctx.register_object_store(&dataset_url(ds)?, Arc::new(store));
@@ -248,6 +280,17 @@ impl SqlService {
     /// query naming a dataset the caller may not read is PERMISSION_DENIED (not "table not
     /// found": the caller's session does not hold it).
     async fn plan(&self, ctx: &SessionContext, handle: &SqlHandle, caller: &Caller) -> Result<DataFrame, Status> {
+        // The bound every handle is decoded with: a query that could not come back in its
+        // tickets is refused before it is planned.
+        if handle.sql.len() > astroflight_proto::sql::MAX_SQL_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the query has {} bytes of SQL; at most {} are accepted (a long IN list is better a join, or a \
+                 cutout ticket's ids)",
+                handle.sql.len(),
+                astroflight_proto::sql::MAX_SQL_BYTES
+            )));
+        }
+        crate::scan::expr::check_shape(&handle.sql, "the query")?;
         let sql = number_placeholders(&handle.sql)?;
         // Parsed once, for the grant check and for the plan (what `sql_with_options` does, with
         // the check between).
@@ -277,15 +320,30 @@ impl SqlService {
         Ok(df)
     }
 
+    /// The FlightInfo of a query, planned on the bulk runtime (and cancelled with the call).
+    async fn statement_info(
+        &self,
+        handle: SqlHandle,
+        descriptor: FlightDescriptor,
+        caller: Arc<Caller>,
+    ) -> Result<FlightInfo, Status> {
+        let this = self.clone();
+        crate::read::on_runtime(&self.lake.bulk, async move {
+            this.plan_info(handle, descriptor, &caller).await
+        })
+        .await
+        .map_err(Status::from)?
+    }
+
     /// The FlightInfo of a query: its schema, and one endpoint per slice of a split scan (or
     /// one for the whole query).
-    async fn statement_info(
+    async fn plan_info(
         &self,
         handle: SqlHandle,
         descriptor: FlightDescriptor,
         caller: &Caller,
     ) -> Result<FlightInfo, Status> {
-        let io = Arc::new(IoStats::default());
+        let io = Arc::new(IoStats::for_request(self.lake.memory.account("query (GetFlightInfo)")));
         let ctx = self.session(&io, None, caller).await?;
         let df = self.plan(&ctx, &handle, caller).await?;
         let schema = df.schema().as_arrow().clone();
@@ -356,25 +414,36 @@ impl SqlService {
         Ok(info)
     }
 
-    /// Run a handle's query (one endpoint's slice, or all of it) and stream its result.
+    /// Run a handle's query (one endpoint's slice, or all of it) and stream its result. The
+    /// query is planned and executed on the bulk runtime; the stream stops (and its work with
+    /// it) when the client goes or the deadline passes.
     async fn stream(
         &self,
         handle: SqlHandle,
         io: Arc<IoStats>,
-        caller: &Caller,
+        caller: Arc<Caller>,
     ) -> Result<Response<ResponseStream<FlightData>>, Status> {
-        let ctx = self.session(&io, handle.part.as_ref(), caller).await?;
-        let df = self.plan(&ctx, &handle, caller).await?;
+        let this = self.clone();
+        let io2 = io.clone();
+        let df = crate::read::on_runtime(&self.lake.bulk, async move {
+            let ctx = this.session(&io2, handle.part.as_ref(), &caller).await?;
+            this.plan(&ctx, &handle, &caller).await
+        })
+        .await
+        .map_err(Status::from)??;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.execute_stream().await.map_err(query_error)?;
+        let batches = crate::read::stream_on(&self.lake.bulk, async move {
+            let s = df.execute_stream().await.map_err(query_failure)?;
+            Ok(s.map_err(query_failure))
+        });
         let limits = Limits {
             max_rows: self.lake.sql.max_rows,
             max_bytes: self.lake.sql.max_bytes,
         };
         let batches = limits
-            .apply(batches.map_err(query_error))
+            .apply(batches.map_err(|e| e.to_status()))
             .map_err(|s| FlightError::Tonic(Box::new(s)));
-        Ok(encode(schema, batches))
+        Ok(encode(schema, batches, &self.lake, io.memory().cloned()))
     }
 
     /// The FlightInfo of a metadata command: one endpoint whose ticket is the command itself.
@@ -719,18 +788,41 @@ fn parameter_schema(plan: &LogicalPlan) -> Result<Schema, Status> {
     ))
 }
 
+/// A query's batches as Flight data, counted against the request's account while encoded,
+/// in messages no larger than `limits.max_message_bytes`.
 fn encode(
     schema: SchemaRef,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
+    lake: &Lake,
+    account: Option<Arc<crate::memory::Account>>,
 ) -> Response<ResponseStream<FlightData>> {
-    Response::new(flight_data(schema, IpcWriteOptions::default(), batches).boxed())
+    let budget = crate::service::Encoding {
+        account,
+        max_message_bytes: lake.memory_limits.message,
+        runtime: Some(lake.bulk.handle()),
+    };
+    Response::new(flight_data(schema, IpcWriteOptions::default(), batches, budget).boxed())
 }
 
+/// A metadata answer: one small batch (catalogs, tables, SQL info).
 fn one_batch<E: std::fmt::Display>(
     batch: Result<RecordBatch, E>,
 ) -> Result<Response<ResponseStream<FlightData>>, Status> {
     let batch = batch.map_err(internal)?;
-    Ok(encode(batch.schema(), futures::stream::iter([Ok(batch)])))
+    let budget = crate::service::Encoding {
+        account: None,
+        max_message_bytes: usize::MAX,
+        runtime: None,
+    };
+    Ok(Response::new(
+        flight_data(
+            batch.schema(),
+            IpcWriteOptions::default(),
+            futures::stream::iter([Ok(batch)]),
+            budget,
+        )
+        .boxed(),
+    ))
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -738,25 +830,31 @@ fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 /// DataFusion's planning errors are the query's: INVALID_ARGUMENT with its message. Failures
-/// while reading (a file gone, corrupt) are the server's; memory past the pool is
-/// RESOURCE_EXHAUSTED; our own errors (a changed file of an endpoint) keep their kind.
+/// while reading (a file gone, corrupt) are the server's; memory past the pool, a request's
+/// share or a bound of the function guards is RESOURCE_EXHAUSTED; an overflow in Arrow (a value
+/// past what its offsets hold) is the query's; our own errors (a changed file of an endpoint)
+/// keep their kind.
 fn query_error(e: DataFusionError) -> Status {
+    query_failure(e).to_status()
+}
+
+fn query_failure(e: DataFusionError) -> crate::error::Error {
+    use crate::error::Error;
     // Our own errors keep their kind and message: raised by a scan (a changed file of an
     // endpoint) or by a read through the lake's readers (a footer of another version).
-    let ours = match e.find_root() {
-        DataFusionError::External(inner) => inner.downcast_ref::<crate::error::Error>(),
+    let root = e.find_root();
+    let ours = match root {
+        DataFusionError::External(inner) => inner.downcast_ref::<Error>(),
         DataFusionError::ParquetError(p) => match p.as_ref() {
-            parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<crate::error::Error>(),
+            parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<Error>(),
             _ => None,
         },
         _ => None,
     };
     if let Some(ours) = ours {
-        return ours.to_status();
+        return ours.clone();
     }
-    // A versioned read found another version of its file (it was rewritten after the listing
-    // or the planning of this endpoint).
-    let store_error = match e.find_root() {
+    let store_error = match root {
         DataFusionError::ParquetError(p) => match p.as_ref() {
             parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<object_store::Error>(),
             _ => None,
@@ -764,24 +862,45 @@ fn query_error(e: DataFusionError) -> Status {
         DataFusionError::ObjectStore(os) => Some(os.as_ref()),
         _ => None,
     };
-    if let Some(os @ object_store::Error::Precondition { .. }) = store_error {
-        return Status::data_loss(crate::error::cut(
-            &format!("a file changed since this query was planned ({os}); run the query again"),
-            crate::error::MAX_MESSAGE_CHARS,
-        ));
+    if let Some(os) = store_error {
+        // A read the request's memory had no room for.
+        if let Some(refused) = Error::memory_refusal(os) {
+            return refused;
+        }
+        // A versioned read found another version of its file (it was rewritten after the
+        // listing or the planning of this endpoint).
+        if let object_store::Error::Precondition { .. } = os {
+            return Error::DataLoss(format!(
+                "a file changed since this query was planned ({os}); run the query again"
+            ));
+        }
     }
-    match e.find_root() {
+    let msg = e.to_string();
+    match root {
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => Status::invalid_argument(e.to_string()),
+        | DataFusionError::NotImplemented(_) => Error::InvalidArgument(msg),
         DataFusionError::ObjectStore(_) | DataFusionError::ParquetError(_) | DataFusionError::IoError(_) => {
-            Status::data_loss(e.to_string())
+            Error::DataLoss(msg)
         }
-        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(e.to_string()),
-        DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => Status::invalid_argument(e.to_string()),
-        _ => Status::internal(e.to_string()),
+        DataFusionError::ResourcesExhausted(_) => Error::ResourceExhausted(msg),
+        DataFusionError::ArrowError(a, _) if overflow(a) => Error::InvalidArgument(format!(
+            "the query builds a value too large for Arrow (an offset or arithmetic overflow): {msg}"
+        )),
+        DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => Error::InvalidArgument(msg),
+        _ if msg.contains("overflow") => Error::InvalidArgument(msg),
+        _ => Error::Internal(msg),
     }
+}
+
+/// An Arrow error that says a value or a sum outgrew its type.
+fn overflow(e: &arrow::error::ArrowError) -> bool {
+    use arrow::error::ArrowError;
+    matches!(
+        e,
+        ArrowError::OffsetOverflowError(_) | ArrowError::ArithmeticOverflow(_)
+    ) || e.to_string().to_lowercase().contains("overflow")
 }
 
 fn sql_info() -> SqlInfoData {
@@ -865,7 +984,7 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(&request)?;
         let info = self
-            .statement_info(SqlHandle::of_sql(query.query), request.into_inner(), &caller)
+            .statement_info(SqlHandle::of_sql(query.query), request.into_inner(), caller)
             .await?;
         Ok(Response::new(info))
     }
@@ -878,7 +997,7 @@ impl FlightSqlService for SqlService {
         let handle = Self::handle(&cmd.prepared_statement_handle, "the prepared statement handle")?;
         let caller = self.caller(&request)?;
         Ok(Response::new(
-            self.statement_info(handle, request.into_inner(), &caller).await?,
+            self.statement_info(handle, request.into_inner(), caller).await?,
         ))
     }
 
@@ -969,7 +1088,7 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let (handle, io) = Self::do_get_parts(&ticket.statement_handle, &request)?;
         let caller = self.caller(&request)?;
-        self.stream(handle, io, &caller).await
+        self.stream(handle, io, caller).await
     }
 
     async fn do_get_prepared_statement(
@@ -979,7 +1098,7 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let (handle, io) = Self::do_get_parts(&cmd.prepared_statement_handle, &request)?;
         let caller = self.caller(&request)?;
-        self.stream(handle, io, &caller).await
+        self.stream(handle, io, caller).await
     }
 
     async fn do_get_catalogs(
@@ -1090,10 +1209,18 @@ impl FlightSqlService for SqlService {
         // Stateless: the handle carries the SQL itself, so any replica can execute it.
         let handle = SqlHandle::of_sql(query.query);
         let caller = self.caller(&request)?;
-        let ctx = self.session(&Arc::new(IoStats::default()), None, &caller).await?;
-        let df = self.plan(&ctx, &handle, &caller).await?;
-        let schema = df.schema().as_arrow().clone();
-        let parameters = parameter_schema(df.logical_plan())?;
+        // Planned on the bulk runtime, as every query is.
+        let (this, planned) = (self.clone(), handle.clone());
+        let (schema, parameters) = crate::read::on_runtime(&self.lake.bulk, async move {
+            let io = Arc::new(IoStats::for_request(
+                this.lake.memory.account("CreatePreparedStatement"),
+            ));
+            let ctx = this.session(&io, None, &caller).await?;
+            let df = this.plan(&ctx, &planned, &caller).await?;
+            Ok::<_, Status>((df.schema().as_arrow().clone(), parameter_schema(df.logical_plan())?))
+        })
+        .await
+        .map_err(Status::from)??;
         let ipc = |s: &Schema| {
             arrow_flight::IpcMessage::try_from(arrow_flight::SchemaAsIpc::new(s, &IpcWriteOptions::default()))
                 .map(|m| m.0)

@@ -49,7 +49,7 @@ pub fn class_spec(engine: expr::Engine, sql: &str) -> ClassSpec {
         eval: Arc::new(move |batch: &RecordBatch| {
             let phys = compiled
                 .get(&batch.schema(), || {
-                    engine.compile_sql(&owned, &batch.schema(), "the dataset's class")
+                    engine.compile_sql(&owned, &batch.schema(), "the dataset's class", None)
                 })
                 .map_err(|e| e.to_string())?;
             expr::evaluate(&phys, batch, "the dataset's class").map_err(|e| e.to_string())
@@ -96,6 +96,9 @@ pub struct AlertsPlan {
 }
 
 impl Planned for AlertsPlan {
+    fn bulk(&self) -> bool {
+        true
+    }
     fn dataset(&self) -> &str {
         &self.ds.name
     }
@@ -309,7 +312,7 @@ pub(crate) fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
 
 /// Plan a query. `for_info`: GetFlightInfo (count when `exact` or `limit` asks; many
 /// endpoints); otherwise a one-shot DoGet (one stream, the limit applied while streaming).
-pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool) -> Result<AlertsPlan> {
+pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool, io: &Arc<IoStats>) -> Result<AlertsPlan> {
     let ds = check_dataset(lake, &req)?;
     let index = ds.index.clone();
     let mut entries = tokio::task::spawn_blocking(move || index.catalog().files())
@@ -334,7 +337,7 @@ pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool) -> Resul
     let ctx = ScanCtx {
         lake: lake.clone(),
         ds: ds.clone(),
-        io: lake.io.clone(),
+        io: io.clone(),
         spec: spec.clone(),
     };
     let per_row = scan::bytes_per_row(
@@ -373,10 +376,14 @@ pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool) -> Resul
     if count {
         let mut remaining = req.limit;
         let mut counted = Vec::with_capacity(units.len());
+        // Counting reads and evaluates the condition: bulk work, on the bulk runtime (cancelled
+        // when the caller stops waiting).
         let mut counts = stream::iter(units.into_iter().map(|u| {
             let (ctx, filter) = (ctx.clone(), filter.clone());
             async move {
-                let n = count_unit(ctx, &u, filter).await?;
+                let bulk = ctx.lake.clone();
+                let file = u.file.clone();
+                let n = crate::read::on_runtime(&bulk.bulk, count_unit(ctx, file, filter)).await??;
                 Ok::<_, Error>((u, n))
             }
         }))
@@ -470,17 +477,8 @@ pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool) -> Resul
 }
 
 /// Count the matching rows of a unit, reading only the condition's columns.
-async fn count_unit(ctx: ScanCtx, u: &Unit, filter: FileFilter) -> Result<u64> {
-    let s = scan::scan_file(
-        ctx,
-        FileScan {
-            file: u.file.clone(),
-            filter,
-        },
-        None,
-        Mode::Count,
-    )
-    .await?;
+async fn count_unit(ctx: ScanCtx, file: PartFile, filter: FileFilter) -> Result<u64> {
+    let s = scan::scan_file(ctx, FileScan { file, filter }, None, Mode::Count).await?;
     s.try_fold(0u64, |n, b| futures::future::ready(Ok(n + b.num_rows() as u64)))
         .await
 }
@@ -548,7 +546,7 @@ fn execute(plan: Arc<AlertsPlan>, io: Arc<IoStats>) -> BoxStream<'static, Result
         })
         .try_flatten()
         .boxed();
-    crate::read::on_cpu_stream(&lake.cpu, inner)
+    crate::read::on_cpu_stream(&lake.bulk, inner)
 }
 
 /// The `classes` action: alerts per night and class of a dataset, from the catalog.

@@ -106,7 +106,7 @@ pub struct CatalogPlan {
     /// What the client gets: base and key columns.
     schema: SchemaRef,
     /// The compiled `where`, if any.
-    condition: Option<Arc<dyn PhysicalExpr>>,
+    condition: Option<Condition>,
     /// The paths this plan streams: `[start, end)` under the prefix.
     start: String,
     end: Option<String>,
@@ -120,6 +120,9 @@ pub struct CatalogPlan {
 }
 
 impl Planned for CatalogPlan {
+    fn bulk(&self) -> bool {
+        true
+    }
     fn dataset(&self) -> &str {
         &self.ds.name
     }
@@ -177,8 +180,11 @@ impl Planned for CatalogPlan {
             "catalog_pending": self.ds.build.first_build_pending(),
         }))
     }
-    fn execute(self: Arc<Self>, _io: Arc<IoStats>) -> BoxStream<'static, Result<RecordBatch>> {
-        execute_catalog(self)
+    fn execute(self: Arc<Self>, io: Arc<IoStats>) -> BoxStream<'static, Result<RecordBatch>> {
+        match Condition::for_request(&self.condition, &io) {
+            Ok(cond) => execute_catalog(self, cond),
+            Err(e) => futures::stream::iter([Err(e)]).boxed(),
+        }
     }
 }
 
@@ -274,14 +280,36 @@ fn project_schema(full: &Schema, n: usize) -> SchemaRef {
     Arc::new(Schema::new(full.fields().iter().take(n).cloned().collect::<Vec<_>>()))
 }
 
-/// The compiled `where`, if any (INVALID_ARGUMENT naming the problem).
-fn condition(lake: &Lake, req: &HeadersRequest, schema: &SchemaRef) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+/// A `where`, compiled when planned (its errors are the client's: INVALID_ARGUMENT naming the
+/// problem), and again for the request that streams it, so that what its functions build
+/// counts against that request's memory.
+struct Condition {
+    engine: crate::scan::Engine,
+    expr: datafusion::logical_expr::Expr,
+    schema: SchemaRef,
+}
+
+impl Condition {
+    fn for_request(c: &Option<Condition>, io: &IoStats) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+        c.as_ref()
+            .map(|c| c.engine.compile(&c.expr, &c.schema, "where", io.memory()))
+            .transpose()
+    }
+}
+
+/// The `where`, if any, checked: it compiles on the schema and is a condition.
+fn condition(lake: &Lake, req: &HeadersRequest, schema: &SchemaRef) -> Result<Option<Condition>> {
     let sql = req.query.r#where.trim();
     if sql.is_empty() {
         return Ok(None);
     }
     let expr = lake.engine.parse(sql, schema, "where")?;
-    lake.engine.compile_condition(&expr, schema, "where").map(Some)
+    lake.engine.compile_condition(&expr, schema, "where")?;
+    Ok(Some(Condition {
+        engine: lake.engine.clone(),
+        expr,
+        schema: schema.clone(),
+    }))
 }
 
 /// Filter a batch by the condition and keep the first `keep` columns.
@@ -297,11 +325,14 @@ fn finish_batch(batch: RecordBatch, cond: &Option<Arc<dyn PhysicalExpr>>, keep: 
     batch.project(&cols).map_err(|e| Error::Internal(e.to_string()))
 }
 
-fn execute_catalog(plan: Arc<CatalogPlan>) -> BoxStream<'static, Result<RecordBatch>> {
+fn execute_catalog(
+    plan: Arc<CatalogPlan>,
+    cond: Option<Arc<dyn PhysicalExpr>>,
+) -> BoxStream<'static, Result<RecordBatch>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
     tokio::task::spawn_blocking(move || {
         let run = || -> Result<()> {
-            let cond = &plan.condition;
+            let cond = &cond;
             let keep = plan.schema.fields().len();
             let mut rows = RowsBuilder::new(plan.full_schema.clone())?;
             let entries = plan
@@ -309,6 +340,9 @@ fn execute_catalog(plan: Arc<CatalogPlan>) -> BoxStream<'static, Result<RecordBa
                 .catalog
                 .range(&plan.request.query.prefix, &plan.start, plan.end.as_deref());
             for entry in entries {
+                if tx.is_closed() {
+                    return Ok(()); // the client went away, or its deadline passed
+                }
                 let (path, record) = entry?;
                 let f = catalog::decode(&path, &record)?;
                 rows.add_file(&f)?;
@@ -343,7 +377,7 @@ pub struct StampsPlan {
     schema: SchemaRef,
     /// The header part's schema (base and every key column), for the rows builder.
     rows_schema: SchemaRef,
-    condition: Option<Arc<dyn PhysicalExpr>>,
+    condition: Option<Condition>,
 }
 
 impl Planned for StampsPlan {
@@ -370,11 +404,15 @@ impl Planned for StampsPlan {
         vec![self.request.encode()]
     }
     fn execute(self: Arc<Self>, io: Arc<IoStats>) -> BoxStream<'static, Result<RecordBatch>> {
+        let cond = match Condition::for_request(&self.condition, &io) {
+            Ok(c) => c,
+            Err(e) => return futures::stream::iter([Err(e)]).boxed(),
+        };
         let stamps = self.cutouts.clone().execute(io);
         stamps
             .map(move |b| {
                 let plan = self.clone();
-                b.and_then(|b| stamp_batch(&plan, &b))
+                b.and_then(|b| stamp_batch(&plan, &b, &cond))
             })
             .filter(|b| futures::future::ready(!matches!(b, Ok(b) if b.num_rows() == 0)))
             .boxed()
@@ -489,7 +527,7 @@ fn stamp_files(b: &RecordBatch) -> Result<Vec<(usize, FileHeaders)>> {
 }
 
 /// A cutout batch into header rows (id columns repeated per HDU), filtered.
-fn stamp_batch(plan: &StampsPlan, b: &RecordBatch) -> Result<RecordBatch> {
+fn stamp_batch(plan: &StampsPlan, b: &RecordBatch, cond: &Option<Arc<dyn PhysicalExpr>>) -> Result<RecordBatch> {
     let mut rows = RowsBuilder::new(plan.rows_schema.clone())?;
     let mut take: Vec<u32> = Vec::new();
     for (i, f) in stamp_files(b)? {
@@ -506,7 +544,7 @@ fn stamp_batch(plan: &StampsPlan, b: &RecordBatch) -> Result<RecordBatch> {
     cols.extend(ids);
     cols.extend(headers.columns()[BASE_COLUMNS.len()..].iter().cloned());
     let batch = RecordBatch::try_new(plan.full_schema.clone(), cols).map_err(|e| Error::Internal(e.to_string()))?;
-    finish_batch(batch, &plan.condition, plan.schema.fields().len())
+    finish_batch(batch, cond, plan.schema.fields().len())
 }
 
 #[cfg(test)]

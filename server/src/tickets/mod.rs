@@ -61,6 +61,11 @@ pub trait Planned: Send + Sync {
     fn app_metadata(&self) -> Option<serde_json::Value> {
         None
     }
+    /// Bulk work (alert batches, header tables): it runs, and is encoded, on the bulk runtime,
+    /// at a lower priority than point reads.
+    fn bulk(&self) -> bool {
+        false
+    }
     /// Arrow IPC buffer compression of the stream, when the client asked for it.
     fn compression(&self) -> Option<arrow::ipc::CompressionType> {
         None
@@ -74,10 +79,17 @@ pub trait Planned: Send + Sync {
 /// small ones inline.
 /// `for_info`: the plan answers GetFlightInfo (a kind may then do more work up front, such as
 /// counting rows exactly or splitting into endpoints); otherwise it is streamed by DoGet.
-pub async fn plan(lake: &Arc<Lake>, cmd: Command, encoded: &[u8], for_info: bool) -> Result<Arc<dyn Planned>> {
+/// What planning reads counts into `io` (the request's I/O and memory).
+pub async fn plan(
+    lake: &Arc<Lake>,
+    cmd: Command,
+    encoded: &[u8],
+    for_info: bool,
+    io: &Arc<IoStats>,
+) -> Result<Arc<dyn Planned>> {
     let plan: Arc<dyn Planned> = match cmd {
         Command::Cutout(req) => Arc::new(cutout::plan(lake, req, encoded).await?),
-        Command::Alerts(req) => Arc::new(alerts::plan(lake, req, for_info).await?),
+        Command::Alerts(req) => Arc::new(alerts::plan(lake, req, for_info, io).await?),
         Command::AlertsPart(part) => Arc::new(alerts::plan_part(lake, part, encoded)?),
         Command::Headers(req) => headers::plan(lake, req, encoded, for_info).await?,
         Command::HeadersPart(part) => Arc::new(headers::plan_part(lake, part, encoded)?),
@@ -117,7 +129,7 @@ pub fn too_many_alerts(n: usize, max: usize) -> Error {
 pub async fn schema(lake: &Arc<Lake>, cmd: Command, encoded: &[u8]) -> Result<SchemaRef> {
     match cmd {
         Command::Cutout(req) => cutout::schema(lake, &req),
-        Command::Alerts(req) => Ok(alerts::plan(lake, req, false).await?.schema()),
+        Command::Alerts(req) => Ok(alerts::plan(lake, req, false, &lake.io).await?.schema()),
         Command::AlertsPart(part) => Ok(alerts::plan_part(lake, part, encoded)?.schema()),
         Command::Headers(req) => Ok(headers::plan(lake, req, encoded, false).await?.schema()),
         Command::HeadersPart(part) => Ok(headers::plan_part(lake, part, encoded)?.schema()),
