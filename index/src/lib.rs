@@ -236,7 +236,10 @@ impl Index {
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> std::result::Result<Self, OpenError> {
         match sled::Config::new().path(dir).cache_capacity(cache_bytes).open() {
             Ok(db) => Ok(Index::with_db(db)),
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            // sled reports a held lock as an `Other` error whose text says so (not WouldBlock).
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock") =>
+            {
                 Err(OpenError::Locked(sled::Error::Io(e)))
             }
             Err(e) => Err(OpenError::Broken(e)),

@@ -310,3 +310,17 @@ fn dataset_names_are_checked() {
     assert!(ix.dataset("../x").is_err());
     assert!(ix.dataset("").is_err());
 }
+
+#[test]
+fn an_index_held_by_another_opener_is_locked_not_broken() {
+    // A second open of a live index must not be taken for a broken one (the server moves a
+    // broken index aside and rebuilds it: a live one must never be moved).
+    let dir = tempfile::tempdir().unwrap();
+    let first = Index::open(dir.path()).unwrap();
+    match Index::open(dir.path()) {
+        Err(OpenError::Locked(_)) => {}
+        Err(OpenError::Broken(e)) => panic!("a held index was reported broken: {e}"),
+        Ok(_) => panic!("the index opened twice"),
+    }
+    drop(first);
+}

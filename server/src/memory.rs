@@ -253,11 +253,6 @@ impl Budget {
         })
     }
 
-    /// A budget that never refuses (tools that run outside the server, unit tests).
-    pub fn unlimited() -> Arc<Budget> {
-        Budget::new(u64::MAX, u64::MAX, false)
-    }
-
     pub fn limit(&self) -> u64 {
         self.limit
     }

@@ -41,11 +41,12 @@ def shared_data():
     return d
 
 
-def write_config(path, workdir, datasets, top=None, extra=""):
+def write_config(path, workdir, datasets, top=None, extra="", index="index"):
     """An astroflight.toml: datasets are (name, kind, root) or (name, kind, root, options);
     an `hdfs` option is a table of Hadoop settings. `extra`: TOML tables appended as written
-    ([tls], [auth], [[grant]], ...)."""
-    lines = [f'index_dir = "{pathlib.Path(workdir) / "index"}"', 'listen = "127.0.0.1:0"']
+    ([tls], [auth], [[grant]], ...). `index`: the index directory's name under `workdir` (an
+    index belongs to one process: servers running side by side need their own)."""
+    lines = [f'index_dir = "{pathlib.Path(workdir) / index}"', 'listen = "127.0.0.1:0"']
     lines += [f"{k} = {toml_value(v)}" for k, v in (top or {}).items()]
     for name, kind, root, *opts in datasets:
         lines += ["[[dataset]]", f'name = "{name}"', f'kind = "{kind}"', f'root = "{root}"']
@@ -60,10 +61,10 @@ def write_config(path, workdir, datasets, top=None, extra=""):
 
 class Server:
     def __init__(self, binary, workdir, datasets, extra_args=(), top=None, env=None, name="server", wait_ready=True,
-                 extra="", scheme="grpc"):
+                 extra="", scheme="grpc", index="index"):
         self.workdir = pathlib.Path(workdir)
         self.config = self.workdir / f"{name}.toml"
-        write_config(self.config, self.workdir, datasets, top, extra)
+        write_config(self.config, self.workdir, datasets, top, extra, index=index)
         self.stderr_path = self.workdir / f"{name}.stderr"
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", str(self.config), *extra_args],
@@ -128,8 +129,13 @@ def start_server(binary, tmp_path):
     servers = []
 
     def start(datasets, extra_args=(), top=None, env=None, wait_ready=True, extra="", scheme="grpc"):
-        s = Server(binary, tmp_path, datasets, extra_args, top=top, env=env, name=f"server{len(servers)}",
-                   wait_ready=wait_ready, extra=extra, scheme=scheme)
+        # An index belongs to one process: a server started while another of the test still
+        # runs gets its own; one started after the others stopped reuses theirs (a restart).
+        running = any(s.proc.poll() is None for s in servers)
+        name = f"server{len(servers)}"
+        s = Server(binary, tmp_path, datasets, extra_args, top=top, env=env, name=name,
+                   wait_ready=wait_ready, extra=extra, scheme=scheme,
+                   index=f"index-{name}" if running else "index")
         servers.append(s)
         return s
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from pyarrow import flight
 
-from helpers import parquet_alerts, ticket
+from helpers import parquet_alerts, sql_command, ticket
 from storage_servers import FaultProxy
 from test_alerts import gen
 
@@ -69,7 +69,7 @@ def test_streams_per_identity_and_in_total_queue_then_are_refused(start_server, 
 
 def test_ids_response_bytes_and_message_size(start_server, lake):
     s = start_server(lake["datasets"], top={}, extra=(
-        "[limits]\nmax_ticket_ids = 5\nmax_response_bytes = 2000000\nmax_message_bytes = 4096\n"))
+        "[limits]\nmax_ticket_ids = 5\nmax_response_bytes = 2000000\nmax_message_bytes = 262144\n"))
     c = s.client()
     candids = [a["candid"] for a in lake["ztf"][:6]]
     with pytest.raises(pa.ArrowException, match="limits.max_ticket_ids"):
@@ -78,10 +78,17 @@ def test_ids_response_bytes_and_message_size(start_server, lake):
     # Past the byte limit the stream ends with an error: never a short answer presented whole.
     with pytest.raises(pa.ArrowException, match="limits.max_response_bytes"):
         c.do_get(BULK).read_all()
-    big = ticket(dataset="ztf", objectIds=[f"ZTF20aaaaaa{i:04d}" for i in range(400)])
-    assert len(big.ticket) > 4096
+    big = ticket(dataset="ztf", objectIds=[f"ZTF20aaaaaa{i:05d}" for i in range(15000)])
+    assert len(big.ticket) > 262144
     with pytest.raises(pa.ArrowException, match="(?i)message length too large|larger than max"):
         c.do_get(big).read_all()
+    # The same limit holds for what the server sends: answers are split into smaller messages,
+    # and a row that alone is larger is RESOURCE_EXHAUSTED naming it (never UNKNOWN).
+    assert c.do_get(BULK, flight.FlightCallOptions()).read_chunk() is not None
+    many = ", ".join(f"{k} AS {k}{i}" for i in range(12) for k in ("cutoutScience", "cutoutTemplate", "cutoutDifference"))
+    info = c.get_flight_info(sql_command(f"SELECT {many} FROM ztf LIMIT 1"))
+    with pytest.raises(pa.ArrowInvalid, match=r"resource exhausted.*per message \(limits.max_message_bytes\)"):
+        c.do_get(info.endpoints[0].ticket).read_all()
 
 
 def rss_bytes(pid):

@@ -196,7 +196,9 @@ def test_check_validates_and_reaches_everything(binary, lake, s3_server, tmp_pat
     r = run_check(binary, good)
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"^ok   dataset s3: s3 root reachable", r.stdout, re.M), r.stdout
-    assert "all 4 checks passed" in r.stdout
+    assert "all 5 checks passed" in r.stdout
+    # The memory budget it resolved (70% of this machine's memory, as no max_memory_bytes is set).
+    assert re.search(r"^ok   memory: budget .* \(70% of the machine's\)", r.stdout, re.M), r.stdout
     assert not (tmp_path / "w" / "index").exists(), "check wrote the index"
     bad = tmp_path / "bad.toml"
     write_config(bad, tmp_path / "w", [("s3", "ztf", "s3://lake/check", s3_server.dataset_options(

@@ -17,7 +17,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionConfig;
 
-use super::guard::{self, ExprLimits, Guard};
+use super::guard::{self, ExprLimits, Guard, MAX_CONSTANT_BYTES};
 use crate::error::{Error, Result};
 use crate::memory::Account;
 
@@ -148,15 +148,36 @@ pub const MAX_OPERATORS: usize = 20_000;
 pub fn check_shape(sql: &str, what: &str) -> Result<()> {
     use datafusion::sql::sqlparser::dialect::GenericDialect;
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-    // A cheap bound first: every operator is at least one character.
-    let symbols = sql.bytes().filter(|b| b"+-*/%<>=|&^!".contains(b)).count();
-    let words = sql.len() / 3;
-    if symbols + words <= MAX_OPERATORS {
+    // A cheap bound first: a symbol operator is at least one of these characters, a keyword one
+    // (AND, OR, NOT) takes at least four with its spaces, and no literal is longer than the
+    // text.
+    let symbols = sql.bytes().filter(|b| b"+-*/%<>=|&^!:".contains(b)).count();
+    if symbols + sql.len() / 4 <= MAX_OPERATORS && sql.len() as u64 <= MAX_CONSTANT_BYTES {
         return Ok(());
     }
     let tokens = Tokenizer::new(&GenericDialect {}, sql)
         .tokenize()
         .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))?;
+    // A long literal is copied with the plan many times over (a 1 MB one cost 76 MB to plan).
+    let longest = tokens
+        .iter()
+        .filter_map(|t| match t {
+            Token::SingleQuotedString(v)
+            | Token::DoubleQuotedString(v)
+            | Token::DollarQuotedString(datafusion::sql::sqlparser::ast::DollarQuotedString { value: v, .. })
+            | Token::HexStringLiteral(v)
+            | Token::SingleQuotedByteStringLiteral(v)
+            | Token::DoubleQuotedByteStringLiteral(v) => Some(v.len()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    if longest as u64 > MAX_CONSTANT_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what} has a literal of {longest} bytes, more than this server's bound of {MAX_CONSTANT_BYTES} bytes \
+             for constants"
+        )));
+    }
     let ops = tokens
         .iter()
         .filter(|t| match t {
@@ -447,6 +468,25 @@ mod tests {
         );
         assert!(err("candidate.magpsf + 1").contains("not a condition"));
         assert!(err("candidate.magpsf > 'abc'").to_lowercase().contains("abc"));
+    }
+
+    #[test]
+    fn statements_too_deep_or_with_huge_literals_are_refused_before_parsing() {
+        assert!(check_shape("candidate.magpsf > 19.5 AND objectId IN ('a', 'b')", "where").is_ok());
+        let chain = format!("1{}", " + 1".repeat(MAX_OPERATORS + 1));
+        let e = check_shape(&chain, "the query").unwrap_err().to_string();
+        assert!(e.contains("operators") && e.contains("20000"), "{e}");
+        let ors = format!("a = 1{}", " OR a = 1".repeat(MAX_OPERATORS / 2 + 1));
+        assert!(check_shape(&ors, "where").is_err());
+        let literal = format!("SELECT '{}'", "x".repeat(100_000));
+        let e = check_shape(&literal, "the query").unwrap_err().to_string();
+        assert!(e.contains("literal of 100000 bytes"), "{e}");
+        // Many small literals (a long IN list) are fine.
+        let list = format!(
+            "candid IN ({})",
+            (0..20_000).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        );
+        assert!(check_shape(&list, "where").is_ok());
     }
 
     #[test]

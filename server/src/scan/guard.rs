@@ -57,7 +57,8 @@ pub struct ExprLimits {
 }
 
 impl ExprLimits {
-    /// Bounds that never refuse (tools outside the server).
+    /// Bounds that never refuse (unit tests of conditions).
+    #[cfg(test)]
     pub fn unlimited() -> Self {
         ExprLimits {
             max_value_bytes: u64::MAX,
@@ -500,7 +501,7 @@ fn series_len_temporal(a: &Args, i: usize) -> f64 {
 /// Largest value a function may build from constants alone (`repeat('x', 10000000)`). The
 /// planner folds such calls into literals, and a plan's literals are copied with it by every
 /// rewrite: a large one costs many times its size before anything runs.
-pub const MAX_CONSTANT_BYTES: u64 = 1 << 20;
+pub const MAX_CONSTANT_BYTES: u64 = 64 << 10;
 
 /// What a value costs beyond its bytes (an offset or a view, validity).
 const VALUE_OVERHEAD: f64 = 16.0;
@@ -645,6 +646,20 @@ impl GuardedScalar {
         }
     }
 
+    /// A function's own error, named: one whose output outgrew Arrow's offsets (more than 2 GiB
+    /// in one array) is RESOURCE_EXHAUSTED.
+    fn inner_error(&self, e: DataFusionError) -> DataFusionError {
+        let msg = e.to_string();
+        if msg.to_lowercase().contains("offset overflow") {
+            return self.guard.refuse(format!(
+                "{} built more than Arrow holds in one array: {}",
+                self.name_in_messages(),
+                crate::error::cut(&msg, 300)
+            ));
+        }
+        e
+    }
+
     /// After the call: what the function allocated and its largest value, checked; the
     /// output claimed by the request.
     fn after(&self, out: &ColumnarValue, inputs: &[ColumnarValue]) -> DfResult<()> {
@@ -724,7 +739,7 @@ impl ScalarUDFImpl for GuardedScalar {
         let reserved = self.before(&args)?;
         // The inputs are kept (cheap clones) to tell the output's new buffers from theirs.
         let inputs = args.args.clone();
-        let out = self.inner.invoke_with_args(args)?;
+        let out = self.inner.invoke_with_args(args).map_err(|e| self.inner_error(e))?;
         self.after(&out, &inputs)?;
         drop(reserved);
         Ok(out)
@@ -950,6 +965,8 @@ struct GuardedAccumulator {
     what: String,
     guard: Arc<Guard>,
     grows: bool,
+    /// What each row adds beyond its value (string_agg's delimiter).
+    per_row: u64,
     /// Bytes of the values it produced (a window evaluates once per row).
     produced: u64,
 }
@@ -961,6 +978,20 @@ impl fmt::Debug for GuardedAccumulator {
 }
 
 impl GuardedAccumulator {
+    /// Before a batch is added to a value that grows with it: what it would add (its values,
+    /// and a delimiter per row) must fit under the bound, or nothing is added.
+    fn before_growth(&self, values: &[ArrayRef]) -> DfResult<()> {
+        let Some(first) = values.first().filter(|_| self.grows) else {
+            return Ok(());
+        };
+        let adds = row_sizes(first).total() + self.per_row * first.len() as u64;
+        let would = self.inner.size() as u64 + adds;
+        if would > self.guard.limits.max_value_bytes {
+            return Err(self.guard.value_error(&self.what, would as f64));
+        }
+        Ok(())
+    }
+
     fn after_growth(&self) -> DfResult<()> {
         if self.grows {
             let s = self.inner.size() as u64;
@@ -974,6 +1005,7 @@ impl GuardedAccumulator {
 
 impl Accumulator for GuardedAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        self.before_growth(values)?;
         self.inner.update_batch(values)?;
         self.after_growth()
     }
@@ -1003,6 +1035,7 @@ impl Accumulator for GuardedAccumulator {
         self.inner.state()
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        self.before_growth(states)?;
         self.inner.merge_batch(states)?;
         self.after_growth()
     }
@@ -1072,12 +1105,19 @@ impl GroupsAccumulator for GuardedGroups {
 }
 
 impl GuardedAggregate {
-    fn wrap(&self, inner: Box<dyn Accumulator>) -> Box<dyn Accumulator> {
+    fn wrap(&self, inner: Box<dyn Accumulator>, args: &AccumulatorArgs) -> Box<dyn Accumulator> {
+        // string_agg(x, delimiter): the delimiter, a literal, joins every row.
+        let per_row = args
+            .exprs
+            .get(1)
+            .and_then(|e| e.downcast_ref::<datafusion::physical_expr::expressions::Literal>())
+            .map_or(0, |l| scalar_bytes(l.value()));
         Box::new(GuardedAccumulator {
             inner,
             what: format!("{}()", self.inner.name()),
             guard: self.guard.clone(),
             grows: builds_its_value(self.inner.name()),
+            per_row,
             produced: 0,
         })
     }
@@ -1125,7 +1165,8 @@ impl AggregateUDFImpl for GuardedAggregate {
         self.inner.is_nullable()
     }
     fn accumulator(&self, acc_args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        Ok(self.wrap(self.inner.accumulator(acc_args)?))
+        let inner = self.inner.accumulator(acc_args.clone())?;
+        Ok(self.wrap(inner, &acc_args))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
         self.inner.state_fields(args)
@@ -1141,7 +1182,8 @@ impl AggregateUDFImpl for GuardedAggregate {
         }))
     }
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        Ok(self.wrap(self.inner.create_sliding_accumulator(args)?))
+        let inner = self.inner.create_sliding_accumulator(args.clone())?;
+        Ok(self.wrap(inner, &args))
     }
     fn with_beneficial_ordering(
         self: Arc<Self>,
@@ -1367,30 +1409,42 @@ mod tests {
     #[tokio::test]
     async fn growing_functions_are_refused_before_they_allocate() {
         let c = ctx(None).await;
-        for sql in [
-            "SELECT repeat('x', 2000000000)",
-            "SELECT lpad('x', 2000000000)",
-            "SELECT rpad('x', 2000000000, 'ab')",
-            "SELECT array_repeat(1, 2000000000)",
-            "SELECT array_repeat(array_repeat('abcdefgh', 1000), 1000)",
-            "SELECT range(1, 9000000000)",
-            "SELECT generate_series(1, 9000000000)",
-            "SELECT replace(repeat('x', 100000), '', repeat('y', 1000))",
-            "SELECT regexp_replace(repeat('x', 100000), '', repeat('y', 100), 'g')",
-            "SELECT concat(repeat('x', 600000), repeat('x', 600000))",
-            "SELECT array_to_string(range(100000), repeat('-', 100))",
-            "SELECT array_resize([1], 500000000, 1)",
+        // On columns (the estimate from the arguments, row by row)...
+        let t = "(VALUES ('x', 2000000000, ''), ('y', 1, 'a')) AS t(s, n, e)";
+        for f in [
+            "repeat(s, n)",
+            "lpad(s, n)",
+            "rpad(s, n, 'ab')",
+            "array_repeat(s, n)",
+            "array_repeat(array_repeat(s, 1000), 1000)",
+            "range(1, n * 5)",
+            "generate_series(1, n * 5)",
+            "replace(repeat(s, 100000), e, repeat(s, 1000))",
+            "regexp_replace(repeat(s, 100000), e, repeat(s, 100), 'g')",
+            "concat(repeat(s, 600000), repeat(s, 600000))",
+            "array_to_string(range(n / 20000), repeat('-', 100))",
+            "array_resize([1], n / 4, 1)",
         ] {
-            let e = run(&c, sql).await.expect_err(sql);
+            let sql = format!("SELECT {f} FROM {t}");
+            let e = run(&c, &sql).await.expect_err(&sql);
             assert!(
                 e.contains("limits.max_value_bytes") || e.contains("max_expression_batch_bytes"),
                 "{sql}: {e}"
             );
         }
+        // ...and on constants alone (folded into the plan: bounded at 1 MiB).
+        for sql in ["SELECT repeat('x', 2000000000)", "SELECT range(1, 9000000000)"] {
+            let e = run(&c, sql).await.expect_err(sql);
+            assert!(e.contains("for constants"), "{sql}: {e}");
+        }
         // Values under the bound are fine.
         assert_eq!(
-            run(&c, "SELECT repeat('x', 1000), lpad('x', 10), range(1000)").await,
-            Ok(1)
+            run(
+                &c,
+                &format!("SELECT repeat(s, 1000), lpad(s, 10), range(1000) FROM {t}")
+            )
+            .await,
+            Ok(2)
         );
     }
 
@@ -1399,7 +1453,8 @@ mod tests {
         let c = ctx(None).await;
         let e = run(
             &c,
-            "WITH a AS (SELECT repeat('x', 600000) AS s), b AS (SELECT s || s AS s FROM a) SELECT s || s FROM b",
+            "WITH a AS (SELECT repeat(x, 600000) AS s FROM (VALUES ('x')) t(x)), b AS (SELECT s || s AS s FROM a) \
+             SELECT s || s FROM b",
         )
         .await
         .unwrap_err();
@@ -1415,6 +1470,14 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.contains("string_agg()"), "{e}");
+        // A long delimiter is counted per row, before the batch is added.
+        let e = run(
+            &c,
+            "SELECT string_agg(CAST(value AS VARCHAR), repeat('-', 60000)) FROM generate_series(1, 100)",
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("string_agg()") && e.contains("max_value_bytes"), "{e}");
         let e = run(
             &c,
             "SELECT k, array_agg(value) FROM (SELECT value, 1 AS k FROM generate_series(1, 1000000)) GROUP BY k",

@@ -72,11 +72,17 @@ pub fn flight_data(
         max_message_bytes,
         runtime,
     } = encoding;
+    // Messages of about 2 MiB, or half the largest message when that is smaller: only a row
+    // that alone passes the limit cannot be sent. The batches are sliced to that size before
+    // the encoder (see `counted`), which is told not to split again: it sizes a slice by the
+    // whole buffers it shares with its batch, and would cut every slice of a large batch into
+    // single rows.
+    let target = MAX_FLIGHT_DATA_BYTES.min(max_message_bytes / 2).max(1);
     let encoded = FlightDataEncoderBuilder::new()
         .with_options(options)
         .with_schema(schema)
-        .with_max_flight_data_size(MAX_FLIGHT_DATA_BYTES)
-        .build(counted(batches, account, max_message_bytes))
+        .with_max_flight_data_size(usize::MAX)
+        .build(counted(batches, account, max_message_bytes, target))
         .map(move |d| {
             let d = d.map_err(flight_status)?;
             let n = d.data_header.len() + d.data_body.len() + d.app_metadata.len();
@@ -128,7 +134,7 @@ fn flight_status(e: FlightError) -> Status {
 }
 
 /// Each batch claimed by the request's account (its buffers count until dropped), and handed to
-/// the encoder in slices of about [`MAX_FLIGHT_DATA_BYTES`] (the encoder encodes all of what it
+/// the encoder in slices of about `target` bytes (the encoder encodes all of what it
 /// is given at once: a batch that projects a wide column a hundred times would otherwise be
 /// encoded whole, a hundred times its memory). A slice's encoded size is reserved until the
 /// encoder asks for the next one (it asks only once the previous one's messages are all handed
@@ -137,9 +143,10 @@ fn counted(
     batches: impl futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static,
     account: Option<Arc<Account>>,
     max_message_bytes: usize,
+    target: usize,
 ) -> impl futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static {
     let slices = batches.flat_map(move |b| match b {
-        Ok(b) => stream::iter(slices(b).into_iter().map(move |(s, bytes)| {
+        Ok(b) => stream::iter(slices(b, target).into_iter().map(move |(s, bytes)| {
             // A row too large for one message is refused before it is encoded.
             if s.num_rows() == 1 && bytes > max_message_bytes as u64 {
                 return Err(FlightError::Tonic(Box::new(message_too_large(
@@ -179,9 +186,9 @@ fn counted(
     )
 }
 
-/// A batch in row slices of about [`MAX_FLIGHT_DATA_BYTES`] (one row at least), each with its
-/// estimated encoded size.
-fn slices(b: RecordBatch) -> Vec<(RecordBatch, u64)> {
+/// A batch in row slices of about `target` bytes (one row at least), each with its estimated
+/// encoded size.
+fn slices(b: RecordBatch, target: usize) -> Vec<(RecordBatch, u64)> {
     let rows = b.num_rows();
     // What the rows hold (a batch may be a slice of larger arrays: their whole buffers would
     // overstate it).
@@ -195,7 +202,7 @@ fn slices(b: RecordBatch) -> Vec<(RecordBatch, u64)> {
         })
         .sum();
     let per_row = bytes / rows.max(1) as u64;
-    let step = ((MAX_FLIGHT_DATA_BYTES as u64 / per_row.max(1)) as usize).clamp(1, rows.max(1));
+    let step = ((target as u64 / per_row.max(1)) as usize).clamp(1, rows.max(1));
     if step >= rows {
         return vec![(b, bytes)];
     }

@@ -1243,9 +1243,18 @@ impl FlightSqlService for SqlService {
         let mut batches =
             FlightRecordBatchStream::new_from_flight_data(request.into_inner().map_err(FlightError::from));
         let mut row: Option<RecordBatch> = None;
+        // What is decoded counts against the call's memory (each message is at most
+        // limits.max_message_bytes; the batches are kept until the row is found).
+        let account = self.lake.memory.account("DoPut of parameters");
+        let mut held = Vec::new();
         while let Some(batch) = batches.next().await {
             let batch =
                 batch.map_err(|e| Status::invalid_argument(format!("the bound parameters cannot be read: {e}")))?;
+            held.push(
+                account
+                    .reserve(batch.get_array_memory_size() as u64, &"decoding the bound parameters")
+                    .map_err(|e| e.to_status())?,
+            );
             if batch.num_rows() == 0 {
                 continue;
             }
