@@ -80,7 +80,9 @@ struct FileIds {
     rows: Vec<(u32, u32, RowIds, f64)>,
     null_ids: u64,
     metadata_len: u64,
-    stats: crate::FileStats,
+    /// None when the dataset's class could not be computed on this file: its ids are indexed,
+    /// its alerts are not counted by class (and it is read again at the next build).
+    stats: Option<crate::FileStats>,
 }
 
 /// Bytes after the end of the last column chunk: what a reader must fetch to get the footer
@@ -272,9 +274,10 @@ impl IndexBuilder {
                 .ok_or_else(|| file_err(format!("no column `{w}`: not a {} alert file", self.kind.name())))?;
             leaves.push(i);
         }
-        // The class columns, when the file has them (a file of an older schema without them
-        // counts its alerts as unclassified).
-        let mut has_class_columns = self.classes.is_some();
+        // The class columns, when the file has them (a file of an older schema without any of
+        // them counts its alerts as unclassified). The spec's words may also name functions and
+        // keywords (`CASE WHEN rf_snia_vs_nonia > 0.5 ... END`): those match no column.
+        let mut has_class_columns = false;
         for c in self.classes.iter().flat_map(|c| &c.columns) {
             let under: Vec<usize> = (0..schema.num_columns())
                 .filter(|&i| {
@@ -282,7 +285,7 @@ impl IndexBuilder {
                     p == *c || p.starts_with(&format!("{c}."))
                 })
                 .collect();
-            has_class_columns &= !under.is_empty();
+            has_class_columns |= !under.is_empty();
             leaves.extend(under);
         }
         leaves.sort_unstable();
@@ -302,25 +305,37 @@ impl IndexBuilder {
             row_groups: row_groups.clone(),
             null_ids: 0,
             metadata_len: metadata_len(&md, meta_size),
-            stats: crate::FileStats {
+            stats: Some(crate::FileStats {
                 class_key: self.class_key().to_string(),
                 counts: Vec::new(),
-            },
+            }),
         };
+        let mut class_error: Option<String> = None;
         let mut counts: HashMap<(Option<i32>, Option<String>), u64> = HashMap::new();
         let (mut rg, mut row_in_rg) = (0usize, 0u64);
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| storage_or_file(&path, e))?;
             let cols = IdColumns::new(&batch, self.kind).map_err(file_err)?;
+            // A class that cannot be computed (an expression that fails on this file, or
+            // passes the server's bounds) leaves the file's alerts uncounted by class; its ids are
+            // indexed all the same.
             let classes = match &self.classes {
-                Some(spec) if has_class_columns => {
-                    let c = (spec.eval)(&batch).map_err(|e| file_err(format!("computing the class: {e}")))?;
-                    let c = arrow::compute::cast(&c, &DataType::Utf8)
-                        .map_err(|e| file_err(format!("the class is not a string: {e}")))?;
-                    if c.len() != batch.num_rows() {
-                        return Err(file_err("the class has the wrong length".into()));
+                Some(spec) if has_class_columns && class_error.is_none() => {
+                    let computed = (spec.eval)(&batch).and_then(|c| {
+                        let c = arrow::compute::cast(&c, &DataType::Utf8)
+                            .map_err(|e| format!("the class is not a string: {e}"))?;
+                        if c.len() != batch.num_rows() {
+                            return Err("the class has the wrong length".to_string());
+                        }
+                        Ok(c)
+                    });
+                    match computed {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            class_error = Some(e);
+                            None
+                        }
                     }
-                    Some(c)
                 }
                 _ => None,
             };
@@ -347,11 +362,18 @@ impl IndexBuilder {
                 row_in_rg += 1;
             }
         }
-        out.stats.counts = counts
-            .into_iter()
-            .map(|((night, class), rows)| crate::NightClass { night, class, rows })
-            .collect();
-        out.stats.counts.sort();
+        if let Some(e) = class_error {
+            warn!(path = %path, error = %e, "the dataset's class cannot be computed on this file: its alerts are not counted by class");
+            out.stats = None;
+            return Ok(out);
+        }
+        if let Some(stats) = out.stats.as_mut() {
+            stats.counts = counts
+                .into_iter()
+                .map(|((night, class), rows)| crate::NightClass { night, class, rows })
+                .collect();
+            stats.counts.sort();
+        }
         Ok(out)
     }
 }
@@ -555,7 +577,7 @@ fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
         last_modified_ms: ids.meta.last_modified.timestamp_millis(),
         row_groups: ids.row_groups,
         metadata_len: ids.metadata_len,
-        stats: Some(ids.stats),
+        stats: ids.stats,
     };
     ix.catalog().commit(&entry)?;
     Ok(())
@@ -652,7 +674,7 @@ pub(crate) mod test_support {
             rows,
             null_ids: 0,
             metadata_len: 0,
-            stats: crate::FileStats::default(),
+            stats: Some(crate::FileStats::default()),
         };
         write_file(ix, ids)?;
         // Take the commit record back out: what a crash between rows and commit leaves.

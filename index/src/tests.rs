@@ -324,3 +324,48 @@ fn an_index_held_by_another_opener_is_locked_not_broken() {
     }
     drop(first);
 }
+
+#[tokio::test]
+async fn a_class_that_cannot_be_computed_leaves_the_ids_indexed_and_the_file_uncounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_ztf(
+        d,
+        "year=2020/month=01/day=01/a.parquet",
+        &[("ZTF1", 10, 1.0), ("ZTF2", 11, 1.5)],
+        10,
+    );
+    let store = Arc::new(LocalFileSystem::new_with_prefix(d).unwrap());
+    let build_with = |spec: ClassSpec| {
+        let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
+        let builder = IndexBuilder::new(store.clone(), None, SurveyKind::Ztf, ix.clone()).with_classes(Some(spec));
+        async move { (builder.run().await.unwrap(), ix) }
+    };
+    // An expression's words include its functions and keywords, which are not columns: the
+    // class is computed all the same (one column of it is in the file).
+    let upper = ClassSpec {
+        key: "CASE WHEN true THEN upper(objectId) END".into(),
+        columns: vec!["CASE".into(), "WHEN".into(), "upper".into(), "objectId".into()],
+        eval: Arc::new(|b: &RecordBatch| {
+            let ids = b.column_by_name("objectId").ok_or("no objectId")?;
+            let s = ids.as_any().downcast_ref::<StringArray>().ok_or("not strings")?;
+            Ok(Arc::new(StringArray::from_iter(s.iter().map(|v| v.map(|v| v.to_lowercase())))) as ArrayRef)
+        }),
+    };
+    let (s, ix) = build_with(upper).await;
+    assert!(s.failed.is_empty());
+    let stats = ix.catalog().files().unwrap()[0].stats.clone().expect("counted");
+    let classes: Vec<_> = stats.counts.iter().map(|c| c.class.clone()).collect();
+    assert_eq!(classes, vec![Some("ztf1".to_string()), Some("ztf2".to_string())]);
+    // A class that fails (an expression past the server's memory bounds): the file's ids are
+    // indexed, its alerts not counted by class.
+    let failing = ClassSpec {
+        key: "repeat(objectId, 100000000)".into(),
+        columns: vec!["repeat".into(), "objectId".into()],
+        eval: Arc::new(|_: &RecordBatch| Err("repeat() would build a value of 1.1 GiB".to_string())),
+    };
+    let (s, ix) = build_with(failing).await;
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    assert_eq!(ix.candid(11).unwrap().unwrap().object_id, "ZTF2");
+    assert!(ix.catalog().files().unwrap()[0].stats.is_none());
+}

@@ -278,8 +278,9 @@ fn selection(rows: &[u32], total: usize) -> RowSelection {
 }
 
 /// Make the stream (its tasks start there) and run it and `step` on the CPU runtime, handing
-/// the results over a one-batch channel. A panic in `step` or in the stream becomes an error
-/// item; `at_end(count)` may turn a stream that ended early into an error.
+/// the results over a one-batch channel ([`cpu::relay`]: the work stops as soon as the consumer
+/// goes). A panic in `step` or in the stream becomes an error item; `at_end(count)` may turn a
+/// stream that ended early into an error.
 fn on_cpu<M, S, F, E>(cpu: &cpu::CpuPool, make: M, mut step: F, at_end: E) -> BoxStream<'static, Result<RecordBatch>>
 where
     M: FnOnce() -> S + Send + 'static,
@@ -287,39 +288,20 @@ where
     F: FnMut(RecordBatch, &mut usize) -> Result<RecordBatch> + Send + 'static,
     E: Fn(usize) -> Option<Error> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(1);
-    cpu.handle().spawn(
-        async move {
-            let mut stream = make();
-            let mut count = 0usize;
-            loop {
-                // The consumer may go (its client cancelled, its deadline passed) while the
-                // stream works on a batch: that stops the work at once, not at the next send.
-                let next = tokio::select! {
-                    biased;
-                    _ = tx.closed() => break,
-                    next = AssertUnwindSafe(stream.next()).catch_unwind() => next,
-                };
-                let item = match next {
-                    Ok(Some(raw)) => raw.and_then(|raw| {
-                        std::panic::catch_unwind(AssertUnwindSafe(|| step(raw, &mut count)))
-                            .unwrap_or_else(|p| Err(panicked("converting rows", p)))
-                    }),
-                    Ok(None) => match at_end(count) {
-                        Some(e) => Err(e),
-                        None => break,
-                    },
-                    Err(p) => Err(panicked("reading rows", p)),
-                };
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    break;
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    let mut n = 0usize;
+    let steps = stream::once(async move { make() }).flatten().map(move |raw| {
+        let out = raw.and_then(|raw| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| step(raw, &mut n)))
+                .unwrap_or_else(|p| Err(panicked("converting rows", p)))
+        });
+        count.store(n, std::sync::atomic::Ordering::Relaxed);
+        out
+    });
+    let end = stream::once(async move { at_end(seen.load(std::sync::atomic::Ordering::Relaxed)) })
+        .filter_map(|e| futures::future::ready(e.map(Err)));
+    cpu::relay(&cpu.handle(), steps.chain(end).boxed(), |p| panicked("reading rows", p))
 }
 
 /// Run a future on another runtime (the bulk one: SQL planning, counting), cancelled when the
