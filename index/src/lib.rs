@@ -49,6 +49,7 @@ pub mod catalog;
 pub mod headers;
 mod keys;
 pub mod reader;
+pub mod segment;
 
 use std::collections::HashMap;
 use std::path::Path;
