@@ -48,8 +48,10 @@ mod build;
 pub mod catalog;
 pub mod headers;
 mod keys;
+pub mod objkey;
 pub mod reader;
 pub mod segment;
+pub mod sort;
 
 use std::collections::HashMap;
 use std::path::Path;

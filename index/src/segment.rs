@@ -229,11 +229,22 @@ pub struct SegmentWriter {
     last: Option<Row>,
     scratch: Vec<u64>,
     block: Vec<u8>,
+    /// Synced to disk at the end (a segment of the index), or not (a sort's scratch run).
+    durable: bool,
 }
 
 impl SegmentWriter {
     /// Create the segment file (it must not exist: segments are never overwritten).
     pub fn create(path: &Path) -> Result<Self> {
+        Self::create_with(path, true)
+    }
+
+    /// A segment that is not synced to disk when finished: scratch data that a crash may lose.
+    pub fn create_scratch(path: &Path) -> Result<Self> {
+        Self::create_with(path, false)
+    }
+
+    fn create_with(path: &Path, durable: bool) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -251,6 +262,7 @@ impl SegmentWriter {
             last: None,
             scratch: Vec::new(),
             block: Vec::new(),
+            durable,
         })
     }
 
@@ -369,7 +381,9 @@ impl SegmentWriter {
         tail.extend_from_slice(TAIL);
         self.out.write_all(&tail).map_err(|e| io(&self.path, e))?;
         let file = self.out.into_inner().map_err(|e| io(&self.path, e.into_error()))?;
-        file.sync_all().map_err(|e| io(&self.path, e))?;
+        if self.durable {
+            file.sync_all().map_err(|e| io(&self.path, e))?;
+        }
         Ok(index_start + tail.len() as u64)
     }
 }
@@ -655,9 +669,14 @@ impl<'a> Table<'a> {
             block: 0,
             buf: Vec::with_capacity(BLOCK_ROWS),
             at: 0,
+            release: false,
+            released: 0,
         }
     }
 }
+
+/// Pages dropped at a time by a releasing iterator.
+const RELEASE_BYTES: usize = 4 << 20;
 
 /// The rows of a table, in order.
 pub struct TableIter<'a> {
@@ -665,6 +684,36 @@ pub struct TableIter<'a> {
     block: usize,
     buf: Vec<Row>,
     at: usize,
+    release: bool,
+    /// Where the pages dropped so far end.
+    released: usize,
+}
+
+impl TableIter<'_> {
+    /// Drop the pages of the blocks already read from memory as the iteration goes (a merge
+    /// reads each segment once: its pages would otherwise stay in the process's RSS).
+    pub fn releasing(mut self) -> Self {
+        self.release = true;
+        self
+    }
+
+    fn release_before(&mut self, offset: usize) {
+        let from = self.released;
+        let to = offset / 4096 * 4096;
+        if !self.release || to < from + RELEASE_BYTES {
+            return;
+        }
+        // SAFETY: the map is read-only and private to this segment; dropping its pages makes
+        // the next access read them from the file again, the same bytes (segments are
+        // immutable). The failure of the advice is harmless (the pages stay).
+        let _ = unsafe {
+            self.table
+                .segment
+                .map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+        };
+        self.released = to;
+    }
 }
 
 impl Iterator for TableIter<'_> {
@@ -681,6 +730,8 @@ impl Iterator for TableIter<'_> {
                 self.at = 0;
                 return Some(Err(e));
             }
+            let start = u64_le(self.table.record(self.block), self.table.meta.arity * 8) as usize;
+            self.release_before(start);
             self.block += 1;
             self.at = 0;
         }
