@@ -14,6 +14,7 @@
 
 pub mod demo;
 pub mod fitslake;
+pub mod idlake;
 pub mod schema;
 pub mod testdata;
 #[cfg(test)]

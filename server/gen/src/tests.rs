@@ -215,3 +215,95 @@ fn stamps_can_be_shrunk() {
     let img = fits::decode_image(data.value(0)).unwrap();
     assert_eq!((img.width, img.height), (8, 8));
 }
+
+/// The id columns of an id-only lake, file by file: (group, id, time) per alert, the group being
+/// the objectId's key (ZTF) or the diaObjectId (Rubin).
+fn id_rows(files: &[GeneratedFile], kind: SurveyKind) -> Vec<Vec<(String, i64, f64)>> {
+    files
+        .iter()
+        .map(|f| {
+            let mut rows = Vec::new();
+            for b in open(&f.path).build().unwrap() {
+                let b = b.unwrap();
+                let (group, id, time): (Vec<String>, &arrow::array::Int64Array, &arrow::array::Float64Array) =
+                    match kind {
+                        SurveyKind::Ztf => (
+                            b.column(0)
+                                .as_string::<i32>()
+                                .iter()
+                                .map(|v| v.unwrap().to_string())
+                                .collect(),
+                            b.column(1).as_primitive(),
+                            b.column(2).as_struct().column(0).as_primitive(),
+                        ),
+                        SurveyKind::Lsst => {
+                            let s = b.column(0).as_struct();
+                            let g: &arrow::array::Int64Array = s.column(1).as_primitive();
+                            (
+                                g.values().iter().map(|v| v.to_string()).collect(),
+                                s.column(0).as_primitive(),
+                                s.column(2).as_primitive(),
+                            )
+                        }
+                    };
+                for (i, g) in group.into_iter().enumerate() {
+                    rows.push((g, id.value(i), time.value(i)));
+                }
+            }
+            rows
+        })
+        .collect()
+}
+
+#[test]
+fn id_lakes_have_the_shapes_of_the_streams() {
+    use crate::idlake::{generate_id_lake, IdLake};
+    for kind in [SurveyKind::Ztf, SurveyKind::Lsst] {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = IdLake::new(kind, 6, 4_000);
+        let files = generate_id_lake(dir.path(), &lake).unwrap();
+        assert_eq!(files.len(), 6);
+        assert!(files.iter().all(|f| f.alerts == 4_000));
+        let rows = id_rows(&files, kind);
+        let all: Vec<&(String, i64, f64)> = rows.iter().flatten().collect();
+        // Ids are unique; objects have about ten alerts and recur over nights.
+        let ids: std::collections::HashSet<i64> = all.iter().map(|r| r.1).collect();
+        assert_eq!(ids.len(), all.len(), "{kind:?}");
+        let mut per_object: std::collections::HashMap<&str, (usize, std::collections::HashSet<usize>)> =
+            Default::default();
+        for (night, file) in rows.iter().enumerate() {
+            for r in file {
+                let e = per_object.entry(r.0.as_str()).or_default();
+                e.0 += 1;
+                e.1.insert(night);
+            }
+        }
+        let mean = all.len() as f64 / per_object.len() as f64;
+        assert!((7.0..13.0).contains(&mean), "{kind:?}: {mean} alerts per object");
+        let recurring = per_object.values().filter(|(_, nights)| nights.len() > 1).count();
+        assert!(
+            recurring * 2 > per_object.len(),
+            "{kind:?}: {recurring} of {} objects on several nights",
+            per_object.len()
+        );
+        // Rows come in exposure order: times never go back within a file; the ids within an
+        // exposure do not come sorted (detectors interleave).
+        for file in &rows {
+            assert!(file.windows(2).all(|w| w[0].2 <= w[1].2));
+            assert!(file.windows(2).any(|w| w[0].1 > w[1].1));
+        }
+        if kind == SurveyKind::Ztf {
+            for (night, file) in rows.iter().enumerate() {
+                // candid = pid * 10^6 + ..., and pid starts with the night id (as in
+                // 1095578115815010001, night 1095).
+                assert!(file.iter().all(|r| r.1 / 1_000_000_000_000_000 == 1_000 + night as i64));
+            }
+            for r in &all {
+                // Every name has ZTF's shape (it packs into 40 bits); jd has 7 decimals.
+                let k = astroflight_index::objkey::ObjectKey::of(&r.0);
+                assert!(!k.is_hashed(), "{}", r.0);
+                assert_eq!((r.2 * 1e7).round() / 1e7, r.2);
+            }
+        }
+    }
+}
