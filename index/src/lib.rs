@@ -48,6 +48,7 @@ mod build;
 pub mod catalog;
 pub mod headers;
 mod keys;
+pub mod manifest;
 pub mod objkey;
 pub mod reader;
 pub mod segment;
