@@ -47,6 +47,7 @@
 mod build;
 pub mod catalog;
 pub mod headers;
+pub mod idmap;
 mod keys;
 pub mod manifest;
 pub mod objkey;

@@ -662,6 +662,37 @@ impl<'a> Table<'a> {
         Ok(())
     }
 
+    /// The rows whose first columns equal `prefix`, last first, to `f` until it returns false:
+    /// the end of a run of rows without decoding its beginning.
+    pub fn scan_prefix_rev(&self, prefix: &[u64], mut f: impl FnMut(&Row) -> bool) -> Result<()> {
+        // The first block whose first row is past the prefix; the rows are in the blocks before.
+        let (mut lo, mut hi) = (0usize, self.blocks());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.first(mid)[..prefix.len()] <= *prefix {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut buf = Vec::with_capacity(BLOCK_ROWS);
+        for b in (0..lo).rev() {
+            self.block(b, &mut buf)?;
+            for r in buf.iter().rev() {
+                match r[..prefix.len()].cmp(prefix) {
+                    std::cmp::Ordering::Greater => continue,
+                    std::cmp::Ordering::Less => return Ok(()),
+                    std::cmp::Ordering::Equal => {
+                        if !f(r) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every row in order, block by block (merges and dumps).
     pub fn iter(&self) -> TableIter<'a> {
         TableIter {
@@ -816,6 +847,14 @@ mod tests {
                         t.scan_prefix(&probe[..len], &mut got).unwrap();
                         let want: Vec<Row> = rows.iter().filter(|r| r[..len] == probe[..len]).copied().collect();
                         assert_eq!(got, want);
+                        let mut back = Vec::new();
+                        t.scan_prefix_rev(&probe[..len], |r| {
+                            back.push(*r);
+                            true
+                        })
+                        .unwrap();
+                        back.reverse();
+                        assert_eq!(back, want);
                     }
                 }
             }

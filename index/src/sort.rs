@@ -88,35 +88,15 @@ impl ExternalSorter {
             return Ok(self.rows);
         }
         let segments: Vec<Segment> = self.runs.iter().map(|p| Segment::open(p)).collect::<Result<_>>()?;
-        let mut iters: Vec<_> = segments
-            .iter()
-            .map(|s| s.table("run").map(|t| t.iter().releasing()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| crate::IndexError::Corrupt("a sort run without its table".into()))?;
-        let mut memory = std::mem::take(&mut self.buf).into_iter().peekable();
-        // The heap holds the next row of each run; the buffer is merged in beside it.
-        let mut heap: BinaryHeap<Reverse<(Row, usize)>> = BinaryHeap::with_capacity(iters.len());
-        for (i, it) in iters.iter_mut().enumerate() {
-            if let Some(r) = it.next() {
-                heap.push(Reverse((r?, i)));
-            }
+        let mut iters: Vec<Box<dyn Iterator<Item = Result<Row>> + '_>> = Vec::new();
+        for s in &segments {
+            let t = s
+                .table("run")
+                .ok_or_else(|| crate::IndexError::Corrupt("a sort run without its table".into()))?;
+            iters.push(Box::new(t.iter().releasing()));
         }
-        loop {
-            let from_runs = heap.peek().map(|Reverse((r, _))| *r);
-            match (from_runs, memory.peek()) {
-                (None, None) => break,
-                (Some(a), Some(b)) if *b < a => sink(&memory.next().expect("peeked"))?,
-                (None, Some(_)) => sink(&memory.next().expect("peeked"))?,
-                (Some(_), _) => {
-                    let Reverse((r, i)) = heap.pop().expect("peeked");
-                    sink(&r)?;
-                    if let Some(next) = iters[i].next() {
-                        heap.push(Reverse((next?, i)));
-                    }
-                }
-            }
-        }
-        drop(iters);
+        iters.push(Box::new(std::mem::take(&mut self.buf).into_iter().map(Ok)));
+        merge(iters, &mut sink)?;
         drop(segments);
         for p in &self.runs {
             let _ = std::fs::remove_file(p);
@@ -124,6 +104,27 @@ impl ExternalSorter {
         self.runs.clear();
         Ok(self.rows)
     }
+}
+
+/// Merge sorted streams of rows into one, in order (equal rows in the order of the streams).
+pub fn merge<'a>(
+    mut iters: Vec<Box<dyn Iterator<Item = Result<Row>> + 'a>>,
+    sink: &mut dyn FnMut(&Row) -> Result<()>,
+) -> Result<()> {
+    // The heap holds the next row of each stream.
+    let mut heap: BinaryHeap<Reverse<(Row, usize)>> = BinaryHeap::with_capacity(iters.len());
+    for (i, it) in iters.iter_mut().enumerate() {
+        if let Some(r) = it.next() {
+            heap.push(Reverse((r?, i)));
+        }
+    }
+    while let Some(Reverse((r, i))) = heap.pop() {
+        sink(&r)?;
+        if let Some(next) = iters[i].next() {
+            heap.push(Reverse((next?, i)));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for ExternalSorter {
