@@ -80,14 +80,23 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
 /// Whether row `i`'s column `c` is coded as a plain difference (its earlier columns equal the
 /// previous row's) rather than a zigzag one.
 fn sorted_column(rows_prev: &Row, row: &Row, c: usize) -> bool {
-    rows_prev[..c] == row[..c]
+    (0..c).all(|k| rows_prev[k] == row[k])
+}
+
+/// How a row's first `key.len()` columns compare with `key` (element by element: slice
+/// comparison of integers goes through `memcmp`, which costs more than these few words).
+#[inline]
+fn cmp_prefix(row: &Row, key: &[u64]) -> std::cmp::Ordering {
+    for (a, b) in row.iter().zip(key) {
+        match a.cmp(b) {
+            std::cmp::Ordering::Equal => continue,
+            other => return other,
+        }
+    }
+    std::cmp::Ordering::Equal
 }
 
 /// The coded differences of column `c` for rows 1.. of a block.
@@ -105,24 +114,26 @@ fn residuals(rows: &[Row], c: usize, out: &mut Vec<u64>) {
 
 /// PFOR-code `values`: the width with the smallest output, exceptions for the rest.
 fn encode_column(values: &[u64], out: &mut Vec<u8>) {
-    // Bits needed per value, and the size at each candidate width.
-    let bits: Vec<u8> = values.iter().map(|&v| 64 - v.leading_zeros() as u8).collect();
+    // How many values need each number of bits; the sizes at each candidate width follow from
+    // it (an exception costs its row byte and the varint of its high bits).
+    let mut hist = [0u32; 65];
+    for &v in values {
+        hist[64 - v.leading_zeros() as usize] += 1;
+    }
+    let used: Vec<(u64, u64)> = (0..=64u64)
+        .filter(|&b| hist[b as usize] > 0)
+        .map(|b| (b, hist[b as usize] as u64))
+        .collect();
     let mut best = (u64::MAX, 0u8);
-    let mut widths: Vec<u8> = bits.clone();
-    widths.push(0);
-    widths.sort_unstable();
-    widths.dedup();
-    for &w in &widths {
-        let mut size = (values.len() as u64 * w as u64).div_ceil(8);
+    for w in std::iter::once(0).chain(used.iter().map(|&(b, _)| b)) {
+        let mut size = (values.len() as u64 * w).div_ceil(8);
         let mut exceptions = 0;
-        for (&v, &b) in values.iter().zip(&bits) {
-            if b > w {
-                exceptions += 1;
-                size += 1 + varint_len(v >> w) as u64;
-            }
+        for &(b, count) in used.iter().filter(|&&(b, _)| b > w) {
+            exceptions += count;
+            size += count * (1 + (b - w).div_ceil(7));
         }
-        if exceptions <= u8::MAX as usize && size < best.0 {
-            best = (size, w);
+        if exceptions <= u8::MAX as u64 && size < best.0 {
+            best = (size, w as u8);
         }
     }
     let w = best.1;
@@ -516,6 +527,18 @@ impl Segment {
         &self.inner.map[self.inner.meta.0..self.inner.meta.0 + self.inner.meta.1]
     }
 
+    /// Drop the segment's pages from this process's memory (they are read from the file, or
+    /// the page cache, at the next access). Cold-cache benchmarks use it.
+    pub fn drop_pages(&self) {
+        // SAFETY: as for releasing iterators: the map is read-only and the file immutable, so a
+        // dropped page reads back the same bytes. A failed advice leaves the pages.
+        let _ = unsafe {
+            self.inner
+                .map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, self.inner.map.len())
+        };
+    }
+
     /// The file's size.
     pub fn bytes(&self) -> u64 {
         self.inner.map.len() as u64
@@ -584,6 +607,15 @@ impl<'a> Table<'a> {
         self.meta.blocks as usize
     }
 
+    /// The bytes the table takes in the file: its blocks and its block index.
+    pub fn bytes(&self) -> u64 {
+        let arity = self.meta.arity;
+        let blocks: u64 = (0..self.blocks())
+            .map(|b| u32_le(self.record(b), arity * 8 + 8) as u64)
+            .sum();
+        blocks + self.meta.blocks * self.meta.record_len() as u64
+    }
+
     /// Decode block `b` into `out`.
     pub fn block(&self, b: usize, out: &mut Vec<Row>) -> Result<()> {
         let arity = self.meta.arity;
@@ -611,17 +643,22 @@ impl<'a> Table<'a> {
         out[0] = self.first(b);
         let mut values = [0u64; BLOCK_ROWS];
         let mut pos = 0usize;
+        // same[i]: row i's columns so far equal row i-1's (its next column is then a plain
+        // difference, as `sorted_column` decided when encoding).
+        let mut same = [true; BLOCK_ROWS];
         for c in 0..arity {
             let used = decode_column(&body[pos..], n - 1, &mut values).ok_or_else(|| bad(format!("column {c}")))?;
             pos += used;
-            for i in 1..n {
-                let (p, r) = (out[i - 1], &mut out[i]);
-                let d = values[i - 1];
-                r[c] = if sorted_column(&p, r, c) {
-                    p[c].wrapping_add(d)
+            let mut prev = out[0][c];
+            for ((row, same), &d) in out[1..n].iter_mut().zip(&mut same[1..n]).zip(&values[..n - 1]) {
+                let v = if *same {
+                    prev.wrapping_add(d)
                 } else {
-                    p[c].wrapping_add(unzigzag(d) as u64)
+                    prev.wrapping_add(unzigzag(d) as u64)
                 };
+                *same &= d == 0;
+                row[c] = v;
+                prev = v;
             }
         }
         if pos != body.len() {
@@ -636,7 +673,7 @@ impl<'a> Table<'a> {
         let (mut lo, mut hi) = (0usize, self.blocks());
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if self.first(mid)[..key.len()] < *key {
+            if cmp_prefix(&self.first(mid), key).is_lt() {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -650,12 +687,12 @@ impl<'a> Table<'a> {
         out.clear();
         let mut buf = Vec::with_capacity(BLOCK_ROWS);
         for b in self.lower_block(prefix)..self.blocks() {
-            if self.first(b)[..prefix.len()] > *prefix {
+            if cmp_prefix(&self.first(b), prefix).is_gt() {
                 break;
             }
             self.block(b, &mut buf)?;
-            out.extend(buf.iter().filter(|r| r[..prefix.len()] == *prefix));
-            if buf.last().is_some_and(|r| r[..prefix.len()] > *prefix) {
+            out.extend(buf.iter().filter(|r| cmp_prefix(r, prefix).is_eq()));
+            if buf.last().is_some_and(|r| cmp_prefix(r, prefix).is_gt()) {
                 break;
             }
         }
@@ -669,7 +706,7 @@ impl<'a> Table<'a> {
         let (mut lo, mut hi) = (0usize, self.blocks());
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if self.first(mid)[..prefix.len()] <= *prefix {
+            if cmp_prefix(&self.first(mid), prefix).is_le() {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -679,7 +716,7 @@ impl<'a> Table<'a> {
         for b in (0..lo).rev() {
             self.block(b, &mut buf)?;
             for r in buf.iter().rev() {
-                match r[..prefix.len()].cmp(prefix) {
+                match cmp_prefix(r, prefix) {
                     std::cmp::Ordering::Greater => continue,
                     std::cmp::Ordering::Less => return Ok(()),
                     std::cmp::Ordering::Equal => {
