@@ -4,7 +4,7 @@
 //!
 //!     SURVEY=ztf ALERTS=10000000 cargo bench -p astroflight-benches --bench segment_scale
 //!
-//! The lake is written once into `DATA` (default `bench-data-index/`). The build reads the id
+//! The lake is written once into `DATA` (default the repository's `bench-data-index/`). The build reads the id
 //! columns of every file (parquet decode included, as an index build does) and writes one
 //! segment, sorting in `SORT_MB` (default 256) of memory. Lookups: `SAMPLES` random objects and
 //! ids, warm (the segment's pages in memory) and cold (dropped from the mapping with
@@ -95,7 +95,10 @@ fn main() {
     let files = alerts.div_ceil(per_file as u64) as u32;
     let samples = env("SAMPLES", 20_000) as usize;
     let sort_mb = env("SORT_MB", 256) as usize;
-    let root = std::path::PathBuf::from(std::env::var("DATA").unwrap_or_else(|_| "bench-data-index".into()));
+    // The repository's bench-data-index/ (ignored by git) unless DATA says otherwise.
+    let root = std::env::var("DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-data-index"));
     let lake_dir = root.join(format!("idlake-{}-{alerts}-{per_file}", kind.name()));
     if !lake_dir.join("done").exists() {
         let _ = std::fs::remove_dir_all(&lake_dir);

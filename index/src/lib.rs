@@ -51,6 +51,15 @@
 //! [`idmap`] (the `rows` / `group` / `id` tables over alert ordinals, their builder, merge and
 //! lookups), [`sort`] (bounded-memory external sort), [`manifest`] (the generation commit in
 //! sled) and [`objkey`] (objectIds as 64-bit keys).
+//!
+//! Still to do before they replace the id trees: a base ordinal per file in the catalog (its
+//! rows are base + position) and the ordinal -> file, row group, row map; builds that read the
+//! new files' id columns into one segment per build and commit it with the catalog through the
+//! manifest; a background merge keeping the segments few; the hashed objectIds' strings (a
+//! collision must be refused, never answered wrongly); a small in-memory top level over each
+//! block index and `MADV_RANDOM`, for cold lookups of a few page reads; reading an object's
+//! `rows` once per block rather than once per alert; the format switch (the old layout rebuilt
+//! once, with a log line); `stats.index`; the crash tests and the 100 M benchmark.
 
 mod build;
 pub mod catalog;
