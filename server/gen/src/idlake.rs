@@ -20,13 +20,10 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder, StructArray};
 use arrow_schema::{DataType, Field, Fields, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 
 use astroflight_index::SurveyKind;
 
-use crate::{civil_from_jd, GenError, GeneratedFile, Rng};
+use crate::{civil_from_jd, GenError, GeneratedFile, IdFile, Rng};
 
 /// The shape of an id-only lake.
 #[derive(Debug, Clone)]
@@ -93,25 +90,8 @@ pub fn generate_id_lake(out: &Path, lake: &IdLake) -> Result<Vec<GeneratedFile>,
     for night in 0..lake.files {
         night_start.push(objects.len());
         let (epoch_day, jd0) = (18_262 + night as i64, 2_458_849.5 + night as f64);
-        let (y, m, d) = civil_from_jd(jd0);
-        let dir = out.join(format!("year={y:04}/month={m:02}/day={d:02}"));
-        let path = dir.join(format!("part-{night:05}-ids.c000.snappy.parquet"));
-        let io = |source| GenError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let tmp = path.with_extension("parquet.tmp");
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(1 << 20))
-            .build();
-        let f = std::fs::File::create(&tmp).map_err(io)?;
-        let mut w = ArrowWriter::try_new(
-            std::io::BufWriter::with_capacity(1 << 20, f),
-            schema.clone(),
-            Some(props),
-        )?;
+        let (y, _, _) = civil_from_jd(jd0);
+        let mut w = IdFile::create(out, night, jd0, schema.clone())?;
         let exposures = lake.alerts_per_file.div_ceil(PER_EXPOSURE).max(1);
         let recur_from = night_start[night.saturating_sub(lake.recur_nights) as usize];
         let (mut names, mut ids, mut groups, mut times) = (
@@ -175,14 +155,7 @@ pub fn generate_id_lake(out: &Path, lake: &IdLake) -> Result<Vec<GeneratedFile>,
                 w.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
             }
         }
-        w.close()?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        let bytes = std::fs::metadata(&path).map_err(io)?.len();
-        done.push(GeneratedFile {
-            path,
-            bytes,
-            alerts: rows,
-        });
+        done.push(w.finish(rows)?);
     }
     Ok(done)
 }

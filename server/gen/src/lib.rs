@@ -737,25 +737,7 @@ pub fn generate_ids_only(
     let mut done = Vec::new();
     for file in 0..files {
         let night_jd = 2458849.5 + file as f64;
-        let (y, m, d) = civil_from_jd(night_jd);
-        let dir = out.join(format!("year={y:04}/month={m:02}/day={d:02}"));
-        let path = dir.join(format!("part-{file:05}-ids.c000.snappy.parquet"));
-        let io = |source| GenError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let tmp = path.with_extension("parquet.tmp");
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(1 << 20))
-            .build();
-        let f = std::fs::File::create(&tmp).map_err(io)?;
-        let mut w = ArrowWriter::try_new(
-            std::io::BufWriter::with_capacity(1 << 20, f),
-            schema.clone(),
-            Some(props),
-        )?;
+        let mut w = IdFile::create(out, file, night_jd, schema.clone())?;
         let chunk = 65_536u32;
         let mut i = 0u32;
         while i < alerts_per_file {
@@ -779,16 +761,58 @@ pub fn generate_ids_only(
             w.write(&batch)?;
             i += n;
         }
-        w.close()?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        let bytes = std::fs::metadata(&path).map_err(io)?.len();
-        done.push(GeneratedFile {
-            path,
-            bytes,
-            alerts: alerts_per_file,
-        });
+        done.push(w.finish(alerts_per_file)?);
     }
     Ok(done)
+}
+
+/// One night's file of an id-only lake (`year=/month=/day=/part-NNNNN-ids...parquet`), written
+/// under a temporary name and renamed into place when finished.
+pub(crate) struct IdFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: ArrowWriter<std::io::BufWriter<std::fs::File>>,
+}
+
+impl IdFile {
+    pub(crate) fn create(out: &Path, n: u32, night_jd: f64, schema: SchemaRef) -> Result<Self, GenError> {
+        let (y, m, d) = civil_from_jd(night_jd);
+        let dir = out.join(format!("year={y:04}/month={m:02}/day={d:02}"));
+        let path = dir.join(format!("part-{n:05}-ids.c000.snappy.parquet"));
+        let io = |source| GenError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = path.with_extension("parquet.tmp");
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(1 << 20))
+            .build();
+        let f = std::fs::File::create(&tmp).map_err(io)?;
+        let writer = ArrowWriter::try_new(std::io::BufWriter::with_capacity(1 << 20, f), schema, Some(props))?;
+        Ok(IdFile { path, tmp, writer })
+    }
+
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<(), GenError> {
+        self.writer.write(batch)?;
+        Ok(())
+    }
+
+    pub(crate) fn finish(self, alerts: u32) -> Result<GeneratedFile, GenError> {
+        let io = |source| GenError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.writer.close()?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io)?;
+        let bytes = std::fs::metadata(&self.path).map_err(io)?.len();
+        Ok(GeneratedFile {
+            path: self.path,
+            bytes,
+            alerts,
+        })
+    }
 }
 
 /// Every parquet file under `dir`, in path order.
