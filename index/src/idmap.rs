@@ -34,6 +34,9 @@ pub const ROWS: &str = "rows";
 pub const GROUP: &str = "group";
 pub const ID: &str = "id";
 
+/// Each table: its name, its columns, and the column that holds the ordinal.
+const TABLES: [(&str, usize, usize); 3] = [(ROWS, 4, 0), (GROUP, 3, 2), (ID, 2, 1)];
+
 pub fn id_key(id: i64) -> u64 {
     (id as u64) ^ (1 << 63)
 }
@@ -166,8 +169,7 @@ impl SegmentBuilder {
 pub fn merge(segments: &[Segment], live: &dyn Fn(u64) -> bool, path: &Path, meta: &[u8]) -> Result<(u64, u64)> {
     let mut w = SegmentWriter::create(path)?;
     let mut alerts = 0u64;
-    // Where each table keeps the ordinal.
-    for (name, arity, ordinal_at) in [(ROWS, 4, 0), (GROUP, 3, 2), (ID, 2, 1)] {
+    for (name, arity, ordinal_at) in TABLES {
         w.table(name, arity)?;
         let mut iters: Vec<Box<dyn Iterator<Item = Result<Row>> + '_>> = Vec::new();
         for s in segments {
@@ -202,7 +204,7 @@ impl SegmentSet {
     /// Every segment must hold the three tables.
     pub fn new(segments: Vec<Segment>) -> Result<Self> {
         for s in &segments {
-            for name in [ROWS, GROUP, ID] {
+            for (name, _, _) in TABLES {
                 table(s, name)?;
             }
         }
@@ -292,22 +294,21 @@ impl SegmentSet {
 
     /// Every live ordinal of an object (copies included), in no particular order.
     pub fn group_ordinals(&self, group: u64, live: &dyn Fn(u64) -> bool) -> Result<Vec<u64>> {
-        let mut out = Vec::new();
-        let mut rows = Vec::new();
-        for s in &self.segments {
-            table(s, GROUP)?.scan_prefix(&[group], &mut rows)?;
-            out.extend(rows.iter().map(|r| r[2]).filter(|o| live(*o)));
-        }
-        Ok(out)
+        self.live_ordinals(GROUP, 2, group, live)
     }
 
     /// Every live ordinal of an id (copies included), in no particular order.
     pub fn id_ordinals(&self, id: i64, live: &dyn Fn(u64) -> bool) -> Result<Vec<u64>> {
+        self.live_ordinals(ID, 1, id_key(id), live)
+    }
+
+    /// The live ordinals (column `ordinal_at`) of the rows of table `name` that start with `key`.
+    fn live_ordinals(&self, name: &str, ordinal_at: usize, key: u64, live: &dyn Fn(u64) -> bool) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         let mut rows = Vec::new();
         for s in &self.segments {
-            table(s, ID)?.scan_prefix(&[id_key(id)], &mut rows)?;
-            out.extend(rows.iter().map(|r| r[1]).filter(|o| live(*o)));
+            table(s, name)?.scan_prefix(&[key], &mut rows)?;
+            out.extend(rows.iter().map(|r| r[ordinal_at]).filter(|o| live(*o)));
         }
         Ok(out)
     }
@@ -327,18 +328,7 @@ mod tests {
     use super::*;
     use std::collections::{BTreeSet, HashMap};
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::TestRng as Rng;
 
     /// A random lake: files of alerts with few groups and ids (so copies and ties happen),
     /// some times missing or equal, some files dropped.

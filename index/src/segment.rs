@@ -667,19 +667,25 @@ impl<'a> Table<'a> {
         Ok(())
     }
 
-    /// The first block that may hold a row >= `key` (compared on `key`'s columns only).
-    fn lower_block(&self, key: &[u64]) -> usize {
-        // The last block whose first row is < key holds the first row >= key, or the block after.
+    /// The number of leading blocks whose first row, compared with `key` on its columns,
+    /// satisfies `before` (a predicate true for a prefix of the blocks: a binary search).
+    fn blocks_before(&self, key: &[u64], before: impl Fn(std::cmp::Ordering) -> bool) -> usize {
         let (mut lo, mut hi) = (0usize, self.blocks());
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if cmp_prefix(&self.first(mid), key).is_lt() {
+            if before(cmp_prefix(&self.first(mid), key)) {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
-        lo.saturating_sub(1)
+        lo
+    }
+
+    /// The first block that may hold a row >= `key` (compared on `key`'s columns only).
+    fn lower_block(&self, key: &[u64]) -> usize {
+        // The last block whose first row is < key holds the first row >= key, or the block after.
+        self.blocks_before(key, |o| o.is_lt()).saturating_sub(1)
     }
 
     /// Every row whose first columns equal `prefix`, in order.
@@ -702,16 +708,8 @@ impl<'a> Table<'a> {
     /// The rows whose first columns equal `prefix`, last first, to `f` until it returns false:
     /// the end of a run of rows without decoding its beginning.
     pub fn scan_prefix_rev(&self, prefix: &[u64], mut f: impl FnMut(&Row) -> bool) -> Result<()> {
-        // The first block whose first row is past the prefix; the rows are in the blocks before.
-        let (mut lo, mut hi) = (0usize, self.blocks());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if cmp_prefix(&self.first(mid), prefix).is_le() {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
+        // The rows are in the blocks before the first one whose first row is past the prefix.
+        let lo = self.blocks_before(prefix, |o| o.is_le());
         let mut buf = Vec::with_capacity(BLOCK_ROWS);
         for b in (0..lo).rev() {
             self.block(b, &mut buf)?;
@@ -825,16 +823,7 @@ mod tests {
         Segment::open(&path).unwrap()
     }
 
-    /// A small deterministic generator (xorshift), for tests without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::TestRng as Rng;
 
     fn random_rows(rng: &mut Rng, n: usize, arity: usize) -> Vec<Row> {
         let mut rows: Vec<Row> = (0..n)

@@ -143,13 +143,7 @@ mod tests {
     #[test]
     fn sorts_across_runs_as_a_plain_sort_does() {
         let dir = tempfile::tempdir().unwrap();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::TestRng(0x2545_f491_4f6c_dd1d);
         for (n, memory) in [
             (0usize, 1 << 20),
             (10, 1 << 20),
@@ -160,7 +154,7 @@ mod tests {
             let mut want = Vec::new();
             for _ in 0..n {
                 // Few distinct groups: many equal leading columns, duplicates too.
-                let r = [next() % 100, next() % 7, next() % 1000, 0];
+                let r = [rng.below(100), rng.below(7), rng.below(1000), 0];
                 s.push(r).unwrap();
                 want.push(r);
             }
