@@ -4,6 +4,11 @@
 use astroflight_index::IndexError;
 use astroflight_proto::TicketError;
 
+/// The `store` named by the object_store error of a read refused for memory (its source is
+/// the [`Error::ResourceExhausted`] saying why): storage sets it, [`Error::memory_refusal`]
+/// recognises it. Here, below both, so that neither imports the other for it.
+pub const MEMORY_STORE: &str = "astroflight memory";
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request is malformed or names something that cannot exist (client's fault).
@@ -72,7 +77,7 @@ impl Error {
     /// `storage::CountingStore`), as the RESOURCE_EXHAUSTED it is.
     pub fn memory_refusal(e: &object_store::Error) -> Option<Error> {
         match e {
-            object_store::Error::Generic { store, source } if *store == crate::memory::MEMORY_STORE => {
+            object_store::Error::Generic { store, source } if *store == MEMORY_STORE => {
                 Some(Error::ResourceExhausted(source.to_string()))
             }
             _ => None,

@@ -31,10 +31,6 @@ use std::time::Duration;
 
 use crate::error::Error;
 
-/// The `store` named by the object_store error of a read refused for memory (its source is
-/// the [`Error::ResourceExhausted`] saying why).
-pub const MEMORY_STORE: &str = "astroflight memory";
-
 /// Share of the machine's (or the cgroup's) memory that `max_memory_bytes` defaults to.
 pub const DEFAULT_BUDGET_SHARE: f64 = 0.70;
 /// The budget when the machine's memory cannot be read (not Linux).

@@ -896,7 +896,7 @@ impl CountingStore {
             .reserve(n, &format_args!("reading {location}"))
             .map(Some)
             .map_err(|e| object_store::Error::Generic {
-                store: crate::memory::MEMORY_STORE,
+                store: crate::error::MEMORY_STORE,
                 source: Box::new(e),
             })
     }
