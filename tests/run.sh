@@ -10,6 +10,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n=== %s\n' "$*"; }
 
+# A CI run builds once from a fresh clone: incremental compilation state (several GB under
+# target/debug/incremental) would only cost disk and time there.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"

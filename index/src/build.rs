@@ -1,14 +1,26 @@
 //! The incremental index builder.
 //!
-//! One run: repair what a killed run left, list the dataset's parquet files, skip the files
-//! whose size and etag (or modification time) are those of the catalog, read the footer and the
-//! id columns of new and changed files, and drop the files that are gone.
+//! One run:
+//! 1. **repair**: delete what a killed build or merge left (files no generation names), and
+//!    drop the segments found corrupt, with the catalog entries of their files (which are then
+//!    read again, as new);
+//! 2. list the dataset's parquet files; skip those whose size and etag (or modification time)
+//!    are the catalog's; read the footer and the id columns of new and changed files, a few at
+//!    once;
+//! 3. give each file read a base ordinal (its rows are base + position) and push its rows into
+//!    one [`SegmentBuilder`], which sorts the id and object tables in bounded memory (an
+//!    external sort past [`BUILD_MEMORY_BYTES`]) and writes them sequentially;
+//! 4. **commit** the segment with the catalog's changes (new entries, the entries of changed
+//!    and deleted files removed) as one new generation ([`SegmentDir::commit`]); a build of
+//!    more than [`COMMIT_ALERTS`] alerts commits a segment each time it has that many;
+//! 5. **merge**: when the newest [`MERGE_FANIN`] segments are of one level, merge them into
+//!    one of the next level (leaving out the entries of files the catalog no longer holds),
+//!    and again, so that a lake of n alerts has O(log n) segments and every entry is rewritten
+//!    O(log n) times.
 //!
-//! Builds of one dataset are serialized (a lock shared by every handle of the dataset), and
-//! nothing a lookup can see goes missing mid-build: a changed file's new entries are committed
-//! before its old ones are dropped, and files that are gone are dropped only after every new
-//! file is committed (a compaction that rewrote alerts into a new file never leaves them
-//! unfindable). While both copies are committed, lookups serve the newest.
+//! Builds of one dataset are serialized (a lock shared by every handle of the dataset). Lookups
+//! see a generation whole: before a commit the old one, after it the new one. A changed file's
+//! old entries are masked from the commit that adds its new ones.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,9 +34,23 @@ use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 use tracing::{info, warn};
 
-use crate::keys::{self, RowIds};
+use crate::idmap::{self, AlertIds, SegmentBuilder};
+use crate::keys;
+use crate::manifest::{CatalogChange, Manifest, SegmentDir, SegmentRef};
+use crate::objkey::ObjectKey;
 use crate::reader::StoreReader;
+use crate::segment::Segment;
 use crate::{DatasetIndex, FileEntry, IndexError, Result, SurveyKind};
+
+/// Memory a build's sorts may hold before they spill sorted runs to disk.
+pub const BUILD_MEMORY_BYTES: usize = 256 << 20;
+
+/// A build commits a segment each time it has pushed this many alerts (a first build of a
+/// large lake is then visible, and resumable, in steps).
+pub const COMMIT_ALERTS: u64 = 50_000_000;
+
+/// How many segments of one level are merged into one of the next.
+pub const MERGE_FANIN: usize = 4;
 
 /// What one build did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -37,8 +63,11 @@ pub struct BuildStats {
     pub unchanged: usize,
     /// Catalog entries dropped (file deleted or changed).
     pub removed: usize,
-    /// Uncommitted files left by a killed run, cleaned.
+    /// Segments found corrupt and dropped (their files were read again), and leftovers of a
+    /// killed build or merge removed.
     pub repaired: usize,
+    /// Segments merged into others.
+    pub merged: usize,
     /// Alerts written.
     pub rows: u64,
     /// Rows skipped because an id was null.
@@ -77,7 +106,10 @@ pub struct ClassSpec {
 struct FileIds {
     meta: ObjectMeta,
     row_groups: Vec<u64>,
-    rows: Vec<(u32, u32, RowIds, f64)>,
+    /// Rows with ids: (position in the file, id, group, time); ordinals are given at commit.
+    rows: Vec<(u64, i64, u64, f64)>,
+    /// The objectIds of the file that are not ZTF-shaped, by their hashed key.
+    names: HashMap<u64, String>,
     null_ids: u64,
     metadata_len: u64,
     /// None when the dataset's class could not be computed on this file: its ids are indexed,
@@ -202,6 +234,7 @@ impl IndexBuilder {
         }))
         .buffer_unordered(self.concurrency);
 
+        let mut pending = Some(self.blocking(Pending::start).await?);
         while let Some((path, old, read)) = reads.next().await {
             let ids = match read {
                 Ok(ids) => ids,
@@ -213,24 +246,46 @@ impl IndexBuilder {
                     continue;
                 }
             };
-            stats.rows += ids.rows.len() as u64;
-            stats.null_ids += ids.null_ids;
-            // The new version is committed first, then the old one dropped: a lookup in between
-            // sees both and serves the newest.
-            self.blocking(move |ix| write_file(&ix, ids)).await?;
-            stats.indexed += 1;
-            if let Some(old_id) = old {
-                self.blocking(move |ix| remove_file(&ix, old_id)).await?;
-                stats.removed += 1;
+            let (rows, null_ids) = (ids.rows.len() as u64, ids.null_ids);
+            let mut p = pending.take().expect("a pending segment");
+            let (p, added) = self
+                .blocking(move |ix| {
+                    let r = p.add(&ix, ids, old);
+                    Ok((p, r))
+                })
+                .await?;
+            match added {
+                Ok(()) => {
+                    stats.rows += rows;
+                    stats.null_ids += null_ids;
+                    stats.indexed += 1;
+                    stats.removed += usize::from(old.is_some());
+                }
+                Err(e @ IndexError::File { .. }) => {
+                    warn!(%path, error = %e, "cannot index file");
+                    stats.failed.push((path, e.to_string()));
+                }
+                Err(e) => return Err(e),
             }
+            pending = Some(if p.alerts() >= COMMIT_ALERTS {
+                self.blocking(move |ix| {
+                    p.commit(&ix, Vec::new())?;
+                    Pending::start(ix)
+                })
+                .await?
+            } else {
+                p
+            });
         }
         drop(reads);
-        for f in gone {
+        for f in &gone {
             info!(path = %f.path, "dropping deleted file from the index");
-            self.blocking(move |ix| remove_file(&ix, f.file_id)).await?;
-            stats.removed += 1;
         }
-        self.blocking(|ix| Ok(ix.db.flush().map(|_| ())?)).await?;
+        stats.removed += gone.len();
+        let dropped: Vec<u64> = gone.iter().map(|f| f.file_id).collect();
+        let p = pending.take().expect("a pending segment");
+        self.blocking(move |ix| p.commit(&ix, dropped)).await?;
+        stats.merged = self.blocking(|ix| merge_levels(&ix)).await?;
         info!(dataset = %self.index.name(), ?stats, "index build done");
         Ok(stats)
     }
@@ -302,6 +357,7 @@ impl IndexBuilder {
         let mut out = FileIds {
             meta,
             rows: Vec::with_capacity(row_groups.iter().sum::<u64>() as usize),
+            names: HashMap::new(),
             row_groups: row_groups.clone(),
             null_ids: 0,
             metadata_len: metadata_len(&md, meta_size),
@@ -312,7 +368,7 @@ impl IndexBuilder {
         };
         let mut class_error: Option<String> = None;
         let mut counts: HashMap<(Option<i32>, Option<String>), u64> = HashMap::new();
-        let (mut rg, mut row_in_rg) = (0usize, 0u64);
+        let mut position = 0u64;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| storage_or_file(&path, e))?;
             let cols = IdColumns::new(&batch, self.kind).map_err(file_err)?;
@@ -351,15 +407,16 @@ impl IndexBuilder {
                     .filter(|c| !c.is_null(i))
                     .map(|c| c.as_string::<i32>().value(i).to_string());
                 *counts.entry((night, class)).or_default() += 1;
-                while rg < row_groups.len() && row_in_rg >= row_groups[rg] {
-                    rg += 1;
-                    row_in_rg = 0;
-                }
                 match cols.row(i) {
-                    Some((ids, t)) => out.rows.push((rg as u32, row_in_rg as u32, ids, t)),
+                    Some((id, group, t, name)) => {
+                        if let Some(name) = name {
+                            out.names.entry(group).or_insert_with(|| name.to_string());
+                        }
+                        out.rows.push((position, id, group, t))
+                    }
                     None => out.null_ids += 1,
                 }
-                row_in_rg += 1;
+                position += 1;
             }
         }
         if let Some(e) = class_error {
@@ -454,9 +511,6 @@ impl IdColumns {
         })
     }
 
-    /// The ids of row `i` and its time, or None when an id is null (or an objectId holds a NUL,
-    /// which the key layout cannot hold). A null time indexes as NaN: undated, never an
-    /// object's latest alert.
     /// The alert time column (float64).
     fn times(&self) -> &Arc<dyn Array> {
         match self {
@@ -465,7 +519,11 @@ impl IdColumns {
         }
     }
 
-    fn row(&self, i: usize) -> Option<(RowIds, f64)> {
+    /// Row `i`'s id, group (the objectId's key, or the diaObjectId's) and time, and the
+    /// objectId when it is not ZTF-shaped (its key is a hash, whose string the index keeps);
+    /// None when an id is null or an objectId is empty. A null time indexes as NaN: undated,
+    /// never an object's latest alert.
+    fn row(&self, i: usize) -> Option<(i64, u64, f64, Option<&str>)> {
         let time = |a: &Arc<dyn Array>| {
             if a.is_null(i) {
                 f64::NAN
@@ -479,17 +537,15 @@ impl IdColumns {
                     return None;
                 }
                 let oid = object_id.as_string::<i32>().value(i);
-                if oid.is_empty() || oid.contains('\0') {
+                if oid.is_empty() {
                     return None;
                 }
-                let jd = time(jd);
+                let key = ObjectKey::of(oid);
                 Some((
-                    RowIds::Ztf {
-                        candid: candid.as_primitive::<Int64Type>().value(i),
-                        jd,
-                        object_id: oid.to_string(),
-                    },
-                    jd,
+                    candid.as_primitive::<Int64Type>().value(i),
+                    key.0,
+                    time(jd),
+                    key.is_hashed().then_some(oid),
                 ))
             }
             IdColumns::Lsst { source, object, mjd } => {
@@ -503,189 +559,209 @@ impl IdColumns {
                     object.as_primitive::<Int64Type>().value(i)
                 };
                 Some((
-                    RowIds::Lsst {
-                        dia_source_id: source.as_primitive::<Int64Type>().value(i),
-                        dia_object_id: obj,
-                    },
+                    source.as_primitive::<Int64Type>().value(i),
+                    idmap::id_key(obj),
                     time(mjd),
+                    None,
                 ))
             }
         }
     }
 }
 
-/// Rows of one file written per sled batch.
-const WRITE_SLICE_ROWS: usize = 8192;
+/// The segment a build is writing, and the catalog changes that commit with it.
+struct Pending {
+    base: Manifest,
+    name: String,
+    /// Created with the first file that has rows.
+    builder: Option<SegmentBuilder>,
+    next: u64,
+    changes: Vec<CatalogChange>,
+}
 
-/// Write one file's rows, flush, then its commit record.
-fn write_file(ix: &DatasetIndex, ids: FileIds) -> Result<()> {
-    let file_id = ix.db.generate_id()?;
-    // In slices: sled holds a whole batch in memory several times over while applying it (a
-    // batch of a million rows took gigabytes), so a large file is written a slice at a time.
-    // Nothing of the file is visible before its commit record anyway.
-    for (slice_no, slice) in ids.rows.chunks(WRITE_SLICE_ROWS).enumerate() {
-        let (mut a, mut b, mut byfile) = (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
-        for (k, (rg, row, rid, t)) in slice.iter().enumerate() {
-            let n = slice_no * WRITE_SLICE_ROWS + k;
-            match rid {
-                RowIds::Ztf { candid, jd, object_id } => {
-                    a.insert(
-                        keys::obj_key(object_id, *jd, *candid, file_id),
-                        &keys::obj_value(*rg, *row)[..],
-                    );
-                    b.insert(
-                        &keys::id_file_key(*candid, file_id)[..],
-                        keys::candid_value(*rg, *row, *t, object_id),
-                    );
+impl Pending {
+    fn start(ix: DatasetIndex) -> Result<Self> {
+        let base = ix.segdir.manifest()?;
+        Ok(Pending {
+            next: base.next_ordinal,
+            name: SegmentDir::new_name(&base, 0),
+            base,
+            builder: None,
+            changes: Vec::new(),
+        })
+    }
+
+    fn alerts(&self) -> u64 {
+        self.builder.as_ref().map_or(0, SegmentBuilder::alerts)
+    }
+
+    fn scratch(&self, ix: &DatasetIndex) -> std::path::PathBuf {
+        ix.segdir.dir().join(format!("scratch-{}", self.name))
+    }
+
+    /// Push a file's rows under the next base ordinal; its catalog entry (and the removal of
+    /// its old version's) commit with the segment. A file whose non-ZTF objectId hashes to the
+    /// key of another objectId is refused (an answer for one must never hold the other's
+    /// alerts); nothing of it is pushed.
+    fn add(&mut self, ix: &DatasetIndex, ids: FileIds, old: Option<u64>) -> Result<()> {
+        let path = ids.meta.location.to_string();
+        for (key, name) in &ids.names {
+            let k = key.to_be_bytes();
+            if let Err(current) = ix
+                .names
+                .compare_and_swap(k, None as Option<&[u8]>, Some(name.as_bytes()))?
+            {
+                let other = current
+                    .current
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                if other != name.as_str() {
+                    return Err(IndexError::File {
+                        path,
+                        message: format!(
+                            "objectId {name:?} has the same 63-bit key as {other:?}, which is indexed already: the file is not indexed"
+                        ),
+                    });
                 }
-                RowIds::Lsst {
-                    dia_source_id,
-                    dia_object_id,
-                } => {
-                    a.insert(
-                        &keys::id_file_key(*dia_source_id, file_id)[..],
-                        keys::dia_value(*rg, *row, *t, *dia_object_id),
-                    );
-                    b.insert(
-                        &keys::diaobj_key(*dia_object_id, *dia_source_id, file_id)[..],
-                        keys::diaobj_value(*rg, *row, *t),
-                    );
-                }
             }
-            byfile.insert(&keys::byfile_key(file_id, n as u64)[..], keys::byfile_value(rid));
         }
-        // byfile first: if we die after it, repair() knows what to remove.
-        ix.byfile.apply_batch(byfile)?;
-        match slice.first().map(|r| &r.2) {
-            Some(RowIds::Ztf { .. }) => {
-                ix.obj.apply_batch(a)?;
-                ix.candid.apply_batch(b)?;
-            }
-            Some(RowIds::Lsst { .. }) => {
-                ix.dia.apply_batch(a)?;
-                ix.diaobj.apply_batch(b)?;
-            }
-            None => {}
+        let base = self.next;
+        if self.builder.is_none() && !ids.rows.is_empty() {
+            let staged = ix.segdir.staging_path(&self.name);
+            self.builder = Some(SegmentBuilder::new(&staged, &self.scratch(ix), BUILD_MEMORY_BYTES)?);
         }
+        for &(pos, id, group, time) in &ids.rows {
+            let b = self.builder.as_mut().expect("created above");
+            b.push(AlertIds {
+                ordinal: base + pos,
+                id,
+                group,
+                time,
+            })?;
+        }
+        self.next = base + ids.row_groups.iter().sum::<u64>();
+        let entry = FileEntry {
+            file_id: ix.db.generate_id()?,
+            base_ordinal: base,
+            path,
+            size: ids.meta.size,
+            e_tag: ids.meta.e_tag.clone(),
+            last_modified_ms: ids.meta.last_modified.timestamp_millis(),
+            row_groups: ids.row_groups,
+            metadata_len: ids.metadata_len,
+            stats: ids.stats,
+        };
+        self.changes.push((
+            entry.file_id.to_be_bytes().to_vec(),
+            Some(keys::encode_file_entry(&entry)),
+        ));
+        if let Some(old) = old {
+            self.changes.push((old.to_be_bytes().to_vec(), None));
+        }
+        Ok(())
     }
-    ix.db.flush()?;
-    let entry = FileEntry {
-        file_id,
-        path: ids.meta.location.to_string(),
-        size: ids.meta.size,
-        e_tag: ids.meta.e_tag.clone(),
-        last_modified_ms: ids.meta.last_modified.timestamp_millis(),
-        row_groups: ids.row_groups,
-        metadata_len: ids.metadata_len,
-        stats: ids.stats,
-    };
-    ix.catalog().commit(&entry)?;
-    Ok(())
+
+    /// Write the segment and commit it, with the catalog's changes and the removal of the
+    /// `dropped` files, as the next generation; then show it to lookups. Nothing is committed
+    /// when nothing changed; a segment is added only when it holds alerts.
+    fn commit(mut self, ix: &DatasetIndex, dropped: Vec<u64>) -> Result<()> {
+        self.changes
+            .extend(dropped.into_iter().map(|id| (id.to_be_bytes().to_vec(), None)));
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let mut add = Vec::new();
+        if let Some(builder) = self.builder.take() {
+            let (bytes, alerts) = builder.finish(b"")?;
+            add.push(SegmentRef {
+                name: self.name,
+                bytes,
+                alerts,
+                level: 0,
+                first: self.base.next_ordinal,
+                end: self.next,
+            });
+        }
+        ix.segdir.commit(&self.base, add, &[], self.next, self.changes)?;
+        ix.reload()
+    }
 }
 
-/// Drop a file: its commit record first (readers stop seeing it at once), then its rows.
-pub(crate) fn remove_file(ix: &DatasetIndex, file_id: u64) -> Result<()> {
-    ix.catalog().uncommit(file_id)?;
-    ix.db.flush()?;
-    remove_rows(ix, file_id)
-}
-
-fn remove_rows(ix: &DatasetIndex, file_id: u64) -> Result<()> {
-    let prefix = file_id.to_be_bytes();
-    let mut done = sled::Batch::default();
-    let (mut a, mut b) = (sled::Batch::default(), sled::Batch::default());
-    let mut ztf = None;
-    for kv in ix.byfile.scan_prefix(prefix) {
-        let (k, v) = kv?;
-        match keys::decode_byfile_value(&v)? {
-            RowIds::Ztf { candid, jd, object_id } => {
-                ztf = Some(true);
-                a.remove(keys::obj_key(&object_id, jd, candid, file_id));
-                b.remove(&keys::id_file_key(candid, file_id)[..]);
-            }
-            RowIds::Lsst {
-                dia_source_id,
-                dia_object_id,
-            } => {
-                ztf = Some(false);
-                a.remove(&keys::id_file_key(dia_source_id, file_id)[..]);
-                b.remove(&keys::diaobj_key(dia_object_id, dia_source_id, file_id)[..]);
-            }
-        }
-        done.remove(k);
-    }
-    match ztf {
-        Some(true) => {
-            ix.obj.apply_batch(a)?;
-            ix.candid.apply_batch(b)?;
-        }
-        Some(false) => {
-            ix.dia.apply_batch(a)?;
-            ix.diaobj.apply_batch(b)?;
-        }
-        None => {}
-    }
-    ix.byfile.apply_batch(done)?;
-    Ok(())
-}
-
-/// Remove the rows of files that have rows but no commit record (a killed build).
-pub(crate) fn repair(ix: &DatasetIndex) -> Result<usize> {
-    let mut repaired = 0;
-    let mut from = [0u8; 8];
+/// Merge the newest [`MERGE_FANIN`] segments while they are of one level (each merge makes one
+/// of the next level, so levels never increase towards the newest). Returns how many segments
+/// were merged away.
+fn merge_levels(ix: &DatasetIndex) -> Result<usize> {
+    let mut merged = 0;
     loop {
-        let Some(kv) = ix.byfile.range(from..).next() else {
-            break;
+        let m = ix.segdir.manifest()?;
+        let n = m.segments.len();
+        if n < MERGE_FANIN {
+            return Ok(merged);
+        }
+        let tail = &m.segments[n - MERGE_FANIN..];
+        if tail.iter().any(|s| s.level != tail[0].level) {
+            return Ok(merged);
+        }
+        let view = ix.view.get();
+        let segments = tail
+            .iter()
+            .map(|r| Segment::open(&ix.segdir.path(&r.name)))
+            .collect::<Result<Vec<_>>>()?;
+        let name = SegmentDir::new_name(&m, 0);
+        let staged = ix.segdir.staging_path(&name);
+        let (bytes, alerts) = idmap::merge(&segments, &|o| view.live(o), &staged, b"")?;
+        drop(segments);
+        let out = SegmentRef {
+            name,
+            bytes,
+            alerts,
+            level: tail[0].level.saturating_add(1),
+            first: tail.iter().map(|s| s.first).min().unwrap_or(0),
+            end: tail.iter().map(|s| s.end).max().unwrap_or(0),
         };
-        let (k, _) = kv?;
-        let file_id = keys::u64_at(&k, 0)?;
-        if !ix.catalog().contains(file_id)? {
-            warn!(dataset = %ix.name(), file_id, "removing rows of a file a killed build left uncommitted");
-            remove_rows(ix, file_id)?;
-            repaired += 1;
-        }
-        match file_id.checked_add(1) {
-            Some(next) => from = next.to_be_bytes(),
-            None => break,
-        }
+        let removed: Vec<String> = tail.iter().map(|s| s.name.clone()).collect();
+        info!(dataset = %ix.name(), segments = MERGE_FANIN, level = out.level, alerts, bytes, "merged index segments");
+        ix.segdir.commit(&m, vec![out], &removed, m.next_ordinal, Vec::new())?;
+        ix.reload()?;
+        merged += MERGE_FANIN;
     }
-    if repaired > 0 {
-        ix.db.flush()?;
-    }
-    Ok(repaired)
 }
 
-#[cfg(test)]
-pub(crate) mod test_support {
-    use super::*;
-
-    /// Write a file's rows without the commit record, as a build killed before it would.
-    pub(crate) fn write_uncommitted(ix: &DatasetIndex, path: &str, rows: Vec<(u32, u32, RowIds, f64)>) -> Result<u64> {
-        let meta = ObjectMeta {
-            location: Path::from(path),
-            last_modified: Default::default(),
-            size: 1,
-            e_tag: None,
-            version: None,
-        };
-        let ids = FileIds {
-            meta,
-            row_groups: vec![rows.len() as u64],
-            rows,
-            null_ids: 0,
-            metadata_len: 0,
-            stats: Some(crate::FileStats::default()),
-        };
-        write_file(ix, ids)?;
-        // Take the commit record back out: what a crash between rows and commit leaves.
-        let id = ix
-            .catalog()
-            .files()?
-            .into_iter()
-            .find(|f| f.path == path)
-            .map(|f| f.file_id)
-            .expect("just written");
-        ix.catalog().uncommit(id)?;
-        Ok(id)
+/// Remove what a killed build or merge left, and drop the segments that cannot be read (found
+/// at load or by a lookup) with the catalog entries of their files, which the build then reads
+/// again from the lake. Returns how many things were repaired.
+pub(crate) fn repair(ix: &DatasetIndex) -> Result<usize> {
+    let mut repaired = ix.segdir.remove_unnamed()?;
+    let view = ix.view.get();
+    let mut broken: HashSet<std::path::PathBuf> = view.broken.iter().map(|(p, _)| p.into()).collect();
+    if let Ok(b) = ix.broken.lock() {
+        broken.extend(b.iter().cloned());
     }
+    if broken.is_empty() {
+        return Ok(repaired);
+    }
+    let m = ix.segdir.manifest()?;
+    let bad: Vec<&SegmentRef> = m
+        .segments
+        .iter()
+        .filter(|s| broken.contains(&ix.segdir.path(&s.name)))
+        .collect();
+    let mut changes = Vec::new();
+    for f in ix.catalog().files()? {
+        if bad.iter().any(|s| (s.first..s.end).contains(&f.base_ordinal)) {
+            changes.push((f.file_id.to_be_bytes().to_vec(), None));
+        }
+    }
+    for s in &bad {
+        warn!(dataset = %ix.name(), path = %ix.segdir.path(&s.name).display(), "dropping a corrupt index segment; its files are read again from the lake");
+    }
+    let names: Vec<String> = bad.iter().map(|s| s.name.clone()).collect();
+    repaired += names.len();
+    ix.segdir.commit(&m, Vec::new(), &names, m.next_ordinal, changes)?;
+    if let Ok(mut b) = ix.broken.lock() {
+        b.clear();
+    }
+    ix.reload()?;
+    Ok(repaired)
 }

@@ -1,11 +1,11 @@
 //! The file catalog of a dataset: which files are indexed, at which version (size, ETag,
-//! modification time), with which row groups, and where their metadata starts. Scans plan from
-//! it; the id trees ([`crate::DatasetIndex`]) only map ids to locations and use the catalog as
-//! their commit record.
+//! modification time), with which row groups and base ordinal, and where their metadata starts.
+//! Scans plan from it; the id segments map ids to ordinals, and the catalog turns ordinals into
+//! locations.
 //!
-//! A catalog entry is written last when a file is indexed (after its ids are flushed) and
-//! removed first when it is dropped, so "the catalog has the file" is the commit bit of every
-//! id that points into it.
+//! Entries change only in a generation's commit ([`crate::manifest::SegmentDir::commit`]),
+//! together with the segments that index their rows: an ordinal that falls in no entry's range
+//! belongs to a dropped or changed file and is masked.
 
 use crate::keys;
 use crate::Result;
@@ -22,6 +22,8 @@ pub struct CatalogSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileEntry {
     pub file_id: u64,
+    /// The file's rows are alert ordinals `base_ordinal + position` in the id segments.
+    pub base_ordinal: u64,
     /// Path inside the dataset's store (as object_store names it).
     pub path: String,
     pub size: u64,
@@ -127,16 +129,5 @@ impl Catalog {
             s.bytes += f.size;
         }
         Ok(s)
-    }
-
-    pub(crate) fn commit(&self, entry: &FileEntry) -> Result<()> {
-        self.files
-            .insert(entry.file_id.to_be_bytes(), keys::encode_file_entry(entry))?;
-        Ok(())
-    }
-
-    pub(crate) fn uncommit(&self, file_id: u64) -> Result<()> {
-        self.files.remove(file_id.to_be_bytes())?;
-        Ok(())
     }
 }

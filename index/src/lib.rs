@@ -16,50 +16,40 @@
 //! offset index of the footer, the server turns that into the byte range of the one page of each
 //! cutout column that holds the row. Building the index reads only footers and the id columns.
 //!
-//! Per dataset it keeps, in sled trees named `{dataset}/{tree}`:
+//! **Where things are.** Per dataset:
 //!
-//! | tree      | key                                   | value                              |
-//! |-----------|---------------------------------------|------------------------------------|
-//! | `files`   | file id                               | [`FileEntry`] (the commit record; the [`Catalog`]) |
-//! | `obj`     | objectId 0x00 time candid file id     | row group, row                     |
-//! | `candid`  | candid file id                        | row group, row, jd, objectId       |
-//! | `dia`     | diaSourceId file id                   | row group, row, mjd, diaObjectId   |
-//! | `diaobj`  | diaObjectId diaSourceId file id       | row group, row, mjd                |
-//! | `byfile`  | file id, ordinal                      | the id pair the row added          |
+//! | what | where | holds |
+//! |------|-------|-------|
+//! | catalog | sled tree `{dataset}/files`, key file id | [`FileEntry`]: path, version, row groups, **base ordinal**, nights and classes ([`Catalog`]) |
+//! | manifest | sled tree `{dataset}/manifest` | the generation number, the next free ordinal, the segments ([`manifest`]) |
+//! | names | sled tree `{dataset}/names`, key 63-bit hash | objectIds that are not ZTF-shaped ([`objkey`]) |
+//! | id maps | `{index_dir}/segments/{dataset}/g{generation}-{n}.seg` | tables `rows`, `group`, `id` over alert ordinals ([`idmap`], format in [`segment`]) |
 //!
-//! Integers are big-endian with the sign bit flipped, so that byte order is numeric order. A time
-//! (`jd`) is one byte, 0 when the alert has none and 1 otherwise, then the float's bits mapped
-//! to sort numerically: an object's alerts are in time order in the `obj` tree, undated ones
-//! first, so its latest alert is its last dated key, found by one reverse seek.
-//! The same alert may sit in several files (Fink's raw and science lakes both hold it): every
-//! key ends with the file id, and lookups keep the copy of the newest file (the highest file id,
-//! which is also the copy a re-indexed file gets first).
+//! Every row of an indexed file is an **ordinal**, `base + position` (no location is stored
+//! per alert); the catalog turns an ordinal back into file, row group and row. The segments are
+//! immutable, sorted, block-compressed and checksummed (CRC-32 per block, checked on every
+//! read; a segment that fails is never served and is rebuilt from the lake). A build writes one
+//! segment and commits it with the catalog's changes in one sled transaction, the generation's
+//! commit record; merges keep the segments few ([`IndexBuilder`]). Lookups read one generation
+//! (a view swapped in whole after each commit): an entry whose ordinal belongs to no
+//! catalog file (a dropped or changed file) is masked until a merge leaves it out.
 //!
-//! The catalog (`files`) is the [`Catalog`]; the other trees are the id index proper.
-//! Each dataset also records the key layout's version; an index written with another layout is
-//! cleared and rebuilt from the lake.
+//! | lookup | reads |
+//! |--------|-------|
+//! | latest alert of an object | the end of the object's run in each segment's `group` table, then one `rows` entry |
+//! | all alerts of an object | the object's run in `group`, then `rows` |
+//! | alert by candid / diaSourceId | the id's run in `id`, then one `rows` entry |
+//! | Rubin diaObjectId | as an object, the group being the diaObjectId |
 //!
-//! **Crash safety.** A file's ids are written first, then flushed, then its `files` entry, the
-//! commit record. Lookups ignore ids whose file has no commit record, so readers never see half a
-//! file; the next build finds file ids listed in `byfile` without a commit record and removes
-//! their rows. A file is dropped in the reverse order (commit record first).
-
-//! **The segment index (being built; issue 21).** The id trees above take ~780 bytes per alert
-//! in sled. Their replacement is built from these modules, each tested on its own and not yet
-//! serving lookups:
-//! [`segment`] (the immutable, sorted, block-compressed, checksummed file format),
-//! [`idmap`] (the `rows` / `group` / `id` tables over alert ordinals, their builder, merge and
-//! lookups), [`sort`] (bounded-memory external sort), [`manifest`] (the generation commit in
-//! sled) and [`objkey`] (objectIds as 64-bit keys).
+//! The same alert may sit in several files (Fink's raw and science lakes both hold it): lookups
+//! keep the copy with the highest ordinal (the file indexed last); [`DatasetIndex::locations`]
+//! keeps every copy. An alert without a time is never an object's latest.
 //!
-//! Still to do before they replace the id trees: a base ordinal per file in the catalog (its
-//! rows are base + position) and the ordinal -> file, row group, row map; builds that read the
-//! new files' id columns into one segment per build and commit it with the catalog through the
-//! manifest; a background merge keeping the segments few; the hashed objectIds' strings (a
-//! collision must be refused, never answered wrongly); a small in-memory top level over each
-//! block index and `MADV_RANDOM`, for cold lookups of a few page reads; reading an object's
-//! `rows` once per block rather than once per alert; the format switch (the old layout rebuilt
-//! once, with a log line); `stats.index`; the crash tests and the 100 M benchmark.
+//! **Crash safety.** Segments are written under a temporary name and renamed only by the
+//! commit; a crash before the commit's transaction leaves the old generation (and files no
+//! generation names, which the next build deletes), after it the new one. The index's layout
+//! version is recorded per dataset: an index of another layout (format 2 kept every id in sled,
+//! ~780 bytes per alert) is dropped, with a log line, and rebuilt from the lake once.
 
 mod build;
 pub mod catalog;
@@ -71,13 +61,19 @@ pub mod objkey;
 pub mod reader;
 pub mod segment;
 pub mod sort;
+mod view;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-pub use build::{is_data_file, BuildStats, ClassFn, ClassSpec, IndexBuilder};
+pub use build::{
+    is_data_file, BuildStats, ClassFn, ClassSpec, IndexBuilder, BUILD_MEMORY_BYTES, COMMIT_ALERTS, MERGE_FANIN,
+};
 pub use catalog::{Catalog, CatalogSummary, FileEntry, FileStats, NightClass};
+use manifest::SegmentDir;
+use objkey::ObjectKey;
+use view::{SharedView, View};
 
 /// The survey a dataset holds, which decides its id columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,6 +132,10 @@ pub enum IndexError {
     File { path: String, message: String },
     #[error("index is corrupt: {0}")]
     Corrupt(String),
+    /// A segment file that fails its checks (a checksum, its layout): never served; the
+    /// dataset's next build drops it and reads its files again from the lake.
+    #[error("index segment {} is corrupt ({message}); it is not served, and the next index build rebuilds it from the lake", path.display())]
+    BadSegment { path: std::path::PathBuf, message: String },
     #[error("invalid dataset name {0:?}: use letters, digits, '_' and '-'")]
     DatasetName(String),
 }
@@ -199,34 +199,76 @@ pub struct LsstHit {
     pub location: Location,
 }
 
-/// The key layout version of a dataset's trees; another value (or none, on non-empty trees)
-/// means the trees were written by another version and are rebuilt.
-const FORMAT: &[u8] = b"2";
+/// The layout version of a dataset's index; another value (or none, on non-empty trees) means
+/// the index was written by another version and is rebuilt from the lake, once.
+const FORMAT: &[u8] = b"3";
+
+/// The trees of the layouts before this one (format 2 kept every id in sled), dropped when
+/// such an index is found.
+const OLD_TREES: [&str; 5] = ["obj", "candid", "dia", "diaobj", "byfile"];
 
 /// The index's default in-memory cache.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
-/// The index database: one sled database holding the trees of every dataset.
+/// The index database: one sled database holding the catalogs and manifests of every dataset,
+/// and beside it (`segments/{dataset}/`) each dataset's segment files.
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
-    /// One build lock per dataset name, shared by every handle of that dataset.
-    build_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    segments: Arc<SegmentsRoot>,
+    /// One build lock and one view per dataset name, shared by every handle of that dataset.
+    datasets: Arc<Mutex<HashMap<String, Shared>>>,
 }
 
-/// The trees of one dataset: its catalog and its id trees.
+/// Where the segment directories are; a temporary index removes its own when dropped.
+struct SegmentsRoot {
+    dir: std::path::PathBuf,
+    temporary: bool,
+}
+
+impl Drop for SegmentsRoot {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    build_lock: Arc<tokio::sync::Mutex<()>>,
+    view: SharedView,
+    /// Segments a lookup found corrupt since the last build.
+    broken: Arc<Mutex<BTreeSet<std::path::PathBuf>>>,
+}
+
+/// The index of one dataset: its catalog (sled), its segments and their manifest.
 #[derive(Clone)]
 pub struct DatasetIndex {
     name: Arc<str>,
     catalog: Catalog,
-    obj: sled::Tree,
-    candid: sled::Tree,
-    dia: sled::Tree,
-    diaobj: sled::Tree,
-    byfile: sled::Tree,
-    db: sled::Db,
+    pub(crate) segdir: SegmentDir,
+    /// objectIds that are not ZTF-shaped, by their hashed key (see [`objkey`]).
+    pub(crate) names: sled::Tree,
+    pub(crate) db: sled::Db,
+    pub(crate) view: SharedView,
+    pub(crate) broken: Arc<Mutex<BTreeSet<std::path::PathBuf>>>,
     /// Held by a build for its whole run: builds of one dataset never overlap.
     pub(crate) build_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Keeps a temporary index's segment directory while a handle of it lives.
+    _root: Arc<SegmentsRoot>,
+}
+
+/// What a dataset's segment index holds (the `index` object of the `stats` action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndexStats {
+    /// Alert entries in the segments (entries of dropped or changed files included until a
+    /// merge leaves them out).
+    pub alerts: u64,
+    pub segments: usize,
+    /// Bytes of the segment files on disk.
+    pub bytes: u64,
+    pub generation: u64,
 }
 
 /// Why an index directory could not be opened.
@@ -247,6 +289,13 @@ impl std::fmt::Display for OpenError {
     }
 }
 
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(IndexError::DatasetName(name.to_string()));
+    }
+    Ok(())
+}
+
 impl Index {
     /// Open (or create) the index in a directory, with the default cache (256 MiB). Only one
     /// process may hold it open.
@@ -254,10 +303,10 @@ impl Index {
         Index::open_with_cache(dir, DEFAULT_CACHE_BYTES)
     }
 
-    /// Open (or create) the index, keeping up to `cache_bytes` of it in memory.
+    /// Open (or create) the index, keeping up to `cache_bytes` of its sled part in memory.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> std::result::Result<Self, OpenError> {
         match sled::Config::new().path(dir).cache_capacity(cache_bytes).open() {
-            Ok(db) => Ok(Index::with_db(db)),
+            Ok(db) => Ok(Index::with_db(db, dir.join("segments"), false)),
             // sled reports a held lock as an `Other` error whose text says so (not WouldBlock).
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock") =>
@@ -268,43 +317,97 @@ impl Index {
         }
     }
 
-    fn with_db(db: sled::Db) -> Self {
+    fn with_db(db: sled::Db, segments: std::path::PathBuf, temporary: bool) -> Self {
         Index {
             db,
-            build_locks: Arc::default(),
+            segments: Arc::new(SegmentsRoot {
+                dir: segments,
+                temporary,
+            }),
+            datasets: Arc::default(),
         }
     }
 
-    /// A throwaway in-memory index (tests and benchmarks).
+    /// A throwaway index (tests and benchmarks): sled in memory, segments in a temporary
+    /// directory removed with the last handle.
     pub fn temporary() -> Result<Self> {
-        Ok(Index::with_db(sled::Config::new().temporary(true).open()?))
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "astroflight-index-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        Ok(Index::with_db(sled::Config::new().temporary(true).open()?, dir, true))
     }
 
     pub fn dataset(&self, name: &str) -> Result<DatasetIndex> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(IndexError::DatasetName(name.to_string()));
-        }
-        let t = |tree: &str| self.db.open_tree(format!("{name}/{tree}"));
-        let build_lock = self
-            .build_locks
+        check_name(name)?;
+        let mut datasets = self
+            .datasets
             .lock()
-            .map_err(|_| IndexError::Corrupt("build lock table poisoned".into()))?
-            .entry(name.to_string())
-            .or_default()
-            .clone();
-        let ix = DatasetIndex {
-            name: name.into(),
-            catalog: Catalog { files: t("files")? },
-            obj: t("obj")?,
-            candid: t("candid")?,
-            dia: t("dia")?,
-            diaobj: t("diaobj")?,
-            byfile: t("byfile")?,
-            db: self.db.clone(),
-            build_lock,
+            .map_err(|_| IndexError::Corrupt("dataset table poisoned".into()))?;
+        let t = |tree: &str| self.db.open_tree(format!("{name}/{tree}"));
+        let dir = self.segments.dir.join(name);
+        if !datasets.contains_key(name) {
+            self.check_format(name, &dir)?;
+        }
+        let catalog = Catalog { files: t("files")? };
+        let segdir = SegmentDir::open(&dir, &self.db, t("manifest")?, catalog.files.clone())?;
+        let shared = match datasets.get(name) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Shared {
+                    build_lock: Arc::default(),
+                    view: SharedView::new(View::load(&segdir, &catalog)?),
+                    broken: Arc::default(),
+                };
+                datasets.insert(name.to_string(), s.clone());
+                s
+            }
         };
-        ix.check_format()?;
-        Ok(ix)
+        Ok(DatasetIndex {
+            name: name.into(),
+            catalog,
+            segdir,
+            names: t("names")?,
+            db: self.db.clone(),
+            view: shared.view,
+            broken: shared.broken,
+            build_lock: shared.build_lock,
+            _root: self.segments.clone(),
+        })
+    }
+
+    /// Clear a dataset's index when it was written with another layout (the next build re-reads
+    /// the lake), then record this layout.
+    fn check_format(&self, name: &str, segments: &Path) -> Result<()> {
+        let key = format!("{name}/format");
+        let stored = self.db.get(&key)?;
+        if stored.as_deref() == Some(FORMAT) {
+            return Ok(());
+        }
+        let trees: Vec<String> = OLD_TREES
+            .iter()
+            .chain(&["files", "manifest", "names"])
+            .map(|t| format!("{name}/{t}"))
+            .collect();
+        let mut found = false;
+        for t in &trees {
+            found |= !self.db.open_tree(t)?.is_empty();
+        }
+        if found {
+            tracing::warn!(dataset = %name, "the index was written by another version of astroflight (an older key layout): rebuilding it once from the lake");
+        }
+        for t in &trees {
+            self.db.drop_tree(t.as_bytes())?;
+        }
+        if segments.exists() {
+            std::fs::remove_dir_all(segments)
+                .map_err(|e| IndexError::Corrupt(format!("cannot clear {}: {e}", segments.display())))?;
+        }
+        self.db.insert(key, FORMAT)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -314,9 +417,7 @@ impl Index {
 
     /// The header catalog of a FITS dataset (its own tree, `{name}/headers`).
     pub fn headers(&self, name: &str) -> Result<headers::HeaderStore> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(IndexError::DatasetName(name.to_string()));
-        }
+        check_name(name)?;
         Ok(headers::HeaderStore {
             tree: self.db.open_tree(format!("{name}/headers"))?,
             db: self.db.clone(),
@@ -340,73 +441,101 @@ impl DatasetIndex {
         &self.catalog
     }
 
-    fn trees(&self) -> [&sled::Tree; 6] {
-        [
-            &self.catalog.files,
-            &self.obj,
-            &self.candid,
-            &self.dia,
-            &self.diaobj,
-            &self.byfile,
-        ]
+    /// The current generation, refused while one of its segments is known to be corrupt.
+    fn view(&self) -> Result<Arc<View>> {
+        let v = self.view.get();
+        v.check()?;
+        if let Some(p) = self.broken.lock().ok().and_then(|b| b.iter().next().cloned()) {
+            return Err(IndexError::BadSegment {
+                path: p,
+                message: "a block failed its checks in an earlier lookup".into(),
+            });
+        }
+        Ok(v)
     }
 
-    /// Clear the trees when they were written with another key layout (the next build
-    /// re-reads the lake), then record this layout.
-    fn check_format(&self) -> Result<()> {
-        let key = format!("{}/format", self.name);
-        let stored = self.db.get(&key)?;
-        if stored.as_deref() == Some(FORMAT) {
-            return Ok(());
-        }
-        if self.trees().iter().any(|t| !t.is_empty()) {
-            tracing::warn!(dataset = %self.name, "the index was written by another version of astroflight: clearing it; the next build re-reads the lake");
-            for t in self.trees() {
-                t.clear()?;
+    /// A lookup's result; a segment found corrupt is remembered (lookups refuse it from then
+    /// on, and the next build rebuilds it).
+    fn noted<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(IndexError::BadSegment { path, message }) = &r {
+            tracing::error!(dataset = %self.name, path = %path.display(), %message, "an index segment is corrupt: it is no longer served; the next build rebuilds it from the lake");
+            if let Ok(mut b) = self.broken.lock() {
+                b.insert(path.clone());
             }
         }
-        self.db.insert(key, FORMAT)?;
-        self.db.flush()?;
+        r
+    }
+
+    /// Load the current generation after a commit.
+    pub(crate) fn reload(&self) -> Result<()> {
+        self.view.set(View::load(&self.segdir, &self.catalog)?);
         Ok(())
     }
 
-    fn committed(&self, file_id: u64) -> Result<bool> {
-        self.catalog.contains(file_id)
+    /// The key of an objectId; None when it is not ZTF-shaped and no indexed alert has it.
+    fn object_key(&self, object_id: &str) -> Result<Option<u64>> {
+        let k = ObjectKey::of(object_id);
+        if !k.is_hashed() {
+            return Ok(Some(k.0));
+        }
+        Ok(match self.names.get(k.0.to_be_bytes())? {
+            Some(n) if n.as_ref() == object_id.as_bytes() => Some(k.0),
+            _ => None,
+        })
     }
 
-    /// Everything the dataset's index holds, as sorted lines, with the file ids (which depend
-    /// on the order of writes) replaced by the files' paths, so that two indexes of the same
-    /// lake give the same lines however they were built; an entry of a file that is not
-    /// committed (left by a build that died) shows as `ORPHAN`. For crash tests and diagnosis
-    /// (`astroflight index --dump`); reads every entry.
+    /// The objectId of a key.
+    fn object_name(&self, key: u64) -> Result<String> {
+        if let Some(s) = ObjectKey(key).id() {
+            return Ok(s);
+        }
+        match self.names.get(key.to_be_bytes())? {
+            Some(n) => {
+                String::from_utf8(n.to_vec()).map_err(|_| IndexError::Corrupt("an objectId is not UTF-8".into()))
+            }
+            None => Err(IndexError::Corrupt(format!("no objectId is recorded for key {key:#x}"))),
+        }
+    }
+
+    /// Everything the dataset's index holds, as sorted lines, with ordinals and file ids
+    /// (which depend on the order of writes) replaced by the files' paths and row positions, so
+    /// that two indexes of the same lake give the same lines however they were built (in one
+    /// go, incrementally, merged or not, after a crash). Entries of dropped or changed files
+    /// that no merge has yet left out are masked, as lookups mask them. For crash tests and
+    /// diagnosis (`astroflight index --dump`); reads every entry.
     pub fn canonical_dump(&self) -> Result<Vec<String>> {
+        let v = self.view()?;
         let files = self.catalog.files()?;
-        let paths: std::collections::HashMap<u64, String> = files.iter().map(|f| (f.file_id, f.path.clone())).collect();
+        let paths: HashMap<u64, String> = files.iter().map(|f| (f.file_id, f.path.clone())).collect();
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let mut out: Vec<String> = files
             .iter()
-            .map(|f| format!("file {} {}", f.path, hex(&keys::encode_file_entry(f))))
+            .map(|f| {
+                let unplaced = FileEntry {
+                    base_ordinal: 0,
+                    ..f.clone()
+                };
+                format!("file {} {}", f.path, hex(&keys::encode_file_entry(&unplaced)))
+            })
             .collect();
-        // Where each tree's keys hold the file id (a big-endian u64), from the key's length.
-        type FileIdAt = fn(usize) -> usize;
-        let layouts: [(&str, &sled::Tree, FileIdAt); 5] = [
-            ("obj", &self.obj, |len| len - 8),
-            ("candid", &self.candid, |_| 8),
-            ("dia", &self.dia, |_| 8),
-            ("diaobj", &self.diaobj, |_| 16),
-            ("byfile", &self.byfile, |_| 0),
-        ];
-        for (name, tree, at) in layouts {
-            for kv in tree.iter() {
-                let (k, v) = kv?;
-                let i = at(k.len());
-                let id = keys::u64_at(&k, i)?;
-                let file = paths.get(&id).map_or("ORPHAN", String::as_str);
+        for s in v.set.segments() {
+            let rows = s
+                .table(idmap::ROWS)
+                .ok_or_else(|| IndexError::Corrupt("a segment without rows".into()))?;
+            for r in rows.iter() {
+                let r = self.noted(r)?;
+                let Some((file_id, pos)) = v.position(r[0]) else {
+                    continue;
+                };
+                let loc = v.locate(r[0])?;
                 out.push(format!(
-                    "{name} {}|{file}|{} = {}",
-                    hex(&k[..i]),
-                    hex(&k[i + 8..]),
-                    hex(&v)
+                    "alert {}#{pos} rg={} row={} id={} group={:x} time={:x}",
+                    paths.get(&file_id).map_or("?", String::as_str),
+                    loc.row_group,
+                    loc.row,
+                    idmap::id_of(r[1]),
+                    r[2],
+                    r[3]
                 ));
             }
         }
@@ -419,183 +548,126 @@ impl DatasetIndex {
         self.catalog.file(file_id)
     }
 
+    fn ztf_hit(&self, v: &View, object_id: Option<&str>, h: &idmap::IdHit) -> Result<ZtfHit> {
+        Ok(ZtfHit {
+            object_id: match object_id {
+                Some(o) => o.to_string(),
+                None => self.object_name(h.group)?,
+            },
+            candid: h.id,
+            jd: h.time.unwrap_or(f64::NAN),
+            location: v.locate(h.ordinal)?,
+        })
+    }
+
+    fn lsst_hit(v: &View, h: &idmap::IdHit) -> Result<LsstHit> {
+        Ok(LsstHit {
+            dia_source_id: h.id,
+            dia_object_id: idmap::id_of(h.group),
+            mjd: h.time.unwrap_or(f64::NAN),
+            location: v.locate(h.ordinal)?,
+        })
+    }
+
     /// Every alert of a ZTF object, oldest first (by jd, undated alerts first, then candid);
     /// one copy per candid, the newest file's.
     pub fn object_alerts(&self, object_id: &str) -> Result<Vec<ZtfHit>> {
-        let prefix = keys::obj_prefix(object_id);
-        let mut hits: Vec<ZtfHit> = Vec::new();
-        for kv in self.obj.scan_prefix(&prefix) {
-            let (k, v) = kv?;
-            let (jd, candid, file_id) = keys::decode_obj_key(&k, prefix.len())?;
-            if !self.committed(file_id)? {
-                continue;
-            }
-            let (row_group, row) = keys::decode_obj_value(&v)?;
-            let hit = ZtfHit {
-                object_id: object_id.to_string(),
-                candid,
-                jd: jd.unwrap_or(f64::NAN),
-                location: Location::new(file_id, row_group, row),
-            };
-            // Copies of one alert are adjacent (same time and candid), in file id order.
-            match hits.last_mut() {
-                Some(last) if last.candid == candid => *last = hit,
-                _ => hits.push(hit),
-            }
-        }
-        Ok(hits)
+        let v = self.view()?;
+        let Some(key) = self.object_key(object_id)? else {
+            return Ok(Vec::new());
+        };
+        let hits = self.noted(v.set.group_alerts(key, &|o| v.live(o)))?;
+        hits.iter().map(|h| self.ztf_hit(&v, Some(object_id), h)).collect()
     }
 
-    /// The latest alert (max jd) of a ZTF object: one reverse seek in key order, never a read of
-    /// every alert. An alert without a jd is never the latest; None when the object has no
-    /// dated, committed alert.
+    /// The latest alert (max jd) of a ZTF object: the end of the object's run in each segment,
+    /// never a read of every alert. An alert without a jd is never the latest; None when the
+    /// object has no dated, live alert.
     pub fn latest_alert(&self, object_id: &str) -> Result<Option<ZtfHit>> {
-        let prefix = keys::obj_prefix(object_id);
-        for kv in self.obj.scan_prefix(&prefix).rev() {
-            let (k, v) = kv?;
-            let (jd, candid, file_id) = keys::decode_obj_key(&k, prefix.len())?;
-            let Some(jd) = jd else {
-                return Ok(None); // undated alerts sort first: no dated one is left
-            };
-            if !self.committed(file_id)? {
-                continue;
-            }
-            let (row_group, row) = keys::decode_obj_value(&v)?;
-            return Ok(Some(ZtfHit {
-                object_id: object_id.to_string(),
-                candid,
-                jd,
-                location: Location::new(file_id, row_group, row),
-            }));
-        }
-        Ok(None)
+        let v = self.view()?;
+        let Some(key) = self.object_key(object_id)? else {
+            return Ok(None);
+        };
+        let hit = self.noted(v.set.latest(key, &|o| v.live(o)))?;
+        hit.map(|h| self.ztf_hit(&v, Some(object_id), &h)).transpose()
     }
 
-    /// The newest committed copy of an id (highest file id): its file id and value.
-    /// Ids of the `candid` and `dia` trees are keyed `id file_id`.
-    fn newest_committed(&self, tree: &sled::Tree, id: i64) -> Result<Option<(u64, sled::IVec)>> {
-        for kv in tree.scan_prefix(keys::i64_key(id)).rev() {
-            let (k, v) = kv?;
-            let file_id = keys::u64_at(&k, 8)?;
-            if self.committed(file_id)? {
-                return Ok(Some((file_id, v)));
-            }
-        }
-        Ok(None)
-    }
-
-    /// One ZTF alert by candid (the newest committed copy).
+    /// One ZTF alert by candid (the newest live copy).
     pub fn candid(&self, candid: i64) -> Result<Option<ZtfHit>> {
-        let Some((file_id, v)) = self.newest_committed(&self.candid, candid)? else {
-            return Ok(None);
-        };
-        let (row_group, row, jd, object_id) = keys::decode_candid_value(&v)?;
-        Ok(Some(ZtfHit {
-            object_id,
-            candid,
-            jd,
-            location: Location::new(file_id, row_group, row),
-        }))
+        let v = self.view()?;
+        let hit = self.noted(v.set.by_id(candid, &|o| v.live(o)))?;
+        hit.map(|h| self.ztf_hit(&v, None, &h)).transpose()
     }
 
-    /// One Rubin alert by diaSourceId (the newest committed copy).
+    /// One Rubin alert by diaSourceId (the newest live copy).
     pub fn dia_source(&self, id: i64) -> Result<Option<LsstHit>> {
-        let Some((file_id, v)) = self.newest_committed(&self.dia, id)? else {
-            return Ok(None);
-        };
-        let (row_group, row, mjd, dia_object_id) = keys::decode_dia_value(&v)?;
-        Ok(Some(LsstHit {
-            dia_source_id: id,
-            dia_object_id,
-            mjd,
-            location: Location::new(file_id, row_group, row),
-        }))
+        let v = self.view()?;
+        let hit = self.noted(v.set.by_id(id, &|o| v.live(o)))?;
+        hit.map(|h| Self::lsst_hit(&v, &h)).transpose()
     }
 
     /// Every source of a Rubin diaObject, oldest first (undated last); one copy per
     /// diaSourceId, the newest file's.
     pub fn dia_object_sources(&self, dia_object_id: i64) -> Result<Vec<LsstHit>> {
-        let mut hits: Vec<LsstHit> = Vec::new();
-        for kv in self.diaobj.scan_prefix(keys::i64_key(dia_object_id)) {
-            let (k, v) = kv?;
-            let dia_source_id = keys::i64_at(&k, 8)?;
-            let file_id = keys::u64_at(&k, 16)?;
-            if !self.committed(file_id)? {
-                continue;
-            }
-            let (row_group, row, mjd) = keys::decode_diaobj_value(&v)?;
-            let hit = LsstHit {
-                dia_source_id,
-                dia_object_id,
-                mjd,
-                location: Location::new(file_id, row_group, row),
-            };
-            match hits.last_mut() {
-                Some(last) if last.dia_source_id == dia_source_id => *last = hit,
-                _ => hits.push(hit),
-            }
-        }
-        hits.sort_by(|a, b| {
+        let v = self.view()?;
+        let hits = self.noted(v.set.group_alerts(idmap::id_key(dia_object_id), &|o| v.live(o)))?;
+        let mut out = hits.iter().map(|h| Self::lsst_hit(&v, h)).collect::<Result<Vec<_>>>()?;
+        // The id maps order undated alerts first; Rubin's sources list them last.
+        out.sort_by(|a, b| {
             a.mjd
                 .is_nan()
                 .cmp(&b.mjd.is_nan())
                 .then(a.mjd.total_cmp(&b.mjd))
                 .then(a.dia_source_id.cmp(&b.dia_source_id))
         });
-        Ok(hits)
+        Ok(out)
     }
 
-    /// Where every committed copy of the alerts with one id is, in key order. Unlike the
+    /// Where every live copy of the alerts with one id is, in location order. Unlike the
     /// lookups above, copies of one alert in several files are all kept: a SQL scan returns
     /// every row the files hold, and uses these locations to read only those rows.
     pub fn locations(&self, id: &IdKey) -> Result<Vec<Location>> {
-        let mut out = Vec::new();
-        match id {
-            IdKey::ObjectId(object_id) => {
-                let prefix = keys::obj_prefix(object_id);
-                for kv in self.obj.scan_prefix(&prefix) {
-                    let (k, v) = kv?;
-                    let (_, _, file_id) = keys::decode_obj_key(&k, prefix.len())?;
-                    let (row_group, row) = keys::decode_obj_value(&v)?;
-                    out.push(Location::new(file_id, row_group, row));
-                }
-            }
-            IdKey::Candid(n) | IdKey::DiaSourceId(n) => {
-                let tree = if matches!(id, IdKey::Candid(_)) {
-                    &self.candid
-                } else {
-                    &self.dia
-                };
-                // Keys: id, file id; the value starts with row group and row.
-                for kv in tree.scan_prefix(keys::i64_key(*n)) {
-                    let (k, v) = kv?;
-                    let file_id = keys::u64_at(&k, 8)?;
-                    let (row_group, row) = keys::decode_obj_value(&v)?;
-                    out.push(Location::new(file_id, row_group, row));
-                }
-            }
-            IdKey::DiaObjectId(id) => {
-                // Keys: diaObjectId, diaSourceId, file id.
-                for kv in self.diaobj.scan_prefix(keys::i64_key(*id)) {
-                    let (k, v) = kv?;
-                    let file_id = keys::u64_at(&k, 16)?;
-                    let (row_group, row, _) = keys::decode_diaobj_value(&v)?;
-                    out.push(Location::new(file_id, row_group, row));
-                }
-            }
-        }
-        let mut committed = Vec::with_capacity(out.len());
-        for l in out {
-            if self.committed(l.file_id)? {
-                committed.push(l);
-            }
-        }
-        Ok(committed)
+        let v = self.view()?;
+        let live = |o: u64| v.live(o);
+        let ordinals = match id {
+            IdKey::ObjectId(object_id) => match self.object_key(object_id)? {
+                Some(key) => v.set.group_ordinals(key, &live),
+                None => Ok(Vec::new()),
+            },
+            IdKey::Candid(n) | IdKey::DiaSourceId(n) => v.set.id_ordinals(*n, &live),
+            IdKey::DiaObjectId(n) => v.set.group_ordinals(idmap::id_key(*n), &live),
+        };
+        let mut out = self
+            .noted(ordinals)?
+            .into_iter()
+            .map(|o| v.locate(o))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort();
+        Ok(out)
     }
 
     /// Committed files, their alerts (counting copies) and bytes, from one catalog scan.
     pub fn summary(&self) -> Result<CatalogSummary> {
         self.catalog.summary()
+    }
+
+    /// Drop the current segments' pages from this process's mapping (benchmarks of cold
+    /// lookups; the pages read back the same bytes).
+    pub fn drop_cached_pages(&self) {
+        for s in self.view.get().set.segments() {
+            s.drop_pages();
+        }
+    }
+
+    /// What the segment index holds now.
+    pub fn index_stats(&self) -> IndexStats {
+        let v = self.view.get();
+        IndexStats {
+            alerts: v.manifest.segments.iter().map(|s| s.alerts).sum(),
+            segments: v.manifest.segments.len(),
+            bytes: v.manifest.segments.iter().map(|s| s.bytes).sum(),
+            generation: v.manifest.generation,
+        }
     }
 }
 

@@ -12,11 +12,15 @@
 //! 3. the segments the new generation no longer names are deleted.
 //!
 //! A crash before step 2's transaction leaves the old generation (the new files are orphans);
-//! after it, the new one (the old files are orphans). [`SegmentDir::open`] deletes orphans:
-//! every file of the directory the manifest does not name.
+//! after it, the new one (the old files are orphans). [`SegmentDir::remove_unnamed`] (which
+//! a build runs first, under the dataset's build lock) deletes orphans: every file or
+//! directory (a build's scratch space) of the segment directory the manifest does not name.
 //!
 //! The manifest is small (a few dozen segments): `version:u8 generation:u64 next_ordinal:u64
-//! count:u32` then per segment `name_len:u16 name bytes:u64 alerts:u64 level:u8`, little-endian.
+//! count:u32` then per segment `name_len:u16 name bytes:u64 alerts:u64 level:u8 first:u64
+//! end:u64`, little-endian. `first..end` is the range of ordinals the segment's files were given:
+//! a segment that fails its checksums is dropped with the catalog entries of the files in that
+//! range, which the next build then reads again.
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +30,7 @@ use sled::Transactional;
 use crate::{IndexError, Result};
 
 const MANIFEST_KEY: &[u8] = b"manifest";
-const MANIFEST_VERSION: u8 = 1;
+const MANIFEST_VERSION: u8 = 2;
 
 /// One segment of a generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +42,10 @@ pub struct SegmentRef {
     pub alerts: u64,
     /// 0 for a build's segment; merges make higher levels.
     pub level: u8,
+    /// The ordinals of the files this segment indexes are in `first..end`, and no other
+    /// segment's are.
+    pub first: u64,
+    pub end: u64,
 }
 
 /// The current generation of a dataset's segments.
@@ -61,6 +69,8 @@ impl Manifest {
             v.extend_from_slice(&s.bytes.to_le_bytes());
             v.extend_from_slice(&s.alerts.to_le_bytes());
             v.push(s.level);
+            v.extend_from_slice(&s.first.to_le_bytes());
+            v.extend_from_slice(&s.end.to_le_bytes());
         }
         v
     }
@@ -88,11 +98,15 @@ impl Manifest {
             let bytes = u64_(take(8)?);
             let alerts = u64_(take(8)?);
             let level = take(1)?[0];
+            let first = u64_(take(8)?);
+            let end = u64_(take(8)?);
             segments.push(SegmentRef {
                 name,
                 bytes,
                 alerts,
                 level,
+                first,
+                end,
             });
         }
         Ok(Manifest {
@@ -121,22 +135,36 @@ impl SegmentDir {
     pub fn open(dir: &Path, db: &sled::Db, manifest: sled::Tree, catalog: sled::Tree) -> Result<Self> {
         let io = |e: std::io::Error| IndexError::Corrupt(format!("segment directory {}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
-        let s = SegmentDir {
+        Ok(SegmentDir {
             dir: dir.to_path_buf(),
             manifest,
             catalog,
             db: db.clone(),
-        };
-        let named: std::collections::HashSet<String> = s.manifest()?.segments.into_iter().map(|r| r.name).collect();
-        for e in std::fs::read_dir(dir).map_err(io)? {
+        })
+    }
+
+    /// Delete every file and directory the current generation does not name: what a build or
+    /// merge that died left. Only under the dataset's build lock (a build under way owns its
+    /// staged segment and scratch directory). Returns how many were removed.
+    pub fn remove_unnamed(&self) -> Result<usize> {
+        let io = |e: std::io::Error| IndexError::Corrupt(format!("segment directory {}: {e}", self.dir.display()));
+        let named: std::collections::HashSet<String> = self.manifest()?.segments.into_iter().map(|r| r.name).collect();
+        let mut removed = 0;
+        for e in std::fs::read_dir(&self.dir).map_err(io)? {
             let e = e.map_err(io)?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if !named.contains(&name) {
-                tracing::info!(path = %e.path().display(), "removing a segment no generation names (left by an interrupted build or merge)");
+            if named.contains(&name) {
+                continue;
+            }
+            tracing::info!(path = %e.path().display(), "removing what no generation names (left by an interrupted build or merge)");
+            if e.file_type().map_err(io)?.is_dir() {
+                std::fs::remove_dir_all(e.path()).map_err(io)?;
+            } else {
                 std::fs::remove_file(e.path()).map_err(io)?;
             }
+            removed += 1;
         }
-        Ok(s)
+        Ok(removed)
     }
 
     pub fn dir(&self) -> &Path {
@@ -244,6 +272,8 @@ mod tests {
             bytes,
             alerts: rows,
             level: 0,
+            first: 0,
+            end: rows,
         }
     }
 
@@ -317,6 +347,8 @@ mod tests {
         drop(db);
         let db = sled::open(&db_path).unwrap();
         let d = open(&seg, &db);
+        std::fs::create_dir(seg.join("scratch-g000000000003")).unwrap();
+        assert_eq!(d.remove_unnamed().unwrap(), 3);
         assert_eq!(d.manifest().unwrap(), m2);
         assert_eq!(files(&seg), vec![b.name]);
     }
@@ -331,6 +363,8 @@ mod tests {
                 bytes: 123,
                 alerts: 45,
                 level: 2,
+                first: 1 << 39,
+                end: (1 << 39) + 45,
             }],
         };
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);

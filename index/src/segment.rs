@@ -57,7 +57,10 @@ const TRAILER_LEN: usize = 8 + 8 + 4 + 8 + 4 + 4 + 4 + 8;
 pub type Row = [u64; MAX_ARITY];
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> IndexError {
-    IndexError::Corrupt(format!("segment {}: {what}", path.display()))
+    IndexError::BadSegment {
+        path: path.to_path_buf(),
+        message: what.to_string(),
+    }
 }
 
 fn io(path: &Path, e: std::io::Error) -> IndexError {

@@ -8,8 +8,6 @@ use object_store::local::LocalFileSystem;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
-use crate::build::test_support::write_uncommitted;
-use crate::keys::RowIds;
 use crate::*;
 
 /// Write a minimal ZTF-shaped file: (objectId, candid, jd) rows, `rg_rows` rows per row group.
@@ -227,49 +225,97 @@ async fn a_changed_file_is_served_from_its_newest_copy_and_builds_are_serialized
     assert!(all.iter().all(|(_, f)| *f == h.location.file_id), "{all:?}");
 }
 
-#[test]
-fn an_index_of_another_layout_is_cleared() {
+#[tokio::test]
+async fn an_index_of_the_old_sled_layout_is_rebuilt_once() {
     let dir = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    write_ztf(lake.path(), "a.parquet", &[("ZTF1", 10, 1.0)], 10);
     {
-        let index = Index::open(dir.path()).ok().unwrap();
-        let ix = index.dataset("ztf").unwrap();
-        ix.obj.insert(b"old-layout-key", b"x").unwrap();
-        index.db.insert("ztf/format", b"1".as_ref()).unwrap();
-        index.flush().unwrap();
+        // What format 2 left: every id in sled trees.
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("ztf/obj")
+            .unwrap()
+            .insert(b"old-layout-key", b"x")
+            .unwrap();
+        db.open_tree("ztf/files")
+            .unwrap()
+            .insert(1u64.to_be_bytes(), b"old entry")
+            .unwrap();
+        db.insert("ztf/format", b"2".as_ref()).unwrap();
+        db.flush().unwrap();
     }
     let index = Index::open(dir.path()).ok().unwrap();
     let ix = index.dataset("ztf").unwrap();
-    assert!(ix.obj.is_empty());
+    assert!(!index.db.tree_names().iter().any(|n| n.as_ref() == b"ztf/obj"));
+    assert!(ix.catalog().files().unwrap().is_empty());
+    let s = build(lake.path(), &ix).await;
+    assert_eq!(s.indexed, 1);
+    assert_eq!(ix.candid(10).unwrap().unwrap().object_id, "ZTF1");
+    drop((ix, index));
+    // Once: the next open keeps it.
+    let index = Index::open(dir.path()).ok().unwrap();
+    let ix = index.dataset("ztf").unwrap();
+    assert_eq!(ix.index_stats().segments, 1);
+    assert_eq!(build(lake.path(), &ix).await.unchanged, 1);
 }
 
 #[tokio::test]
-async fn a_killed_build_is_invisible_and_repaired() {
-    let dir = tempfile::tempdir().unwrap();
-    write_ztf(dir.path(), "a.parquet", &[("ZTF1", 10, 1.0)], 10);
-    let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
-    let ghost = write_uncommitted(
-        &ix,
-        "b.parquet",
-        vec![(
-            0,
-            0,
-            RowIds::Ztf {
-                candid: 77,
-                jd: 1.0,
-                object_id: "ZTF7".into(),
-            },
-            1.0,
-        )],
-    )
-    .unwrap();
-    // Readers never see the uncommitted file's rows.
-    assert!(ix.candid(77).unwrap().is_none());
-    assert!(ix.object_alerts("ZTF7").unwrap().is_empty());
-    let s = build(dir.path(), &ix).await;
-    assert_eq!((s.repaired, s.indexed), (1, 1));
-    assert_eq!(ix.byfile.scan_prefix(ghost.to_be_bytes()).count(), 0);
-    assert_eq!(ix.obj.scan_prefix(b"ZTF7").count(), 0);
+async fn what_a_killed_build_left_is_removed_and_never_served() {
+    let lake = tempfile::tempdir().unwrap();
+    write_ztf(lake.path(), "a.parquet", &[("ZTF1", 10, 1.0)], 10);
+    let index = Index::temporary().unwrap();
+    let ix = index.dataset("ztf").unwrap();
+    // A staged segment and a scratch directory, as a build killed before its commit leaves.
+    let seg = ix.segdir.dir().to_path_buf();
+    std::fs::write(seg.join("g000000000001-0000.seg.tmp"), b"half a segment").unwrap();
+    std::fs::create_dir_all(seg.join("scratch-g000000000001-0000.seg/group")).unwrap();
+    assert!(ix.candid(10).unwrap().is_none());
+    let s = build(lake.path(), &ix).await;
+    assert_eq!((s.repaired, s.indexed), (2, 1));
+    let mut left: Vec<String> = std::fs::read_dir(&seg)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["g000000000001-0000.seg".to_string()]);
     assert!(ix.candid(10).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_corrupt_segment_is_reported_never_served_and_rebuilt() {
+    let lake = tempfile::tempdir().unwrap();
+    let rows: Vec<(String, i64, f64)> = (0..3000).map(|i| (format!("ZTF{}", i % 300), i, i as f64)).collect();
+    let rows: Vec<(&str, i64, f64)> = rows.iter().map(|(o, c, t)| (o.as_str(), *c, *t)).collect();
+    write_ztf(lake.path(), "a.parquet", &rows, 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let seg_path;
+    {
+        let index = Index::open(dir.path()).ok().unwrap();
+        let ix = index.dataset("ztf").unwrap();
+        build(lake.path(), &ix).await;
+        assert_eq!(ix.candid(1234).unwrap().unwrap().object_id, "ZTF34");
+        let m = ix.segdir.manifest().unwrap();
+        seg_path = ix.segdir.path(&m.segments[0].name);
+    }
+    // Flip one byte in the first block of the segment (its `rows` table starts the file).
+    let mut bytes = std::fs::read(&seg_path).unwrap();
+    bytes[40] ^= 0x5a;
+    std::fs::write(&seg_path, &bytes).unwrap();
+    let index = Index::open(dir.path()).ok().unwrap();
+    let ix = index.dataset("ztf").unwrap();
+    let e = ix.canonical_dump().unwrap_err().to_string();
+    assert!(
+        e.contains(&seg_path.display().to_string()) && e.contains("corrupt"),
+        "{e}"
+    );
+    // From then on every lookup refuses, naming the segment: never a partial answer.
+    let e = ix.candid(1234).unwrap_err().to_string();
+    assert!(e.contains(&seg_path.display().to_string()), "{e}");
+    let s = build(lake.path(), &ix).await;
+    assert_eq!((s.repaired, s.indexed), (1, 1));
+    assert_eq!(ix.candid(1234).unwrap().unwrap().object_id, "ZTF34");
+    assert_eq!(ix.object_alerts("ZTF7").unwrap().len(), 10);
+    ix.canonical_dump().unwrap();
 }
 
 #[tokio::test]
@@ -368,4 +414,78 @@ async fn a_class_that_cannot_be_computed_leaves_the_ids_indexed_and_the_file_unc
     assert!(s.failed.is_empty(), "{:?}", s.failed);
     assert_eq!(ix.candid(11).unwrap().unwrap().object_id, "ZTF2");
     assert!(ix.catalog().files().unwrap()[0].stats.is_none());
+}
+
+#[tokio::test]
+async fn builds_merge_their_segments_and_the_dump_equals_a_one_go_build() {
+    let lake = tempfile::tempdir().unwrap();
+    let d = lake.path();
+    let index = Index::temporary().unwrap();
+    let ix = index.dataset("ztf").unwrap();
+    // Nine nightly builds of one file each; the object ZTF1 recurs every night. Night 3's file
+    // is deleted after night 5, night 4's rewritten.
+    for night in 0..9i64 {
+        let rows: Vec<(String, i64, f64)> = (0..50)
+            .map(|i| {
+                (
+                    format!("ZTF{}", i % 20),
+                    night * 1000 + i,
+                    night as f64 + i as f64 / 100.0,
+                )
+            })
+            .collect();
+        let rows: Vec<(&str, i64, f64)> = rows.iter().map(|(o, c, t)| (o.as_str(), *c, *t)).collect();
+        write_ztf(d, &format!("night={night}/a.parquet"), &rows, 16);
+        if night == 5 {
+            std::fs::remove_dir_all(d.join("night=3")).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            write_ztf(d, "night=4/a.parquet", &[("ZTF1", 4000, 4.5)], 16);
+        }
+        let s = build(d, &ix).await;
+        assert!(s.failed.is_empty());
+        let st = ix.index_stats();
+        assert!(st.segments < MERGE_FANIN + 3, "night {night}: {st:?}");
+    }
+    let st = ix.index_stats();
+    assert!(st.generation >= 9 && st.segments >= 1, "{st:?}");
+    // Night 3 is gone, night 4 holds one alert: 7 * 50 + 1 live alerts.
+    let live: usize = (0..20)
+        .map(|o| ix.object_alerts(&format!("ZTF{o}")).unwrap().len())
+        .sum();
+    assert_eq!(live, 7 * 50 + 1);
+    assert!(ix.candid(3001).unwrap().is_none());
+    assert_eq!(ix.candid(4000).unwrap().unwrap().object_id, "ZTF1");
+    assert_eq!(ix.latest_alert("ZTF19").unwrap().unwrap().candid, 8039);
+    // The same lake in one build gives the same dump.
+    let fresh = Index::temporary().unwrap().dataset("ztf").unwrap();
+    build(d, &fresh).await;
+    assert_eq!(fresh.index_stats().segments, 1);
+    assert_eq!(ix.canonical_dump().unwrap(), fresh.canonical_dump().unwrap());
+}
+
+#[tokio::test]
+async fn objectids_that_are_not_ztf_shaped_round_trip_and_a_collision_is_refused() {
+    let lake = tempfile::tempdir().unwrap();
+    write_ztf(
+        lake.path(),
+        "a.parquet",
+        &[("ZTF20aabaesm", 1, 1.0), ("obj-1", 2, 2.0), ("obj-2", 3, 3.0)],
+        10,
+    );
+    let ix = Index::temporary().unwrap().dataset("ztf").unwrap();
+    build(lake.path(), &ix).await;
+    assert_eq!(ix.candid(1).unwrap().unwrap().object_id, "ZTF20aabaesm");
+    assert_eq!(ix.candid(2).unwrap().unwrap().object_id, "obj-1");
+    assert_eq!(ix.object_alerts("obj-2").unwrap()[0].candid, 3);
+    assert!(ix.object_alerts("obj-3").unwrap().is_empty());
+    // Plant another string under obj-3's key, as a hash collision would: a file with obj-3
+    // is refused, and obj-3 never answers with the other's alerts.
+    let k = objkey::ObjectKey::of("obj-3").0;
+    ix.names.insert(k.to_be_bytes(), b"planted".as_ref()).unwrap();
+    write_ztf(lake.path(), "b.parquet", &[("obj-3", 4, 4.0)], 10);
+    let s = build(lake.path(), &ix).await;
+    assert_eq!(s.indexed, 0);
+    assert!(s.failed[0].1.contains("same 63-bit key"), "{:?}", s.failed);
+    assert!(ix.object_alerts("obj-3").unwrap().is_empty());
+    assert!(ix.candid(4).unwrap().is_none());
 }

@@ -502,14 +502,15 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
                     }
                 };
                 println!(
-                    "{name}: {} files listed, {} indexed, {} unchanged, {} removed, {} repaired, {} alerts written, {} failed",
+                    "{name}: {} files listed, {} indexed, {} unchanged, {} removed, {} repaired, {} alerts written, {} failed, {} segments merged",
                     s.listed,
                     s.indexed,
                     s.unchanged,
                     s.removed,
                     s.repaired,
                     s.rows,
-                    s.failed.len()
+                    s.failed.len(),
+                    s.merged
                 );
                 for (path, err) in &s.failed {
                     eprintln!("  not indexed: {path}: {err}");

@@ -37,6 +37,12 @@ def test_generated_ztf_and_rubin(start_server, lakes):
 
     names = sorted(i.descriptor.path[0].decode() for i in c.list_flights())
     assert names == ["lsst", "lsst10", "ztf"]
+    # Each dataset's segment index: its alerts, segments, bytes on disk and generation.
+    stats = {d["name"]: d for d in s.action("stats")["datasets"]}
+    for name, alerts in (("ztf", len(parquet_alerts(lakes / "ztf"))), ("lsst", len(rubin))):
+        ix = stats[name]["index"]
+        assert ix["alerts"] == alerts and ix["segments"] == 1 and ix["generation"] >= 1, ix
+        assert 0 < ix["bytes"] < 64 * alerts + 4096, ix
     info = c.get_flight_info(flight.FlightDescriptor.for_command(
         b'{"cutout": {"dataset": "lsst", "diaSourceIds": [%d, %d]}}' % (rubin[0]["diaSourceId"], rubin[1]["diaSourceId"])))
     assert info.total_records == 6

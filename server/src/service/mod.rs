@@ -498,8 +498,11 @@ impl AstroFlight {
             .filter(|d| caller.may_read(&d.name))
             .map(|d| {
                 let sum = d.index.summary()?;
+                let ix = d.index.index_stats();
                 let mut v = json!({"name": d.name, "kind": d.kind.name(), "storage": d.backend.name(),
-                                   "files": sum.files, "alerts": sum.alerts, "indexing": d.build.first_build_pending()});
+                                   "files": sum.files, "alerts": sum.alerts, "indexing": d.build.first_build_pending(),
+                                   "index": {"alerts": ix.alerts, "segments": ix.segments, "bytes": ix.bytes,
+                                             "generation": ix.generation}});
                 if lake.publish_roots {
                     v["root"] = json!(d.root);
                 }
@@ -864,7 +867,7 @@ impl FlightService for AstroFlight {
                     .into_iter()
                     .map(|(name, result)| match result {
                         Ok(s) => json!({"dataset": name, "listed": s.listed, "indexed": s.indexed,
-                               "unchanged": s.unchanged, "removed": s.removed, "repaired": s.repaired, "rows": s.rows,
+                               "unchanged": s.unchanged, "removed": s.removed, "repaired": s.repaired, "rows": s.rows, "merged": s.merged,
                                "failed": s.failed.iter().map(|(p, m)| json!({"path": p, "error": m})).collect::<Vec<_>>()}),
                         Err(e) => json!({"dataset": name, "error": e.to_string()}),
                     })
