@@ -86,6 +86,65 @@ def test_index_killed_at_random_points_then_rerun_equals_a_clean_build(binary, t
         s.stop()
 
 
+def test_index_killed_during_nightly_builds_and_merges_then_rerun_equals_a_clean_build(binary, tmp_path, capsys):
+    # The lake grows a file at a time (a night landing), one `astroflight index` after each:
+    # every build commits one segment and every fourth fills a level, so that builds merge
+    # segments. Each run is killed at a random point of its run time (the build's read, its
+    # commit, or the merge after it); the index must stay servable after every kill and equal a
+    # clean one-go build at the end.
+    gen(binary, tmp_path / "full", "ztf", 6, 2, 1500, "--stamp-side", "4")
+    files = sorted(p.relative_to(tmp_path / "full") for p in (tmp_path / "full").rglob("*.parquet"))
+    assert len(files) == 12
+    view = tmp_path / "ztf"
+    datasets = [("ztf", "ztf", view)]
+    clean = tmp_path / "clean"
+    write_config(clean.with_suffix(".toml"), clean, [("ztf", "ztf", tmp_path / "full")])
+    started = time.time()
+    subprocess.run([binary, "index", "--config", str(clean.with_suffix(".toml"))], check=True, capture_output=True,
+                   env=env_without_aws())
+    run_secs = time.time() - started
+    want = dump(binary, clean.with_suffix(".toml"))
+
+    config = tmp_path / "crashed.toml"
+    write_config(config, tmp_path / "crashed", datasets)
+    rng = random.Random(int(os.environ.get("ASTROFLIGHT_SEED", "20261207")))
+    killed = merges = 0
+    last = run_secs  # how long the last run that was not killed took
+
+    def index_run(kill):
+        nonlocal killed, merges, last
+        started = time.time()
+        p = subprocess.Popen([binary, "index", "--config", str(config)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=env_without_aws(), text=True)
+        if kill:
+            time.sleep(rng.uniform(0.0, last))
+            if p.poll() is None:
+                killed += 1
+                p.send_signal(signal.SIGKILL)
+        out, _ = p.communicate()
+        if not kill:
+            assert p.returncode == 0
+            last = time.time() - started
+        merges += sum(int(m) for m in re.findall(r"(\d+) segments merged", out or ""))
+
+    for f in files:
+        (view / f).parent.mkdir(parents=True, exist_ok=True)
+        os.link(tmp_path / "full" / f, view / f)
+        index_run(kill=True)
+        if rng.random() < 0.5:
+            index_run(kill=False)
+    r = subprocess.run([binary, "index", "--config", str(config)], capture_output=True, text=True,
+                       env=env_without_aws())
+    assert r.returncode == 0, r.stderr
+    got = dump(binary, config)
+    assert got == want, f"{len(set(got) ^ set(want))} lines differ from a clean build"
+    with capsys.disabled():
+        print(f"\n[reliability] nightly builds: {killed} of {len(files)} runs killed (a run takes ~{run_secs:.1f} s), "
+              f"{merges} segments merged by the runs that finished; the rerun's index equals a clean build "
+              f"({len(want)} entries)")
+    assert killed >= len(files) // 3, killed
+
+
 def answers_every_id(c, tmp_path):
     ztf = parquet_alerts(tmp_path / "ztf")
     for chunk in range(0, len(ztf), 2000):
