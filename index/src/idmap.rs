@@ -228,14 +228,21 @@ impl SegmentSet {
     /// then by id).
     pub fn group_alerts(&self, group: u64, live: &dyn Fn(u64) -> bool) -> Result<Vec<IdHit>> {
         let mut hits: Vec<IdHit> = Vec::new();
-        let mut rows = Vec::new();
+        let (mut rows, mut found) = (Vec::new(), Vec::new());
         for s in &self.segments {
             table(s, GROUP)?.scan_prefix(&[group], &mut rows)?;
-            for r in &rows {
-                if live(r[2]) {
-                    hits.push(self.row(s, r[2])?);
-                }
+            // The object's ordinals, in order: each block of `rows` is decoded once.
+            let mut ordinals: Vec<u64> = rows.iter().map(|r| r[2]).filter(|o| live(*o)).collect();
+            ordinals.sort_unstable();
+            table(s, ROWS)?.get_sorted(&ordinals, &mut found)?;
+            if found.len() != ordinals.len() {
+                return Err(IndexError::Corrupt(format!(
+                    "segment {}: {} of the object's ordinals have no row",
+                    s.path().display(),
+                    ordinals.len() - found.len()
+                )));
             }
+            hits.extend(found.iter().map(IdHit::of_row));
         }
         // One per id, the newest copy (highest ordinal).
         hits.sort_by_key(|h| (h.id, std::cmp::Reverse(h.ordinal)));

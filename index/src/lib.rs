@@ -651,6 +651,12 @@ impl DatasetIndex {
         self.catalog.summary()
     }
 
+    /// True when a segment of the current generation cannot be read (found when it was
+    /// opened, or by a lookup): lookups fail until a build drops it and reads its files again.
+    pub fn needs_repair(&self) -> bool {
+        !self.view.get().broken.is_empty() || self.broken.lock().map_or(true, |b| !b.is_empty())
+    }
+
     /// Drop the current segments' pages from this process's mapping (benchmarks of cold
     /// lookups; the pages read back the same bytes).
     pub fn drop_cached_pages(&self) {

@@ -138,14 +138,24 @@ impl App {
                 lake.reindex().await;
                 info!("astroflight ready: first index build done");
             }
-            if let Some(every) = every {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Scheduled builds, and repairs: an index segment that a lookup found corrupt is
+            // rebuilt from the lake by the next build, started within a couple of seconds
+            // rather than at the next scheduled one (its dataset's lookups fail until then).
+            let check = Duration::from_secs(2);
+            let mut tick = tokio::time::interval(every.map_or(check, |e| e.min(check)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            let mut last = tokio::time::Instant::now();
+            loop {
                 tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    lake.reindex().await;
+                let due = every.is_some_and(|e| last.elapsed() >= e);
+                if lake.needs_repair() {
+                    warn!("an index segment was found corrupt: rebuilding it from the lake now");
+                } else if !due {
+                    continue;
                 }
+                last = tokio::time::Instant::now();
+                lake.reindex().await;
             }
         })
     }

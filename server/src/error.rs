@@ -127,6 +127,9 @@ impl From<IndexError> for Error {
         match e {
             IndexError::Storage { path, source } => Error::storage(&path, &source),
             IndexError::DatasetName(_) => Error::InvalidArgument(e.to_string()),
+            // Transient: the server rebuilds the segment from the lake within seconds; a
+            // client retries, as for storage that is briefly down.
+            IndexError::BadSegment { .. } => Error::Unavailable(e.to_string()),
             other => Error::Internal(other.to_string()),
         }
     }

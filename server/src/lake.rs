@@ -388,6 +388,11 @@ impl Lake {
         out
     }
 
+    /// True when a dataset's index has a segment found corrupt, which its next build rebuilds.
+    pub fn needs_repair(&self) -> bool {
+        self.datasets.iter().any(|d| d.index.needs_repair())
+    }
+
     /// A receiver that changes whenever an index build of every dataset has ended.
     pub fn watch_builds(&self) -> tokio::sync::watch::Receiver<u64> {
         self.builds.subscribe()

@@ -308,3 +308,40 @@ def test_storage_faults_during_a_bulk_transfer(binary, start_server, s3_server, 
                   f"{len(info.endpoints) - len(failed)} complete, {len(failed)} UNAVAILABLE and complete on re-run")
     finally:
         proxy.stop()
+
+
+def test_a_corrupt_index_segment_is_named_never_served_and_rebuilt(binary, start_server, tmp_path):
+    gen(binary, tmp_path / "ztf", "ztf", 2, 2, 400, "--stamp-side", "4")
+    alerts = parquet_alerts(tmp_path / "ztf")
+    s = start_server([("ztf", "ztf", tmp_path / "ztf")])
+    c = s.client()
+    candids = [a["candid"] for a in alerts]
+    want = {a["candid"]: a["stamps"]["Science"] for a in alerts}
+
+    def science():
+        t = c.do_get(ticket(dataset="ztf", candids=candids, kind="Science", format="gzip")).read_all()
+        return {r["candid"]: r["stamp"] for r in t.to_pylist()}
+
+    assert science() == want
+    (seg,) = (tmp_path / "index" / "segments" / "ztf").glob("*.seg")
+    # Damage the blocks of the first half of the file (the `rows` and `group` tables), in place:
+    # the server's memory map sees the new bytes.
+    data = bytearray(seg.read_bytes())
+    for at in range(16, len(data) // 2, 61):
+        data[at] ^= 0x55
+    with open(seg, "r+b") as f:
+        f.write(data)
+    with pytest.raises(flight.FlightUnavailableError) as e:  # transient: retry
+        science()
+    assert str(seg) in str(e.value) and "corrupt" in str(e.value), str(e.value)
+    # The server rebuilds it from the lake within seconds, and answers rightly again.
+    deadline = time.time() + 60
+    while True:
+        try:
+            got = science()
+            break
+        except flight.FlightError as err:
+            assert time.time() < deadline, f"not rebuilt within 60 s: {err}"
+            time.sleep(0.5)
+    assert got == want
+    assert "dropping a corrupt index segment" in s.stderr_path.read_text()
