@@ -230,7 +230,11 @@ impl SegmentSet {
         let mut hits: Vec<IdHit> = Vec::new();
         let (mut rows, mut found) = (Vec::new(), Vec::new());
         for s in &self.segments {
-            table(s, GROUP)?.scan_prefix(&[group], &mut rows)?;
+            let t = table(s, GROUP)?;
+            if !t.may_hold(&[group]) {
+                continue;
+            }
+            t.scan_prefix(&[group], &mut rows)?;
             // The object's ordinals, in order: each block of `rows` is decoded once.
             let mut ordinals: Vec<u64> = rows.iter().map(|r| r[2]).filter(|o| live(*o)).collect();
             ordinals.sort_unstable();
@@ -260,7 +264,11 @@ impl SegmentSet {
             // which the `rows` table gives).
             let mut top: Option<u64> = None;
             let mut candidates = Vec::new();
-            table(s, GROUP)?.scan_prefix_rev(&[group], |r| {
+            let t = table(s, GROUP)?;
+            if !t.may_hold(&[group]) {
+                continue;
+            }
+            t.scan_prefix_rev(&[group], |r| {
                 if r[1] == 0 || top.is_some_and(|t| r[1] < t) {
                     return false;
                 }
@@ -286,7 +294,11 @@ impl SegmentSet {
         let mut best: Option<(u64, &Segment)> = None;
         let mut rows = Vec::new();
         for s in &self.segments {
-            table(s, ID)?.scan_prefix(&[id_key(id)], &mut rows)?;
+            let t = table(s, ID)?;
+            if !t.may_hold(&[id_key(id)]) {
+                continue;
+            }
+            t.scan_prefix(&[id_key(id)], &mut rows)?;
             for r in rows.iter().rev() {
                 if live(r[1]) {
                     if best.is_none_or(|(o, _)| r[1] > o) {
@@ -314,7 +326,11 @@ impl SegmentSet {
         let mut out = Vec::new();
         let mut rows = Vec::new();
         for s in &self.segments {
-            table(s, name)?.scan_prefix(&[key], &mut rows)?;
+            let t = table(s, name)?;
+            if !t.may_hold(&[key]) {
+                continue;
+            }
+            t.scan_prefix(&[key], &mut rows)?;
             out.extend(rows.iter().map(|r| r[ordinal_at]).filter(|o| live(*o)));
         }
         Ok(out)

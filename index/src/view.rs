@@ -50,7 +50,10 @@ impl View {
         for r in &manifest.segments {
             let path = dir.path(&r.name);
             match Segment::open(&path).and_then(|s| SegmentSet::new(vec![s.clone()]).map(|_| s)) {
-                Ok(s) => segments.push(s),
+                Ok(s) => {
+                    s.advise_random();
+                    segments.push(s)
+                }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "an index segment cannot be opened: it is not served, and the next build rebuilds it from the lake");
                     broken.push((path.display().to_string(), e.to_string()));
