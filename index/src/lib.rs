@@ -201,10 +201,10 @@ pub struct LsstHit {
 
 /// The layout version of a dataset's index; another value (or none, on non-empty trees) means
 /// the index was written by another version and is rebuilt from the lake, once.
-const FORMAT: &[u8] = b"3";
+const FORMAT: &[u8] = b"4";
 
-/// The trees of the layouts before this one (format 2 kept every id in sled), dropped when
-/// such an index is found.
+/// The trees of the layouts before this one (format 2 kept every id in sled; format 3's
+/// `group` tables held exact times), dropped when such an index is found.
 const OLD_TREES: [&str; 5] = ["obj", "candid", "dia", "diaobj", "byfile"];
 
 /// The index's default in-memory cache.
