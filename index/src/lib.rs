@@ -36,10 +36,14 @@
 //!
 //! | lookup | reads |
 //! |--------|-------|
-//! | latest alert of an object | the end of the object's run in each segment's `group` table, then one `rows` entry |
-//! | all alerts of an object | the object's run in `group`, then `rows` |
+//! | latest alert of an object | the end of the object's run (its last day) in each segment's `group` table, then those entries' `rows` (exact times) |
+//! | all alerts of an object | the object's run in `group`, then `rows`, each block once |
 //! | alert by candid / diaSourceId | the id's run in `id`, then one `rows` entry |
 //! | Rubin diaObjectId | as an object, the group being the diaObjectId |
+//!
+//! Each table's block index is searched first in memory (every 128th block's first row, kept
+//! when the segment is opened), then in at most two pages of the file; a segment whose key range
+//! cannot hold the key is skipped.
 //!
 //! The same alert may sit in several files (Fink's raw and science lakes both hold it): lookups
 //! keep the copy with the highest ordinal (the file indexed last); [`DatasetIndex::locations`]
