@@ -20,14 +20,12 @@ use std::time::Instant;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use astroflight_gen::idlake::{generate_id_lake, IdLake};
 use astroflight_index::{DatasetIndex, Index, IndexBuilder, SurveyKind};
 use object_store::local::LocalFileSystem;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+mod common;
+use common::{data_root, drop_cache, env, id_lake, pct, status_mb, survey};
 
 fn dir_bytes(p: &Path) -> u64 {
     std::fs::read_dir(p)
@@ -45,20 +43,6 @@ fn dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * q).round() as usize]
-}
-
-fn status_mb(field: &str) -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Files under `dir` ending in `.seg`.
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -71,13 +55,6 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-fn drop_cache(path: &Path) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    // SAFETY: a plain syscall on an open descriptor.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
 /// Hard-link `files` of the lake into `view` (the lake as the server would see it).
@@ -118,32 +95,16 @@ fn sample_ids(path: &Path, kind: SurveyKind, every: usize, out: &mut Vec<(String
 }
 
 fn main() {
-    let kind = match std::env::var("SURVEY").as_deref() {
-        Ok("lsst") => SurveyKind::Lsst,
-        _ => SurveyKind::Ztf,
-    };
+    let kind = survey();
     let alerts = env("ALERTS", 100_000_000);
     let per_file = env("ALERTS_PER_FILE", 1_000_000).min(alerts) as u32;
     let nightly = env("NIGHTLY", 1_000_000);
     let samples = env("SAMPLES", 5_000) as usize;
     let files = alerts.div_ceil(per_file as u64) as u32;
     let night_files = nightly.div_ceil(per_file as u64) as u32;
-    let root = std::env::var("DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-data-index"));
-    let lake = root.join(format!("idlake-{}-{}-{per_file}", kind.name(), alerts + nightly));
-    if !lake.join("done").exists() {
-        let _ = std::fs::remove_dir_all(&lake);
-        let t = Instant::now();
-        generate_id_lake(&lake, &IdLake::new(kind, files + night_files, per_file)).expect("generate");
-        std::fs::write(lake.join("done"), b"").unwrap();
-        eprintln!(
-            "generated {} files ({} alerts) in {:.1} s",
-            files + night_files,
-            alerts + nightly,
-            t.elapsed().as_secs_f64()
-        );
-    }
+    let root = data_root();
+    // The first build's files, then the night's: one lake, generated once.
+    let lake = id_lake(&root, kind, files + night_files, per_file);
     let all_files = astroflight_gen::lake_files(&lake);
     let (base_files, night) = all_files.split_at(files as usize);
     let work = root.join(format!("index-scale-{}", kind.name()));

@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type};
-use astroflight_gen::idlake::{generate_id_lake, IdLake};
 use astroflight_index::idmap::{AlertIds, SegmentBuilder, SegmentSet};
 use astroflight_index::objkey::ObjectKey;
 use astroflight_index::segment::Segment;
@@ -27,30 +26,8 @@ use astroflight_index::SurveyKind;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * q).round() as usize]
-}
-
-fn vm_hwm_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn drop_cache(path: &Path) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    // SAFETY: a plain syscall on an open descriptor.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-}
+mod common;
+use common::{data_root, drop_cache, env, id_lake, pct, status_mb, survey};
 
 /// Every alert of a file: (id, group, time) in row order.
 fn read_ids(path: &Path, kind: SurveyKind, mut f: impl FnMut(i64, u64, f64)) {
@@ -86,30 +63,14 @@ fn read_ids(path: &Path, kind: SurveyKind, mut f: impl FnMut(i64, u64, f64)) {
 }
 
 fn main() {
-    let kind = match std::env::var("SURVEY").as_deref() {
-        Ok("lsst") => SurveyKind::Lsst,
-        _ => SurveyKind::Ztf,
-    };
+    let kind = survey();
     let alerts = env("ALERTS", 10_000_000);
     let per_file = env("ALERTS_PER_FILE", 1_000_000).min(alerts) as u32;
     let files = alerts.div_ceil(per_file as u64) as u32;
     let samples = env("SAMPLES", 20_000) as usize;
     let sort_mb = env("SORT_MB", 256) as usize;
-    // The repository's bench-data-index/ (ignored by git) unless DATA says otherwise.
-    let root = std::env::var("DATA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-data-index"));
-    let lake_dir = root.join(format!("idlake-{}-{alerts}-{per_file}", kind.name()));
-    if !lake_dir.join("done").exists() {
-        let _ = std::fs::remove_dir_all(&lake_dir);
-        let t = Instant::now();
-        generate_id_lake(&lake_dir, &IdLake::new(kind, files, per_file)).expect("generate");
-        std::fs::write(lake_dir.join("done"), b"").unwrap();
-        eprintln!(
-            "generated {files} files ({alerts} alerts) in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-    }
+    let root = data_root();
+    let lake_dir = id_lake(&root, kind, files, per_file);
     let paths = astroflight_gen::lake_files(&lake_dir);
     let work = root.join(format!("segments-{}-{alerts}", kind.name()));
     let _ = std::fs::remove_dir_all(&work);
@@ -117,7 +78,7 @@ fn main() {
     let seg_path = work.join("g1.seg");
 
     // Build: read every id column, write one segment.
-    let hwm_before = vm_hwm_mb();
+    let hwm_before = status_mb("VmHWM:");
     let t = Instant::now();
     let mut b = SegmentBuilder::new(&seg_path, &work.join("scratch"), sort_mb << 20).unwrap();
     let mut ordinal = 0u64;
@@ -145,7 +106,7 @@ fn main() {
     let (bytes, n) = b.finish(b"").unwrap();
     let build_s = t.elapsed().as_secs_f64();
     assert_eq!(n, alerts);
-    let hwm = vm_hwm_mb();
+    let hwm = status_mb("VmHWM:");
 
     let t = Instant::now();
     let seg = Segment::open(&seg_path).unwrap();
