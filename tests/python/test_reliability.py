@@ -39,18 +39,31 @@ def dump(binary, config):
     return r.stdout.splitlines()
 
 
+def clean_build(binary, tmp_path, datasets):
+    """A one-go `astroflight index` of the datasets into a fresh index: its dump, and how long it took."""
+    config = tmp_path / "clean.toml"
+    write_config(config, tmp_path / "clean", datasets)
+    started = time.time()
+    subprocess.run([binary, "index", "--config", str(config)], check=True, capture_output=True, env=env_without_aws())
+    secs = time.time() - started
+    return dump(binary, config), secs
+
+
+def rerun_equals_clean(binary, config, want):
+    """One more `astroflight index` run, left to finish: its index's dump must equal the clean build's."""
+    r = subprocess.run([binary, "index", "--config", str(config)], capture_output=True, text=True,
+                       env=env_without_aws())
+    assert r.returncode == 0, r.stderr
+    got = dump(binary, config)
+    assert got == want, f"{len(set(got) ^ set(want))} lines differ from a clean build"
+
+
 def test_index_killed_at_random_points_then_rerun_equals_a_clean_build(binary, tmp_path, capsys):
     # Many small alerts (tiny stamps): the build takes long enough to be killed at many points.
     gen(binary, tmp_path / "ztf", "ztf", 3, 4, 2500, "--stamp-side", "4")
     gen(binary, tmp_path / "lsst", "lsst", 2, 3, 1500, "--stamp-side", "4")
     datasets = [("ztf", "ztf", tmp_path / "ztf"), ("lsst", "lsst", tmp_path / "lsst")]
-    clean = tmp_path / "clean"
-    write_config(clean.with_suffix(".toml"), clean, datasets)
-    started = time.time()
-    subprocess.run([binary, "index", "--config", str(clean.with_suffix(".toml"))], check=True, capture_output=True,
-                   env=env_without_aws())
-    build_secs = time.time() - started
-    want = dump(binary, clean.with_suffix(".toml"))
+    want, build_secs = clean_build(binary, tmp_path, datasets)
     assert len(want) > 3000
 
     crashed = tmp_path / "crashed"
@@ -68,11 +81,7 @@ def test_index_killed_at_random_points_then_rerun_equals_a_clean_build(binary, t
         p.send_signal(signal.SIGKILL)
         p.wait()
     assert killed_mid_build >= KILLS // 2, (killed_mid_build, build_secs)
-    r = subprocess.run([binary, "index", "--config", str(config)], capture_output=True, text=True,
-                       env=env_without_aws())
-    assert r.returncode == 0, r.stderr
-    got = dump(binary, config)
-    assert got == want, f"{len(set(got) ^ set(want))} lines differ from a clean build"
+    rerun_equals_clean(binary, config, want)
     with capsys.disabled():
         print(f"\n[reliability] {killed_mid_build} of {KILLS} SIGKILLs landed mid-build (a build takes {build_secs:.1f} s); "
               f"the rerun's index equals a clean build ({len(want)} entries)")
@@ -97,13 +106,7 @@ def test_index_killed_during_nightly_builds_and_merges_then_rerun_equals_a_clean
     assert len(files) == 12
     view = tmp_path / "ztf"
     datasets = [("ztf", "ztf", view)]
-    clean = tmp_path / "clean"
-    write_config(clean.with_suffix(".toml"), clean, [("ztf", "ztf", tmp_path / "full")])
-    started = time.time()
-    subprocess.run([binary, "index", "--config", str(clean.with_suffix(".toml"))], check=True, capture_output=True,
-                   env=env_without_aws())
-    run_secs = time.time() - started
-    want = dump(binary, clean.with_suffix(".toml"))
+    want, run_secs = clean_build(binary, tmp_path, [("ztf", "ztf", tmp_path / "full")])
 
     config = tmp_path / "crashed.toml"
     write_config(config, tmp_path / "crashed", datasets)
@@ -133,11 +136,7 @@ def test_index_killed_during_nightly_builds_and_merges_then_rerun_equals_a_clean
         index_run(kill=True)
         if rng.random() < 0.5:
             index_run(kill=False)
-    r = subprocess.run([binary, "index", "--config", str(config)], capture_output=True, text=True,
-                       env=env_without_aws())
-    assert r.returncode == 0, r.stderr
-    got = dump(binary, config)
-    assert got == want, f"{len(set(got) ^ set(want))} lines differ from a clean build"
+    rerun_equals_clean(binary, config, want)
     with capsys.disabled():
         print(f"\n[reliability] nightly builds: {killed} of {len(files)} runs killed (a run takes ~{run_secs:.1f} s), "
               f"{merges} segments merged by the runs that finished; the rerun's index equals a clean build "
