@@ -170,7 +170,7 @@ impl SegmentBuilder {
             alerts,
             ..
         } = self;
-        writer.table(GROUP, 3)?;
+        writer.table_with(GROUP, 3, true)?;
         group.finish(|r| writer.push(&r[..3]))?;
         writer.table(ID, 2)?;
         id.finish(|r| writer.push(&r[..2]))?;
@@ -185,7 +185,7 @@ pub fn merge(segments: &[Segment], live: &dyn Fn(u64) -> bool, path: &Path, meta
     let mut w = SegmentWriter::create(path)?;
     let mut alerts = 0u64;
     for (name, arity, ordinal_at) in TABLES {
-        w.table(name, arity)?;
+        w.table_with(name, arity, name == GROUP)?;
         let mut iters: Vec<Box<dyn Iterator<Item = Result<Row>> + '_>> = Vec::new();
         for s in segments {
             iters.push(Box::new(table(s, name)?.iter().releasing()));
@@ -271,18 +271,31 @@ impl SegmentSet {
     }
 
     /// The latest alert of an object: the greatest time, then id, then ordinal, of its live
-    /// dated alerts; None when it has none. Reads each segment's end of the object's run only.
+    /// dated alerts; None when it has none. Reads each segment's end of the object's run only,
+    /// and only the segments that can hold a later alert: they are visited newest last day
+    /// first (the `group` table's largest day), and the search stops at a segment whose days
+    /// all come before the best alert's day. Segments whose filter rules the object out are
+    /// not read at all.
     pub fn latest(&self, group: u64, live: &dyn Fn(u64) -> bool) -> Result<Option<IdHit>> {
-        let mut best: Option<IdHit> = None;
+        let mut tables = Vec::with_capacity(self.segments.len());
         for s in &self.segments {
+            let t = table(s, GROUP)?;
+            if t.may_hold(&[group]) {
+                tables.push((s, t));
+            }
+        }
+        // Newest days first; the sort is stable, so equal days keep the generation's order.
+        tables.sort_by_key(|(_, t)| std::cmp::Reverse(t.max(1)));
+        let mut best: Option<IdHit> = None;
+        let (mut candidates, mut found) = (Vec::new(), Vec::new());
+        for (s, t) in tables {
+            if best.is_some_and(|b| t.max(1) < day_key(b.time.unwrap_or(f64::NAN))) {
+                break;
+            }
             // The live entries of the object's last day in this segment; their exact times (and
             // ids, for ties) are in `rows`.
             let mut top: Option<u64> = None;
-            let mut candidates = Vec::new();
-            let t = table(s, GROUP)?;
-            if !t.may_hold(&[group]) {
-                continue;
-            }
+            candidates.clear();
             t.scan_prefix_rev(&[group], |r| {
                 if r[1] == 0 || top.is_some_and(|t| r[1] < t) {
                     return false;
@@ -293,8 +306,16 @@ impl SegmentSet {
                 }
                 true
             })?;
-            for o in candidates {
-                let h = self.row(s, o)?;
+            // Usually one; several in one block are decoded once.
+            candidates.sort_unstable();
+            table(s, ROWS)?.get_sorted(&candidates, &mut found)?;
+            if found.len() != candidates.len() {
+                return Err(IndexError::Corrupt(format!(
+                    "segment {}: an entry of the object's last day has no row",
+                    s.path().display()
+                )));
+            }
+            for h in found.iter().map(IdHit::of_row) {
                 let key = |h: &IdHit| (h.time_key(), h.id, h.ordinal);
                 if best.is_none_or(|b| key(&h) > key(&b)) {
                     best = Some(h);
@@ -369,12 +390,15 @@ mod tests {
     use crate::TestRng as Rng;
 
     /// A random lake: files of alerts with few groups and ids (so copies and ties happen),
-    /// some times missing or equal, some files dropped.
+    /// some times missing or equal, some files dropped. Each file is mostly one night, the
+    /// nights in no particular order, so that segments cover different days (and a latest
+    /// lookup stops early, or must not) and some share their last day.
     fn lake(rng: &mut Rng) -> (Vec<Vec<AlertIds>>, BTreeSet<usize>) {
         let mut files = Vec::new();
         let mut ordinal = rng.below(1000);
         for _ in 0..1 + rng.below(12) {
             let n = rng.below(400);
+            let night = 2_458_849.5 + rng.below(6) as f64;
             let rows: Vec<AlertIds> = (0..n)
                 .map(|i| AlertIds {
                     ordinal: ordinal + i,
@@ -383,7 +407,8 @@ mod tests {
                     time: match rng.below(6) {
                         0 => f64::NAN,
                         1 => -(rng.below(5) as f64),
-                        _ => 2_458_849.5 + rng.below(20) as f64 * 0.25,
+                        2 => 2_458_849.5 + rng.below(20) as f64 * 0.25,
+                        _ => night + rng.below(8) as f64 * 0.125,
                     },
                 })
                 .collect();

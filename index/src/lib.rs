@@ -36,14 +36,15 @@
 //!
 //! | lookup | reads |
 //! |--------|-------|
-//! | latest alert of an object | the end of the object's run (its last day) in each segment's `group` table, then those entries' `rows` (exact times) |
+//! | latest alert of an object | the end of the object's run (its last day) in the `group` table of each segment that may hold it, newest days first, stopping at a segment whose days all precede the best found; then those entries' `rows` (exact times) |
 //! | all alerts of an object | the object's run in `group`, then `rows`, each block once |
 //! | alert by candid / diaSourceId | the id's run in `id`, then one `rows` entry |
 //! | Rubin diaObjectId | as an object, the group being the diaObjectId |
 //!
 //! Each table's block index is searched first in memory (every 128th block's first row, kept
 //! when the segment is opened), then in at most two pages of the file; a segment whose key range
-//! cannot hold the key is skipped.
+//! cannot hold the key is skipped, and so is one whose `group` filter (a blocked Bloom filter
+//! over its objects, 10 bits each, held in memory: [`filter`]) rules the object out.
 //!
 //! The same alert may sit in several files (Fink's raw and science lakes both hold it): lookups
 //! keep the copy with the highest ordinal (the file indexed last); [`DatasetIndex::locations`]
@@ -57,6 +58,7 @@
 
 mod build;
 pub mod catalog;
+pub mod filter;
 pub mod headers;
 pub mod idmap;
 mod keys;
@@ -205,10 +207,11 @@ pub struct LsstHit {
 
 /// The layout version of a dataset's index; another value (or none, on non-empty trees) means
 /// the index was written by another version and is rebuilt from the lake, once.
-const FORMAT: &[u8] = b"4";
+const FORMAT: &[u8] = b"5";
 
 /// The trees of the layouts before this one (format 2 kept every id in sled; format 3's
-/// `group` tables held exact times), dropped when such an index is found.
+/// `group` tables held exact times; format 4's segments, version 1, had no statistics or
+/// filters), dropped when such an index is found.
 const OLD_TREES: [&str; 5] = ["obj", "candid", "dia", "diaobj", "byfile"];
 
 /// The index's default in-memory cache.

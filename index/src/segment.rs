@@ -6,14 +6,19 @@
 //! for which tables and columns); this module knows nothing of ids.
 //!
 //! ```text
-//! segment := "AFSEG\0v1" block* (table index)* meta directory trailer
+//! segment := "AFSEG\0v1" block* (table index)* (table filter)* meta directory trailer
 //! block   := column{arity} crc32(columns)              (at most BLOCK_ROWS rows)
 //! column  := width:u8 exceptions:u8 bits[(rows-1)*width] (index:u8 varint(high bits)){exceptions}
-//! table index := per block, fixed width: first row (arity x u64) offset:u64 length:u32 rows:u32
-//! directory   := tables:u16 per table (name_len:u16 name arity:u8 rows:u64 blocks:u64 index_at:u64)
-//! trailer     := index_at:u64 meta_at:u64 meta_len:u32 dir_at:u64 dir_len:u32
-//!                crc32(index..directory):u32 version:u32 "AFSEGEND"                 (48 bytes)
+//! table index  := per block, fixed width: first row (arity x u64) offset:u64 length:u32 rows:u32
+//! table filter := 64-byte blocks of a Bloom filter over the table's distinct column-0 values
+//! directory    := tables:u16 per table (name_len:u16 name arity:u8 rows:u64 blocks:u64
+//!                 index_at:u64 min:(arity x u64) max:(arity x u64) filter_at:u64 filter_blocks:u32)
+//! trailer      := index_at:u64 meta_at:u64 meta_len:u32 dir_at:u64 dir_len:u32
+//!                 crc32(index..directory):u32 version:u32 "AFSEGEND"                (48 bytes)
 //! ```
+//!
+//! (The 8-byte magic at the head is the same in every version; the trailer's `version` says
+//! which one a file is.)
 //!
 //! Integers are little-endian. A block's first row is stored whole in the table index (a lookup
 //! binary-searches the index in place, without loading it), so a block encodes only its other
@@ -27,9 +32,20 @@
 //! "PFOR"): the width that makes the column smallest, with the few values that do not fit stored
 //! as exceptions (their row and their high bits). A column of equal values costs 2 bytes.
 //!
+//! **Statistics and filters.** The directory holds each column's smallest and largest value in
+//! the table (as parquet's column statistics do), so a reader can order or skip segments without
+//! reading them: the id index searches for an object's latest alert in the segment with the
+//! latest days first, and stops at a segment whose last day is before the best alert found. A
+//! table written with a filter (see [`crate::filter`]: a blocked Bloom filter, 10 bits per
+//! distinct key) answers "may this segment hold the key" in one cache line; the filter is read
+//! into memory at open. A writer keeps the hashes of the distinct keys until the table ends (8
+//! bytes each); a table with more than [`FILTER_MAX_KEYS`] distinct keys is written without a
+//! filter (its lookups search its index, as a table without one), which bounds the writer's
+//! memory however large a merge is. `filter_blocks` is 0 for a table without a filter.
+//!
 //! **Checksums.** Every block ends with the CRC-32 of its bytes, checked each time the block is
 //! decoded: a damaged block is an error naming the segment's path, never wrong rows. The table
-//! indexes, the metadata and the directory are covered by the trailer's CRC, checked when the
+//! indexes, the filters, the metadata and the directory are covered by the trailer's CRC, checked when the
 //! segment is opened. [`Segment::verify`] checks every block (after a build, a merge, or a copy).
 //!
 //! **Versions.** The trailer holds the format version ([`VERSION`]); a reader refuses any other.
@@ -40,6 +56,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::filter::{self, KeyFilter};
 use crate::{IndexError, Result};
 
 /// The most columns a table may have.
@@ -47,7 +64,10 @@ pub const MAX_ARITY: usize = 4;
 /// The most rows a block holds.
 pub const BLOCK_ROWS: usize = 128;
 /// The format version written in the trailer; readers refuse any other.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// A table with more distinct first-column values than this is written without a filter: the
+/// writer holds 8 bytes per distinct key until the table ends (128 MiB at this bound).
+pub const FILTER_MAX_KEYS: usize = 1 << 24;
 
 const HEAD: &[u8; 8] = b"AFSEG\0v1";
 const TAIL: &[u8; 8] = b"AFSEGEND";
@@ -169,26 +189,46 @@ fn encode_column(values: &[u64], out: &mut Vec<u8>) {
     out[at] = exceptions;
 }
 
+/// Unpack `out.len()` (at most BLOCK_ROWS) values of `w` bits each from `bits`, little-endian:
+/// one unaligned 8-byte load per value (16 for widths over 56), from a copy padded so that no
+/// load runs past it. This is most of a block's decoding, and so of a warm lookup.
+fn unpack(bits: &[u8], w: usize, out: &mut [u64]) {
+    const PAD: usize = 16;
+    let mut buf = [0u8; BLOCK_ROWS * 8 + PAD];
+    debug_assert!(out.len() <= BLOCK_ROWS && bits.len() <= BLOCK_ROWS * 8);
+    buf[..bits.len()].copy_from_slice(bits);
+    match w {
+        0 => out.fill(0),
+        1..=56 => {
+            let mask = (1u64 << w) - 1;
+            for (i, v) in out.iter_mut().enumerate() {
+                let bit = i * w;
+                let at = bit / 8;
+                let word = u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+                *v = (word >> (bit % 8)) & mask;
+            }
+        }
+        _ => {
+            let mask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+            for (i, v) in out.iter_mut().enumerate() {
+                let bit = i * w;
+                let at = bit / 8;
+                let word = u128::from_le_bytes(buf[at..at + 16].try_into().expect("16 bytes"));
+                *v = ((word >> (bit % 8)) as u64) & mask;
+            }
+        }
+    }
+}
+
 /// Decode one PFOR column of `n` values from `b`, returning the bytes it took.
 fn decode_column(b: &[u8], n: usize, out: &mut [u64]) -> Option<usize> {
     let (&w, &exceptions) = (b.first()?, b.get(1)?);
-    if w > 64 {
+    if w > 64 || n > BLOCK_ROWS {
         return None;
     }
     let packed = (n * w as usize).div_ceil(8);
     let bits = b.get(2..2 + packed)?;
-    let mask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
-    let (mut acc, mut filled, mut next) = (0u128, 0u32, 0usize);
-    for v in out.iter_mut().take(n) {
-        while filled < w as u32 {
-            acc |= (bits[next] as u128) << filled;
-            next += 1;
-            filled += 8;
-        }
-        *v = (acc as u64) & mask;
-        acc = if w == 64 { acc >> 64 } else { acc >> w };
-        filled -= w as u32;
-    }
+    unpack(bits, w as usize, &mut out[..n]);
     let mut at = 2 + packed;
     for _ in 0..exceptions {
         let i = *b.get(at)? as usize;
@@ -231,11 +271,40 @@ struct TableMeta {
     top: Vec<Row>,
     /// Filled at open: the table's last row (None when it is empty).
     last: Option<Row>,
+    /// Each column's smallest and largest value (0s for an empty table).
+    min: Row,
+    max: Row,
+    filter_at: u64,
+    filter_blocks: u32,
+    /// Filled at open: the filter, when the table has one.
+    filter: Option<KeyFilter>,
 }
 
 impl TableMeta {
+    fn new(name: &str, arity: usize) -> Self {
+        TableMeta {
+            name: name.to_string(),
+            arity,
+            rows: 0,
+            blocks: 0,
+            index_at: 0,
+            top: Vec::new(),
+            last: None,
+            min: [u64::MAX; MAX_ARITY],
+            max: [0; MAX_ARITY],
+            filter_at: 0,
+            filter_blocks: 0,
+            filter: None,
+        }
+    }
+
     fn record_len(&self) -> usize {
         self.arity * 8 + 16
+    }
+
+    /// The fixed part of its directory entry, after the name.
+    fn entry_len(arity: usize) -> usize {
+        1 + 8 + 8 + 8 + 16 * arity + 8 + 4
     }
 }
 
@@ -247,6 +316,13 @@ pub struct SegmentWriter {
     tables: Vec<TableMeta>,
     /// Per table: its block index, written after the blocks.
     indexes: Vec<Vec<u8>>,
+    /// Per table: its filter's bytes (empty for none), written after the indexes.
+    filters: Vec<Vec<u8>>,
+    /// The current table's distinct first-column hashes, while it is filtered and under
+    /// FILTER_MAX_KEYS.
+    keys: Option<Vec<u64>>,
+    /// FILTER_MAX_KEYS, lowered by tests.
+    filter_max_keys: usize,
     current: Option<(usize, Vec<Row>)>,
     /// The last row pushed to the current table (the order check).
     last: Option<Row>,
@@ -281,6 +357,9 @@ impl SegmentWriter {
             at: HEAD.len() as u64,
             tables: Vec::new(),
             indexes: Vec::new(),
+            filters: Vec::new(),
+            keys: None,
+            filter_max_keys: FILTER_MAX_KEYS,
             current: None,
             last: None,
             scratch: Vec::new(),
@@ -289,22 +368,20 @@ impl SegmentWriter {
         })
     }
 
-    /// Start a table; the previous one, if any, ends.
+    /// Start a table without a filter; the previous one, if any, ends.
     pub fn table(&mut self, name: &str, arity: usize) -> Result<()> {
+        self.table_with(name, arity, false)
+    }
+
+    /// Start a table, with a filter over its first column's values when `filtered`.
+    pub fn table_with(&mut self, name: &str, arity: usize, filtered: bool) -> Result<()> {
         if !(1..=MAX_ARITY).contains(&arity) || name.len() > u16::MAX as usize {
             return Err(corrupt(&self.path, format!("table {name:?} of arity {arity}")));
         }
         self.end_table()?;
-        self.tables.push(TableMeta {
-            name: name.to_string(),
-            arity,
-            rows: 0,
-            blocks: 0,
-            index_at: 0,
-            top: Vec::new(),
-            last: None,
-        });
+        self.tables.push(TableMeta::new(name, arity));
         self.indexes.push(Vec::new());
+        self.keys = filtered.then(Vec::new);
         self.last = None;
         self.current = Some((self.tables.len() - 1, Vec::with_capacity(BLOCK_ROWS)));
         Ok(())
@@ -327,9 +404,23 @@ impl SegmentWriter {
         if self.last.is_some_and(|last| last > r) {
             return Err(corrupt(&self.path, "rows written out of order"));
         }
+        if let Some(keys) = self.keys.as_mut() {
+            if self.last.is_none_or(|last| last[0] != r[0]) {
+                if keys.len() == self.filter_max_keys {
+                    self.keys = None;
+                } else {
+                    keys.push(filter::hash(r[0]));
+                }
+            }
+        }
         self.last = Some(r);
         rows.push(r);
-        self.tables[*t].rows += 1;
+        let meta = &mut self.tables[*t];
+        meta.rows += 1;
+        for ((lo, hi), v) in meta.min.iter_mut().zip(meta.max.iter_mut()).zip(&r[..arity]) {
+            *lo = (*lo).min(*v);
+            *hi = (*hi).max(*v);
+        }
         if rows.len() == BLOCK_ROWS {
             self.flush_block()?;
         }
@@ -367,7 +458,10 @@ impl SegmentWriter {
 
     fn end_table(&mut self) -> Result<()> {
         self.flush_block()?;
-        self.current = None;
+        if self.current.take().is_some() {
+            let keys = self.keys.take().filter(|k| !k.is_empty());
+            self.filters.push(keys.map(|k| filter::build(&k)).unwrap_or_default());
+        }
         Ok(())
     }
 
@@ -381,6 +475,11 @@ impl SegmentWriter {
             t.index_at = index_start + tail.len() as u64;
             tail.extend_from_slice(index);
         }
+        for (t, f) in self.tables.iter_mut().zip(&self.filters) {
+            t.filter_at = index_start + tail.len() as u64;
+            t.filter_blocks = (f.len() / filter::BLOCK_BYTES) as u32;
+            tail.extend_from_slice(f);
+        }
         let meta_at = index_start + tail.len() as u64;
         tail.extend_from_slice(meta);
         let dir_at = index_start + tail.len() as u64;
@@ -393,6 +492,12 @@ impl SegmentWriter {
             tail.extend_from_slice(&t.rows.to_le_bytes());
             tail.extend_from_slice(&t.blocks.to_le_bytes());
             tail.extend_from_slice(&t.index_at.to_le_bytes());
+            let empty = t.rows == 0;
+            for v in t.min[..t.arity].iter().chain(&t.max[..t.arity]) {
+                tail.extend_from_slice(&if empty { 0 } else { *v }.to_le_bytes());
+            }
+            tail.extend_from_slice(&t.filter_at.to_le_bytes());
+            tail.extend_from_slice(&t.filter_blocks.to_le_bytes());
         }
         let dir_len = tail.len() - dir_start;
         let crc = crc32fast::hash(&tail);
@@ -499,20 +604,22 @@ impl Segment {
             let name = dir.get(at..at + name_len).ok_or_else(|| bad("directory"))?;
             let name = String::from_utf8(name.to_vec()).map_err(|_| bad("table name"))?;
             at += name_len;
-            let fixed = dir.get(at..at + 25).ok_or_else(|| bad("directory"))?;
-            at += 25;
-            let t = TableMeta {
-                name,
-                arity: fixed[0] as usize,
-                rows: u64_le(fixed, 1),
-                blocks: u64_le(fixed, 9),
-                index_at: u64_le(fixed, 17),
-                top: Vec::new(),
-                last: None,
-            };
-            if !(1..=MAX_ARITY).contains(&t.arity) {
+            let arity = *dir.get(at).ok_or_else(|| bad("directory"))? as usize;
+            if !(1..=MAX_ARITY).contains(&arity) {
                 return Err(bad("table arity"));
             }
+            let fixed = dir
+                .get(at..at + TableMeta::entry_len(arity))
+                .ok_or_else(|| bad("directory"))?;
+            at += TableMeta::entry_len(arity);
+            let mut t = TableMeta::new(&name, arity);
+            t.rows = u64_le(fixed, 1);
+            t.blocks = u64_le(fixed, 9);
+            t.index_at = u64_le(fixed, 17);
+            t.min = read_row(&fixed[25..], arity);
+            t.max = read_row(&fixed[25 + 8 * arity..], arity);
+            t.filter_at = u64_le(fixed, 25 + 16 * arity);
+            t.filter_blocks = u32_le(fixed, 33 + 16 * arity);
             tables.push(t);
         }
         for t in &tables {
@@ -523,6 +630,14 @@ impl Segment {
             {
                 return Err(bad("table index out of place"));
             }
+        }
+        for t in tables.iter_mut().filter(|t| t.filter_blocks > 0) {
+            let (at, len) = (t.filter_at as usize, t.filter_blocks as usize * filter::BLOCK_BYTES);
+            let bytes = (at >= index_start)
+                .then(|| at.checked_add(len).filter(|&e| e <= meta_at).map(|e| &map[at..e]))
+                .flatten()
+                .ok_or_else(|| bad("table filter out of place"))?;
+            t.filter = Some(KeyFilter::from_bytes(bytes).ok_or_else(|| bad("table filter"))?);
         }
         let mut inner = Inner {
             path: path.to_path_buf(),
@@ -602,16 +717,30 @@ impl Segment {
             let mut last: Option<Row> = None;
             let mut rows = 0u64;
             let mut buf = Vec::new();
+            let (mut min, mut max) = ([u64::MAX; MAX_ARITY], [0; MAX_ARITY]);
+            let bad = |what: &str| corrupt(&self.inner.path, format!("table {} {what}", meta.name));
             for b in 0..meta.blocks as usize {
                 t.block(b, &mut buf)?;
                 if last.is_some_and(|l| l > buf[0]) || buf.windows(2).any(|w| w[0] > w[1]) {
-                    return Err(corrupt(
-                        &self.inner.path,
-                        format!("table {} is out of order", meta.name),
-                    ));
+                    return Err(bad("is out of order"));
+                }
+                for r in &buf {
+                    for c in 0..meta.arity {
+                        min[c] = min[c].min(r[c]);
+                        max[c] = max[c].max(r[c]);
+                    }
+                }
+                if let Some(f) = &meta.filter {
+                    if buf.iter().any(|r| !f.may_contain(r[0])) {
+                        return Err(bad("has a filter that misses one of its keys"));
+                    }
                 }
                 last = buf.last().copied();
                 rows += buf.len() as u64;
+            }
+            if rows > 0 && (min[..meta.arity] != meta.min[..meta.arity] || max[..meta.arity] != meta.max[..meta.arity])
+            {
+                return Err(bad("has statistics that do not match its rows"));
             }
             if rows != meta.rows {
                 return Err(corrupt(
@@ -687,19 +816,36 @@ impl<'a> Table<'a> {
         // same[i]: row i's columns so far equal row i-1's (its next column is then a plain
         // difference, as `sorted_column` decided when encoding).
         let mut same = [true; BLOCK_ROWS];
+        // How many of rows 1..n have `same` set: when all or none do (column 0; a table whose
+        // first column is unique, as `rows` is), the column is a plain running sum.
+        let mut same_rows = n - 1;
         for c in 0..arity {
             let used = decode_column(&body[pos..], n - 1, &mut values).ok_or_else(|| bad(format!("column {c}")))?;
             pos += used;
             let mut prev = out[0][c];
-            for ((row, same), &d) in out[1..n].iter_mut().zip(&mut same[1..n]).zip(&values[..n - 1]) {
-                let v = if *same {
-                    prev.wrapping_add(d)
-                } else {
-                    prev.wrapping_add(unzigzag(d) as u64)
-                };
-                *same &= d == 0;
-                row[c] = v;
-                prev = v;
+            let rows = out[1..n].iter_mut().zip(&values[..n - 1]);
+            if same_rows == 0 {
+                for (row, &d) in rows {
+                    prev = prev.wrapping_add(unzigzag(d) as u64);
+                    row[c] = prev;
+                }
+            } else if same_rows == n - 1 {
+                for (row, &d) in rows {
+                    prev = prev.wrapping_add(d);
+                    row[c] = prev;
+                }
+            } else {
+                for ((row, &d), same) in rows.zip(&same[1..n]) {
+                    prev = prev.wrapping_add(if *same { d } else { unzigzag(d) as u64 });
+                    row[c] = prev;
+                }
+            }
+            if same_rows > 0 {
+                same_rows = 0;
+                for (s, &d) in same[1..n].iter_mut().zip(&values[..n - 1]) {
+                    *s &= d == 0;
+                    same_rows += *s as usize;
+                }
             }
         }
         if pos != body.len() {
@@ -736,13 +882,34 @@ impl<'a> Table<'a> {
         self.blocks_before(key, |o| o.is_lt()).saturating_sub(1)
     }
 
-    /// False when no row of the table can start with `prefix` (it is outside the table's first
-    /// and last rows): a lookup skips the table without reading it.
+    /// False when no row of the table can start with `prefix`: it is outside the table's first
+    /// and last rows, or the table's filter rules its first column out. A lookup then skips the
+    /// table without reading it.
     pub fn may_hold(&self, prefix: &[u64]) -> bool {
-        match (self.meta.top.first(), &self.meta.last) {
+        let in_range = match (self.meta.top.first(), &self.meta.last) {
             (Some(first), Some(last)) => cmp_prefix(first, prefix).is_le() && cmp_prefix(last, prefix).is_ge(),
             _ => false,
-        }
+        };
+        in_range
+            && match (&self.meta.filter, prefix.first()) {
+                (Some(f), Some(&k)) => f.may_contain(k),
+                _ => true,
+            }
+    }
+
+    /// Column `c`'s smallest value in the table (0 when it is empty).
+    pub fn min(&self, c: usize) -> u64 {
+        self.meta.min[c]
+    }
+
+    /// Column `c`'s largest value in the table (0 when it is empty).
+    pub fn max(&self, c: usize) -> u64 {
+        self.meta.max[c]
+    }
+
+    /// Whether the table has a filter over its first column.
+    pub fn filtered(&self) -> bool {
+        self.meta.filter.is_some()
     }
 
     /// Every row whose first columns equal `prefix`, in order.
@@ -893,8 +1060,9 @@ mod tests {
     fn write(dir: &Path, tables: &[(&str, usize, Vec<Row>)]) -> Segment {
         let path = dir.join("s.seg");
         let mut w = SegmentWriter::create(&path).unwrap();
-        for (name, arity, rows) in tables {
-            w.table(name, *arity).unwrap();
+        for (i, (name, arity, rows)) in tables.iter().enumerate() {
+            // Every other table with a filter: lookups must agree either way.
+            w.table_with(name, *arity, i % 2 == 1).unwrap();
             for r in rows {
                 w.push(&r[..*arity]).unwrap();
             }
@@ -1053,9 +1221,86 @@ mod tests {
         assert!(Segment::open(&path).err().unwrap().to_string().contains("cut short"));
         let mut other = good.clone();
         let v = other.len() - 12;
-        other[v..v + 4].copy_from_slice(&2u32.to_le_bytes());
+        other[v..v + 4].copy_from_slice(&1u32.to_le_bytes());
         std::fs::write(&path, &other).unwrap();
-        assert!(Segment::open(&path).err().unwrap().to_string().contains("version 2"));
+        assert!(Segment::open(&path).err().unwrap().to_string().contains("version 1"));
+    }
+
+    #[test]
+    fn statistics_and_filters_round_trip_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Rng(11);
+        let rows = random_rows(&mut rng, 3000, 3);
+        let path = dir.path().join("s.seg");
+        {
+            let mut w = SegmentWriter::create(&path).unwrap();
+            w.table_with("f", 3, true).unwrap();
+            for r in &rows {
+                w.push(&r[..3]).unwrap();
+            }
+            w.table("u", 3).unwrap();
+            for r in &rows {
+                w.push(&r[..3]).unwrap();
+            }
+            w.finish(b"").unwrap();
+        }
+        let s = Segment::open(&path).unwrap();
+        s.verify().unwrap();
+        let (f, u) = (s.table("f").unwrap(), s.table("u").unwrap());
+        assert!(f.filtered() && !u.filtered());
+        for c in 0..3 {
+            let want = (
+                rows.iter().map(|r| r[c]).min().unwrap(),
+                rows.iter().map(|r| r[c]).max().unwrap(),
+            );
+            assert_eq!((f.min(c), f.max(c)), want, "column {c}");
+            assert_eq!((u.min(c), u.max(c)), want, "column {c}");
+        }
+        // No false negatives; absent keys are mostly ruled out by the filter (the tables' key
+        // ranges span nearly all of u64, so the range check alone would let them through).
+        assert!(rows.iter().all(|r| f.may_hold(&[r[0]]) && f.may_hold(&r[..2])));
+        let present: std::collections::HashSet<u64> = rows.iter().map(|r| r[0]).collect();
+        let absent: Vec<u64> = (0..20_000)
+            .map(|_| rng.next())
+            .filter(|k| !present.contains(k) && *k > rows[0][0] && *k < rows[rows.len() - 1][0])
+            .collect();
+        let passed = absent.iter().filter(|k| f.may_hold(&[**k])).count();
+        assert!(
+            passed * 50 < absent.len(),
+            "{passed} of {} absent keys passed",
+            absent.len()
+        );
+        assert!(absent.iter().all(|k| u.may_hold(&[*k])));
+        // A flipped bit in the filter: the trailer's checksum refuses the segment at open.
+        let good = std::fs::read(&path).unwrap();
+        let mut bad = good.clone();
+        let at = f.meta.filter_at as usize + 5;
+        bad[at] ^= 0x04;
+        std::fs::write(&path, &bad).unwrap();
+        let e = Segment::open(&path).err().unwrap().to_string();
+        assert!(e.contains("s.seg") && e.contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn a_table_past_the_filter_bound_is_written_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.seg");
+        let mut w = SegmentWriter::create(&path).unwrap();
+        w.table_with("t", 1, true).unwrap();
+        w.filter_max_keys = 100;
+        for k in 0..101u64 {
+            w.push(&[k]).unwrap();
+        }
+        w.table_with("small", 1, true).unwrap();
+        for k in 0..100u64 {
+            w.push(&[k]).unwrap();
+        }
+        w.finish(b"").unwrap();
+        let s = Segment::open(&path).unwrap();
+        s.verify().unwrap();
+        assert!(!s.table("t").unwrap().filtered());
+        assert!(s.table("small").unwrap().filtered());
+        assert!(s.table("t").unwrap().may_hold(&[100]));
     }
 
     #[test]
