@@ -990,7 +990,15 @@ impl ObjectStore for CountingStore {
                 return Ok(r);
             }
             let (meta, range, attributes) = (r.meta.clone(), r.range.clone(), r.attributes.clone());
-            let chunks = r.into_stream().map_ok(move |b| held(b, &mut reservation)).boxed();
+            // A local file is read in one blocking read of the whole range: its stream would
+            // be 8 KiB chunks, each a hop to the blocking pool (128 for one stamp page, which
+            // made a local cutout ~4 ms slower). Remote bodies stream as they arrive.
+            let chunks = if matches!(r.payload, GetResultPayload::File(..)) {
+                let body = held(r.bytes().await?, &mut reservation);
+                stream::once(async move { Ok(body) }).boxed()
+            } else {
+                r.into_stream().map_ok(move |b| held(b, &mut reservation)).boxed()
+            };
             Ok(GetResult {
                 payload: GetResultPayload::Stream(chunks),
                 meta,
