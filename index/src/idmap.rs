@@ -209,6 +209,21 @@ fn table<'a>(s: &'a Segment, name: &str) -> Result<crate::segment::Table<'a>> {
         .ok_or_else(|| IndexError::Corrupt(format!("segment {} has no table {name:?}", s.path().display())))
 }
 
+/// The `rows` entries of `ordinals` in segment `s` (sorted here, so that each block is decoded
+/// once), into `out`; an ordinal without one is a damaged segment.
+fn rows_of(s: &Segment, ordinals: &mut [u64], out: &mut Vec<Row>) -> Result<()> {
+    ordinals.sort_unstable();
+    table(s, ROWS)?.get_sorted(ordinals, out)?;
+    if out.len() != ordinals.len() {
+        return Err(IndexError::Corrupt(format!(
+            "segment {}: {} of the object's ordinals have no row",
+            s.path().display(),
+            ordinals.len() - out.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The segments of one generation, searched together.
 #[derive(Clone, Default)]
 pub struct SegmentSet {
@@ -250,17 +265,9 @@ impl SegmentSet {
                 continue;
             }
             t.scan_prefix(&[group], &mut rows)?;
-            // The object's ordinals, in order: each block of `rows` is decoded once.
+            // The object's live ordinals; `rows_of` decodes each block of `rows` once.
             let mut ordinals: Vec<u64> = rows.iter().map(|r| r[2]).filter(|o| live(*o)).collect();
-            ordinals.sort_unstable();
-            table(s, ROWS)?.get_sorted(&ordinals, &mut found)?;
-            if found.len() != ordinals.len() {
-                return Err(IndexError::Corrupt(format!(
-                    "segment {}: {} of the object's ordinals have no row",
-                    s.path().display(),
-                    ordinals.len() - found.len()
-                )));
-            }
+            rows_of(s, &mut ordinals, &mut found)?;
             hits.extend(found.iter().map(IdHit::of_row));
         }
         // One per id, the newest copy (highest ordinal).
@@ -307,14 +314,7 @@ impl SegmentSet {
                 true
             })?;
             // Usually one; several in one block are decoded once.
-            candidates.sort_unstable();
-            table(s, ROWS)?.get_sorted(&candidates, &mut found)?;
-            if found.len() != candidates.len() {
-                return Err(IndexError::Corrupt(format!(
-                    "segment {}: an entry of the object's last day has no row",
-                    s.path().display()
-                )));
-            }
+            rows_of(s, &mut candidates, &mut found)?;
             for h in found.iter().map(IdHit::of_row) {
                 let key = |h: &IdHit| (h.time_key(), h.id, h.ordinal);
                 if best.is_none_or(|b| key(&h) > key(&b)) {

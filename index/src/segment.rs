@@ -259,6 +259,14 @@ fn decode_column(b: &[u8], n: usize, out: &mut [u64]) -> Option<usize> {
 /// in the file. 128 blocks of 128 rows: ~2 KB of memory per million rows and table.
 const TOP_EVERY: usize = 128;
 
+/// Widen each column's smallest and largest value (`lo`, `hi`) to take in `row`.
+fn widen(lo: &mut Row, hi: &mut Row, row: &[u64]) {
+    for ((lo, hi), v) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
+        *lo = (*lo).min(*v);
+        *hi = (*hi).max(*v);
+    }
+}
+
 /// The description of one table, as the directory records it.
 #[derive(Debug, Clone)]
 struct TableMeta {
@@ -417,10 +425,7 @@ impl SegmentWriter {
         rows.push(r);
         let meta = &mut self.tables[*t];
         meta.rows += 1;
-        for ((lo, hi), v) in meta.min.iter_mut().zip(meta.max.iter_mut()).zip(&r[..arity]) {
-            *lo = (*lo).min(*v);
-            *hi = (*hi).max(*v);
-        }
+        widen(&mut meta.min, &mut meta.max, &r[..arity]);
         if rows.len() == BLOCK_ROWS {
             self.flush_block()?;
         }
@@ -622,22 +627,23 @@ impl Segment {
             t.filter_blocks = u32_le(fixed, 33 + 16 * arity);
             tables.push(t);
         }
-        for t in &tables {
+        // A table's index and filter lie between the end of the blocks and the metadata.
+        let in_tail = |at: u64, len: usize| {
+            let at = at as usize;
+            at.checked_add(len)
+                .filter(|&end| at >= index_start && end <= meta_at)
+                .map(|end| at..end)
+        };
+        for t in tables.iter_mut() {
             let len = (t.blocks as usize)
                 .checked_mul(t.record_len())
                 .ok_or_else(|| bad("table index size"))?;
-            if (t.index_at as usize) < index_start || (t.index_at as usize).checked_add(len).is_none_or(|e| e > meta_at)
-            {
-                return Err(bad("table index out of place"));
+            in_tail(t.index_at, len).ok_or_else(|| bad("table index out of place"))?;
+            if t.filter_blocks > 0 {
+                let at = in_tail(t.filter_at, t.filter_blocks as usize * filter::BLOCK_BYTES)
+                    .ok_or_else(|| bad("table filter out of place"))?;
+                t.filter = Some(KeyFilter::from_bytes(&map[at]).ok_or_else(|| bad("table filter"))?);
             }
-        }
-        for t in tables.iter_mut().filter(|t| t.filter_blocks > 0) {
-            let (at, len) = (t.filter_at as usize, t.filter_blocks as usize * filter::BLOCK_BYTES);
-            let bytes = (at >= index_start)
-                .then(|| at.checked_add(len).filter(|&e| e <= meta_at).map(|e| &map[at..e]))
-                .flatten()
-                .ok_or_else(|| bad("table filter out of place"))?;
-            t.filter = Some(KeyFilter::from_bytes(bytes).ok_or_else(|| bad("table filter"))?);
         }
         let mut inner = Inner {
             path: path.to_path_buf(),
@@ -725,10 +731,7 @@ impl Segment {
                     return Err(bad("is out of order"));
                 }
                 for r in &buf {
-                    for c in 0..meta.arity {
-                        min[c] = min[c].min(r[c]);
-                        max[c] = max[c].max(r[c]);
-                    }
+                    widen(&mut min, &mut max, &r[..meta.arity]);
                 }
                 if let Some(f) = &meta.filter {
                     if buf.iter().any(|r| !f.may_contain(r[0])) {
@@ -1073,6 +1076,15 @@ mod tests {
 
     use crate::TestRng as Rng;
 
+    /// Write `bytes` as the segment at `path` and open it: the error it must be refused with.
+    fn refused(path: &Path, bytes: &[u8]) -> String {
+        std::fs::write(path, bytes).unwrap();
+        match Segment::open(path) {
+            Ok(_) => panic!("a damaged segment was opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     fn random_rows(rng: &mut Rng, n: usize, arity: usize) -> Vec<Row> {
         let mut rows: Vec<Row> = (0..n)
             .map(|_| {
@@ -1213,17 +1225,14 @@ mod tests {
         let mut bad = good.clone();
         let n = bad.len();
         bad[n - TRAILER_LEN - 3] ^= 1;
-        std::fs::write(&path, &bad).unwrap();
-        let e = Segment::open(&path).err().unwrap().to_string();
+        let e = refused(&path, &bad);
         assert!(e.contains("checksum"), "{e}");
         // Cut short, or another version: refused at open.
-        std::fs::write(&path, &good[..good.len() - 5]).unwrap();
-        assert!(Segment::open(&path).err().unwrap().to_string().contains("cut short"));
+        assert!(refused(&path, &good[..good.len() - 5]).contains("cut short"));
         let mut other = good.clone();
         let v = other.len() - 12;
         other[v..v + 4].copy_from_slice(&1u32.to_le_bytes());
-        std::fs::write(&path, &other).unwrap();
-        assert!(Segment::open(&path).err().unwrap().to_string().contains("version 1"));
+        assert!(refused(&path, &other).contains("version 1"));
     }
 
     #[test]
@@ -1276,8 +1285,7 @@ mod tests {
         let mut bad = good.clone();
         let at = f.meta.filter_at as usize + 5;
         bad[at] ^= 0x04;
-        std::fs::write(&path, &bad).unwrap();
-        let e = Segment::open(&path).err().unwrap().to_string();
+        let e = refused(&path, &bad);
         assert!(e.contains("s.seg") && e.contains("checksum"), "{e}");
     }
 
