@@ -191,6 +191,29 @@ pub struct GrantConfig {
     pub datasets: Vec<String>,
 }
 
+/// The per-request limits of the configuration, in one place: what a ticket may resolve to
+/// (`max_ticket_alerts`, `max_ticket_bytes`, `limits.max_ticket_ids`), what one response stream
+/// may carry (`limits.max_response_bytes`, messages of at most `limits.max_message_bytes`), and
+/// what a Flight SQL result may hold (`sql.max_rows`, `sql.max_bytes`). 0 in a byte or row
+/// limit of a stream: none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most alerts a ticket may resolve to (checked on the plan, before anything is read).
+    pub max_ticket_alerts: usize,
+    /// Most bytes a ticket may be estimated to return.
+    pub max_ticket_bytes: u64,
+    /// Most ids one ticket may name.
+    pub max_ticket_ids: usize,
+    /// Most Flight data bytes one response stream may carry.
+    pub max_response_bytes: u64,
+    /// Largest gRPC message.
+    pub max_message_bytes: usize,
+    /// Most rows of a Flight SQL result stream.
+    pub sql_max_rows: u64,
+    /// Most bytes (Arrow memory) of a Flight SQL result stream.
+    pub sql_max_bytes: u64,
+}
+
 /// `[limits]`: what one caller, and all together, may hold at once.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -610,11 +633,23 @@ pub struct MemoryLimits {
     pub batch: u64,
     /// DataFusion's operators, all queries together (`sql.memory_bytes`, within the budget).
     pub sql_pool: u64,
-    /// The largest message sent (`limits.max_message_bytes`).
-    pub message: usize,
 }
 
 impl Config {
+    /// The limits every request is held to, resolved once (the lake holds them; the ticket
+    /// service, the ticket kinds and the Flight SQL service read them from there).
+    pub fn resolved_limits(&self) -> Limits {
+        Limits {
+            max_ticket_alerts: self.max_ticket_alerts,
+            max_ticket_bytes: self.max_ticket_bytes,
+            max_ticket_ids: self.limits.max_ticket_ids,
+            max_response_bytes: self.limits.max_response_bytes,
+            max_message_bytes: self.limits.max_message_bytes,
+            sql_max_rows: self.sql.max_rows,
+            sql_max_bytes: self.sql.max_bytes,
+        }
+    }
+
     /// The memory budget and the bounds under it, defaults resolved: the budget from the
     /// machine (or cgroup) when not set; a request's share an eighth of it (at least 64 MiB);
     /// a value at most a message; everything at most the budget.
@@ -634,7 +669,6 @@ impl Config {
             value: l.max_value_bytes.min(l.max_message_bytes as u64).min(request),
             batch: l.max_expression_batch_bytes.min(request),
             sql_pool: self.sql.memory_bytes.min(budget),
-            message: l.max_message_bytes,
         }
     }
 

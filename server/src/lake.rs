@@ -12,12 +12,11 @@ use tracing::{error, info, warn};
 use astroflight_index::headers::HeaderStore;
 use astroflight_index::{BuildStats, DatasetIndex, Index, IndexBuilder, OpenError, SurveyKind};
 
-use crate::config::{Config, ReindexAction};
+use crate::config::{Config, Limits, ReindexAction};
 use crate::error::{quoted, Error, Result};
-use crate::read::cpu::CpuPool;
-use crate::read::footer::FooterCache;
+use crate::runtime::cpu::CpuPool;
+use crate::runtime::footer::FooterCache;
 use crate::storage::{open_dataset, Backend, CountingStore, IoStats, RangeReads};
-use crate::tickets::Limits;
 
 pub struct Dataset {
     pub name: String,
@@ -106,6 +105,19 @@ impl std::fmt::Debug for Lake {
     }
 }
 
+impl Dataset {
+    /// A file's path in the dataset (as the catalog and tickets name it) from its path in a
+    /// [`crate::storage::MountedStore`] (Flight SQL's session), where every dataset's files sit
+    /// under a folder named after it.
+    pub fn relative_path(&self, location: &str) -> String {
+        location
+            .strip_prefix(self.name.as_str())
+            .and_then(|p| p.strip_prefix('/'))
+            .unwrap_or(location)
+            .to_string()
+    }
+}
+
 impl std::fmt::Debug for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Dataset({})", self.name)
@@ -129,12 +141,13 @@ pub struct Lake {
     pub memory: Arc<crate::memory::Budget>,
     /// The memory settings, resolved.
     pub memory_limits: crate::config::MemoryLimits,
+    /// The per-request limits, resolved from the configuration once.
     pub limits: Limits,
     /// Publish dataset roots (storage addresses) to clients.
     pub publish_roots: bool,
     pub reindex_action: ReindexAction,
     /// The query engine of alert batch conditions.
-    pub engine: crate::scan::Engine,
+    pub engine: crate::expr::Engine,
     /// Target output bytes per endpoint of an alert batch query.
     pub endpoint_bytes: u64,
     /// Locations put in endpoints (empty: none).
@@ -242,13 +255,10 @@ impl Lake {
             bulk: CpuPool::bulk(cores)?,
             memory: crate::memory::Budget::new(memory.budget, memory.request, true),
             memory_limits: memory,
-            limits: Limits {
-                max_alerts: config.max_ticket_alerts,
-                max_bytes: config.max_ticket_bytes,
-            },
+            limits: config.resolved_limits(),
             publish_roots: config.publish_roots,
             reindex_action: config.reindex_action,
-            engine: crate::scan::Engine::new(crate::scan::guard::ExprLimits {
+            engine: crate::expr::Engine::new(crate::expr::guard::ExprLimits {
                 max_value_bytes: memory.value,
                 max_batch_bytes: memory.batch,
             }),
@@ -357,7 +367,7 @@ impl Lake {
                 .with_classes(
                     ds.class_sql
                         .as_deref()
-                        .map(|c| crate::tickets::alerts::class_spec(self.engine.clone(), c)),
+                        .map(|c| crate::expr::class_spec(self.engine.clone(), c)),
                 )
                 .run()
                 .await

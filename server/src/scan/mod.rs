@@ -10,8 +10,6 @@
 //!    ─> [CPU runtime] stamps converted, `night`/`class` added, pruned to the plan's schema
 //! ```
 
-pub mod expr;
-pub mod guard;
 pub mod prune;
 
 use std::sync::{Arc, Mutex};
@@ -39,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::lake::{Dataset, Lake};
 use crate::storage::IoStats;
 
-pub use expr::Engine;
+pub use crate::expr::{self, Engine};
 
 /// The three stamp columns of an alert.
 pub const STAMPS: [&str; 3] = ["cutoutScience", "cutoutTemplate", "cutoutDifference"];

@@ -1,7 +1,7 @@
 //! Pruning with DataFusion's `PruningPredicate` on parquet statistics: row groups by their
 //! column chunk statistics, pages by the column index. Nested fields are pruned too: the
 //! condition is rewritten on the flat schema (`candidate.magpsf` as one column, see
-//! [`super::expr::flatten`]) and statistics are looked up by leaf path.
+//! [`crate::expr::flatten`]) and statistics are looked up by leaf path.
 //!
 //! Page pruning follows DataFusion's parquet source: each conjunct naming a single column is
 //! tested page by page on that column's pages, giving a row selection; the selections of the
@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::file::metadata::ParquetMetaData;
 
-use super::expr::{column_paths, conjuncts, Engine};
+use crate::expr::{column_paths, conjuncts, Engine};
 
 /// Parquet leaf index by dotted path (leaves under lists are left out: their paths hold the
 /// list's own levels and they have no per-row statistics).

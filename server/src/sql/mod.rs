@@ -79,11 +79,11 @@ use astroflight_proto::sql::{SqlFile, SqlHandle, SqlPart};
 use astroflight_proto::FLIGHT_SQL_TYPE_PREFIX;
 
 use crate::auth::{caller_of, Caller, Security};
+use crate::edge::{endpoint, flight_data, Encoding, RequestIo, Stream as ResponseStream};
+use crate::expr::guard::{guard_registry, Guard, GuardRule};
 use crate::lake::{Dataset, Lake};
-use crate::scan::guard::{guard_registry, Guard, GuardRule};
-use crate::service::{endpoint, flight_data, Stream as ResponseStream};
 use crate::storage::{IoStats, MountedStore};
-use table::{relative_path, LakeScanExec, LakeTable};
+use table::{LakeScanExec, LakeTable};
 
 /// The catalog and schema every table lives in.
 pub const CATALOG: &str = "astroflight";
@@ -116,11 +116,6 @@ const MAX_PARAMETER_ROWS: usize = 1;
 pub fn is_flight_sql(bytes: &[u8]) -> bool {
     bytes.first() == Some(&0x0A) && Any::decode(bytes).is_ok_and(|a| a.type_url.starts_with(FLIGHT_SQL_TYPE_PREFIX))
 }
-
-/// Put in a DoGet request's extensions by the service: the request's own I/O counters (its
-/// `stats` record).
-#[derive(Clone)]
-pub struct RequestIo(pub Arc<IoStats>);
 
 /// Cheap to clone (its parts are shared): a query is planned and run on the bulk runtime by a
 /// clone of it.
@@ -290,7 +285,7 @@ impl SqlService {
                 astroflight_proto::sql::MAX_SQL_BYTES
             )));
         }
-        crate::scan::expr::check_shape(&handle.sql, "the query")?;
+        crate::expr::check_shape(&handle.sql, "the query")?;
         let sql = number_placeholders(&handle.sql)?;
         // Parsed once, for the grant check and for the plan (what `sql_with_options` does, with
         // the check between).
@@ -328,7 +323,7 @@ impl SqlService {
         caller: Arc<Caller>,
     ) -> Result<FlightInfo, Status> {
         let this = self.clone();
-        crate::read::on_runtime(&self.lake.bulk, async move {
+        crate::runtime::on_runtime(&self.lake.bulk, async move {
             this.plan_info(handle, descriptor, &caller).await
         })
         .await
@@ -425,23 +420,18 @@ impl SqlService {
     ) -> Result<Response<ResponseStream<FlightData>>, Status> {
         let this = self.clone();
         let io2 = io.clone();
-        let df = crate::read::on_runtime(&self.lake.bulk, async move {
+        let df = crate::runtime::on_runtime(&self.lake.bulk, async move {
             let ctx = this.session(&io2, handle.part.as_ref(), &caller).await?;
             this.plan(&ctx, &handle, &caller).await
         })
         .await
         .map_err(Status::from)??;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = crate::read::stream_on(&self.lake.bulk, async move {
+        let batches = crate::runtime::stream_on(&self.lake.bulk, async move {
             let s = df.execute_stream().await.map_err(query_failure)?;
             Ok(s.map_err(query_failure))
         });
-        let limits = Limits {
-            max_rows: self.lake.sql.max_rows,
-            max_bytes: self.lake.sql.max_bytes,
-        };
-        let batches = limits
-            .apply(batches.map_err(|e| e.to_status()))
+        let batches = crate::edge::sql_capped(batches.map_err(|e| e.to_status()), &self.lake.limits)
             .map_err(|s| FlightError::Tonic(Box::new(s)));
         Ok(encode(schema, batches, &self.lake, io.memory().cloned()))
     }
@@ -580,7 +570,7 @@ fn slices(ds: &Arc<Dataset>, plan: &Arc<dyn ExecutionPlan>, target: u64) -> (Vec
     let mut units = Vec::new();
     let mut rows_read = Some(0u64);
     for (location, (meta, access)) in files {
-        let path = relative_path(ds, &location);
+        let path = ds.relative_path(&location);
         let mut file = SqlFile {
             path: path.clone(),
             size: meta.size,
@@ -653,49 +643,6 @@ fn slices(ds: &Arc<Dataset>, plan: &Arc<dyn ExecutionPlan>, target: u64) -> (Vec
         }
     }
     (parts, rows_read)
-}
-
-/// The per-stream limits of the `[sql]` configuration.
-struct Limits {
-    max_rows: u64,
-    max_bytes: u64,
-}
-
-impl Limits {
-    /// End the stream with RESOURCE_EXHAUSTED once it passes a limit (the batches before it were
-    /// sent; the status says the result is cut).
-    fn apply(
-        self,
-        batches: impl Stream<Item = Result<RecordBatch, Status>> + Send + 'static,
-    ) -> impl Stream<Item = Result<RecordBatch, Status>> + Send + 'static {
-        let (mut rows, mut bytes) = (0u64, 0u64);
-        let mut over = false;
-        batches.map(move |b| {
-            if over {
-                return Err(Status::resource_exhausted("the stream already passed a limit"));
-            }
-            let b = b?;
-            rows += b.num_rows() as u64;
-            bytes += b.get_array_memory_size() as u64;
-            if self.max_rows > 0 && rows > self.max_rows {
-                over = true;
-                return Err(Status::resource_exhausted(format!(
-                    "the result is cut: it has more than this server's sql.max_rows ({}) rows; narrow the query or add a \
-                     LIMIT",
-                    self.max_rows
-                )));
-            }
-            if self.max_bytes > 0 && bytes > self.max_bytes {
-                over = true;
-                return Err(Status::resource_exhausted(format!(
-                    "the result is cut: it is larger than this server's sql.max_bytes ({} bytes); select fewer \
-                     columns or rows",
-                    self.max_bytes
-                )));
-            }
-            Ok(b)
-        })
-    }
 }
 
 /// `?` placeholders (JDBC, ADBC) numbered `$1`, `$2`... in order, as DataFusion binds them;
@@ -796,9 +743,9 @@ fn encode(
     lake: &Lake,
     account: Option<Arc<crate::memory::Account>>,
 ) -> Response<ResponseStream<FlightData>> {
-    let budget = crate::service::Encoding {
+    let budget = Encoding {
         account,
-        max_message_bytes: lake.memory_limits.message,
+        max_message_bytes: lake.limits.max_message_bytes,
         runtime: Some(lake.bulk.handle()),
     };
     Response::new(flight_data(schema, IpcWriteOptions::default(), batches, budget).boxed())
@@ -809,7 +756,7 @@ fn one_batch<E: std::fmt::Display>(
     batch: Result<RecordBatch, E>,
 ) -> Result<Response<ResponseStream<FlightData>>, Status> {
     let batch = batch.map_err(internal)?;
-    let budget = crate::service::Encoding {
+    let budget = Encoding {
         account: None,
         max_message_bytes: usize::MAX,
         runtime: None,
@@ -1211,7 +1158,7 @@ impl FlightSqlService for SqlService {
         let caller = self.caller(&request)?;
         // Planned on the bulk runtime, as every query is.
         let (this, planned) = (self.clone(), handle.clone());
-        let (schema, parameters) = crate::read::on_runtime(&self.lake.bulk, async move {
+        let (schema, parameters) = crate::runtime::on_runtime(&self.lake.bulk, async move {
             let io = Arc::new(IoStats::for_request(
                 this.lake.memory.account("CreatePreparedStatement"),
             ));

@@ -28,8 +28,6 @@ use crate::lake::{Dataset, Lake};
 use crate::read::{file_reader, ReadCtx};
 use crate::storage::IoStats;
 
-use super::table::relative_path;
-
 /// Readers of one dataset's files for one request.
 #[derive(Debug)]
 pub struct LakeReaderFactory {
@@ -48,7 +46,7 @@ impl ParquetFileReaderFactory for LakeReaderFactory {
         _metadata_size_hint: Option<usize>,
         _metrics: &ExecutionPlanMetricsSet,
     ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
-        let path = relative_path(&self.ds, file.object_meta.location.as_ref());
+        let path = self.ds.relative_path(file.object_meta.location.as_ref());
         let entry = self
             .entries
             .get(&path)

@@ -247,16 +247,6 @@ fn row_selection(rows: &BTreeSet<u32>, n: u64) -> RowSelection {
     RowSelection::from(sel)
 }
 
-/// A file's path in its dataset (as the catalog and tickets name it) from its path in the
-/// SQL session, where every dataset's files sit under a folder named after it.
-pub fn relative_path(ds: &Dataset, location: &str) -> String {
-    location
-        .strip_prefix(ds.name.as_str())
-        .and_then(|p| p.strip_prefix('/'))
-        .unwrap_or(location)
-        .to_string()
-}
-
 /// A dataset's table: its ListingTable (schema, partitions, parquet options), plus the index
 /// and, for one endpoint of a split scan, the slice it reads.
 #[derive(Debug)]
@@ -348,7 +338,7 @@ impl TableProvider for LakeTable {
         let mut seen_slice: BTreeSet<String> = BTreeSet::new();
         let plan = rewrite_files(plan, factory, |file| {
             note.files_listed += 1;
-            let path = relative_path(&self.ds, file.object_meta.location.as_ref());
+            let path = self.ds.relative_path(file.object_meta.location.as_ref());
             // An endpoint reads only its own files (each counted as seen, even when the index
             // then finds no row in it).
             if let Some(slice) = &self.slice {

@@ -23,7 +23,7 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use serde_json::json;
 
-use astroflight_index::{ClassSpec, FileEntry, SurveyKind};
+use astroflight_index::{FileEntry, SurveyKind};
 use astroflight_proto::alerts::night_name;
 use astroflight_proto::{AlertsPartRequest, AlertsRequest, Annotation, Compression, PartFile, TimeRange};
 
@@ -31,31 +31,12 @@ use crate::error::{quoted, Error, Result};
 use crate::lake::{Dataset, Lake};
 use crate::scan::{self, expr, FileFilter, FileScan, Mode, ScanCtx, ScanSpec};
 use crate::storage::IoStats;
-use crate::tickets::Planned;
+use crate::tickets::{decode_schema, encode_schema, Planned};
 
 const DAY_MS: f64 = 86_400_000.0;
 
 /// Files counted at once by `exact` and `limit` plans.
 const COUNT_CONCURRENCY: usize = 4;
-
-/// The class definition of a dataset for the index builder: the SQL compiled on each batch's
-/// schema (the batch holds the id columns and the columns the expression may read).
-pub fn class_spec(engine: expr::Engine, sql: &str) -> ClassSpec {
-    let owned = sql.to_string();
-    let compiled = expr::PerSchema::default();
-    ClassSpec {
-        key: owned.clone(),
-        columns: expr::words(sql),
-        eval: Arc::new(move |batch: &RecordBatch| {
-            let phys = compiled
-                .get(&batch.schema(), || {
-                    engine.compile_sql(&owned, &batch.schema(), "the dataset's class", None)
-                })
-                .map_err(|e| e.to_string())?;
-            expr::evaluate(&phys, batch, "the dataset's class").map_err(|e| e.to_string())
-        }),
-    }
-}
 
 /// One unit of work: a file, or some of its row groups.
 #[derive(Debug, Clone)]
@@ -291,25 +272,6 @@ async fn spec_from_sample(
     Ok((spec, md))
 }
 
-pub(crate) fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
-    let opts = arrow::ipc::writer::IpcWriteOptions::default();
-    let data = arrow::ipc::writer::IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
-        schema,
-        &mut arrow::ipc::writer::DictionaryTracker::new(false),
-        &opts,
-    );
-    let mut out = Vec::new();
-    arrow::ipc::writer::write_message(&mut out, data, &opts).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(out)
-}
-
-pub(crate) fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
-    let bad = |e: String| Error::InvalidArgument(format!("the endpoint ticket's schema is not valid: {e}"));
-    arrow::ipc::convert::try_schema_from_ipc_buffer(bytes)
-        .map(Arc::new)
-        .map_err(|e| bad(e.to_string()))
-}
-
 /// Plan a query. `for_info`: GetFlightInfo (count when `exact` or `limit` asks; many
 /// endpoints); otherwise a one-shot DoGet (one stream, the limit applied while streaming).
 pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool, io: &Arc<IoStats>) -> Result<AlertsPlan> {
@@ -383,7 +345,7 @@ pub async fn plan(lake: &Arc<Lake>, req: AlertsRequest, for_info: bool, io: &Arc
             async move {
                 let bulk = ctx.lake.clone();
                 let file = u.file.clone();
-                let n = crate::read::on_runtime(&bulk.bulk, count_unit(ctx, file, filter)).await??;
+                let n = crate::runtime::on_runtime(&bulk.bulk, count_unit(ctx, file, filter)).await??;
                 Ok::<_, Error>((u, n))
             }
         }))
@@ -546,7 +508,7 @@ fn execute(plan: Arc<AlertsPlan>, io: Arc<IoStats>) -> BoxStream<'static, Result
         })
         .try_flatten()
         .boxed();
-    crate::read::on_cpu_stream(&lake.bulk, inner)
+    crate::runtime::on_cpu_stream(&lake.bulk, inner)
 }
 
 /// The `classes` action: alerts per night and class of a dataset, from the catalog.

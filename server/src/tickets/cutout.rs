@@ -190,7 +190,7 @@ pub async fn plan(lake: &Arc<Lake>, req: CutoutRequest, command: &[u8]) -> Resul
 /// Resolve every id through the index (blocking).
 fn resolve(lake: Arc<Lake>, req: &CutoutRequest, command: Vec<u8>) -> Result<CutoutPlan> {
     let ds = check_request(&lake, req)?;
-    let max = lake.limits.max_alerts;
+    let max = lake.limits.max_ticket_alerts;
     let ix = &ds.index;
     let mut targets = Vec::new();
     let mut missing = Vec::new();

@@ -41,13 +41,13 @@ use astroflight_index::reader::FileVersion;
 use astroflight_proto::{CutoutRequest, HeadersPartRequest, HeadersRequest, StampFormat, StampKind};
 
 use crate::error::{quoted, Error, Result};
+use crate::expr::evaluate_condition;
 use crate::headers::catalog;
 use crate::headers::scan::FileHeaders;
 use crate::headers::table::{self, KeyTypes, RowsBuilder, BASE_COLUMNS};
 use crate::lake::{FitsDataset, Lake};
-use crate::scan::expr::evaluate_condition;
 use crate::storage::IoStats;
-use crate::tickets::{alerts, check_limits, cutout, Planned};
+use crate::tickets::{check_limits, cutout, Planned};
 
 /// HDUs per output batch.
 const BATCH_HDUS: usize = 256;
@@ -153,7 +153,7 @@ impl Planned for CatalogPlan {
         if let Some(c) = &self.command {
             return vec![c.clone()];
         }
-        let schema = alerts::encode_schema(&self.full_schema).unwrap_or_default();
+        let schema = super::encode_schema(&self.full_schema).unwrap_or_default();
         let mut starts = vec![self.start.clone()];
         starts.extend(self.cuts.iter().cloned());
         let count = starts.len() as u32;
@@ -250,7 +250,7 @@ pub async fn plan(lake: &Arc<Lake>, req: HeadersRequest, command: &[u8], for_inf
 /// One endpoint of a planned catalog query, from its ticket.
 pub fn plan_part(lake: &Arc<Lake>, part: HeadersPartRequest, command: &[u8]) -> Result<CatalogPlan> {
     let ds = lake.fits_dataset(&part.request.query.dataset)?.clone();
-    let full_schema = alerts::decode_schema(&part.schema)?;
+    let full_schema = super::decode_schema(&part.schema)?;
     let shown = BASE_COLUMNS.len() + part.request.query.keys.len();
     if full_schema.fields().len() < shown || full_schema.fields().len() > shown + astroflight_proto::headers::MAX_KEYS {
         return Err(Error::InvalidArgument(
@@ -284,7 +284,7 @@ fn project_schema(full: &Schema, n: usize) -> SchemaRef {
 /// problem), and again for the request that streams it, so that what its functions build
 /// counts against that request's memory.
 struct Condition {
-    engine: crate::scan::Engine,
+    engine: crate::expr::Engine,
     expr: datafusion::logical_expr::Expr,
     schema: SchemaRef,
 }

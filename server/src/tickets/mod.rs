@@ -15,23 +15,15 @@ pub mod section;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow_schema::SchemaRef;
+use arrow_schema::{Schema, SchemaRef};
 use futures::stream::BoxStream;
 
 use astroflight_proto::Command;
 
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::storage::IoStats;
-
-/// What the edge enforces on every plan before anything is read.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Most alerts a ticket may resolve to.
-    pub max_alerts: usize,
-    /// Most bytes a ticket may be estimated to return.
-    pub max_bytes: u64,
-}
 
 /// A planned ticket: everything resolved, nothing read yet.
 pub trait Planned: Send + Sync {
@@ -105,14 +97,14 @@ pub async fn plan(
 /// (A kind may also stop planning early once it knows it is past `max_alerts`, so that planning
 /// itself stays cheap.)
 pub fn check_limits(plan: &dyn Planned, limits: &Limits) -> Result<()> {
-    if plan.alerts() > limits.max_alerts {
-        return Err(too_many_alerts(plan.alerts(), limits.max_alerts));
+    if plan.alerts() > limits.max_ticket_alerts {
+        return Err(too_many_alerts(plan.alerts(), limits.max_ticket_alerts));
     }
-    if plan.estimated_bytes() > limits.max_bytes {
+    if plan.estimated_bytes() > limits.max_ticket_bytes {
         return Err(Error::ResourceExhausted(format!(
             "the ticket would return about {} bytes; this server's limit is {} per ticket (max_ticket_bytes): ask for fewer alerts or stamp kinds",
             plan.estimated_bytes(),
-            limits.max_bytes
+            limits.max_ticket_bytes
         )));
     }
     Ok(())
@@ -123,6 +115,27 @@ pub fn too_many_alerts(n: usize, max: usize) -> Error {
     Error::ResourceExhausted(format!(
         "the ticket names at least {n} alerts; this server's limit is {max} per ticket (max_ticket_alerts): split it"
     ))
+}
+
+/// A schema as Arrow IPC bytes, as endpoint tickets carry it (so DoGet need not plan again).
+pub fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
+    let opts = arrow::ipc::writer::IpcWriteOptions::default();
+    let data = arrow::ipc::writer::IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
+        schema,
+        &mut arrow::ipc::writer::DictionaryTracker::new(false),
+        &opts,
+    );
+    let mut out = Vec::new();
+    arrow::ipc::writer::write_message(&mut out, data, &opts).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(out)
+}
+
+/// The schema an endpoint ticket carries.
+pub fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
+    let bad = |e: String| Error::InvalidArgument(format!("the endpoint ticket's schema is not valid: {e}"));
+    arrow::ipc::convert::try_schema_from_ipc_buffer(bytes)
+        .map(Arc::new)
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// The result schema of a command (an alert query reads one footer for it).

@@ -17,12 +17,14 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionConfig;
 
-use super::guard::{self, ExprLimits, Guard, MAX_CONSTANT_BYTES};
+pub mod guard;
+
 use crate::error::{Error, Result};
 use crate::memory::Account;
+use guard::{ExprLimits, Guard, MAX_CONSTANT_BYTES};
 
 /// The query engine's state shared by every request: the function registry (every function
-/// guarded, see [`super::guard`]) and SQL options.
+/// guarded, see [`guard`]) and SQL options.
 #[derive(Clone)]
 pub struct Engine {
     state: Arc<SessionState>,
@@ -376,6 +378,25 @@ pub fn words(sql: &str) -> Vec<String> {
         .map(|w| w.trim_matches('.').to_string())
         .filter(|w| !w.is_empty() && !w.starts_with(|c: char| c.is_ascii_digit()))
         .collect()
+}
+
+/// The class definition of a dataset for the index builder: the SQL compiled on each batch's
+/// schema (the batch holds the id columns and the columns the expression may read).
+pub fn class_spec(engine: Engine, sql: &str) -> astroflight_index::ClassSpec {
+    let owned = sql.to_string();
+    let compiled = PerSchema::default();
+    astroflight_index::ClassSpec {
+        key: owned.clone(),
+        columns: words(sql),
+        eval: Arc::new(move |batch: &RecordBatch| {
+            let phys = compiled
+                .get(&batch.schema(), || {
+                    engine.compile_sql(&owned, &batch.schema(), "the dataset's class", None)
+                })
+                .map_err(|e| e.to_string())?;
+            evaluate(&phys, batch, "the dataset's class").map_err(|e| e.to_string())
+        }),
+    }
 }
 
 #[cfg(test)]

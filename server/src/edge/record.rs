@@ -19,20 +19,50 @@ pub type Recent = Arc<Mutex<VecDeque<serde_json::Value>>>;
 /// when the stream is dropped: finished, failed, or abandoned by the client ("cancelled").
 pub struct RequestRecord {
     pub id: String,
-    pub dataset: String,
     /// The caller's identity (None on an open server).
     pub identity: Option<String>,
-    pub alerts: usize,
     pub io: Arc<IoStats>,
     pub started: Instant,
     pub span: tracing::Span,
-    pub outcome: Mutex<Option<&'static str>>,
-    pub recent: Recent,
+    /// What the request serves, once planned: the dataset ("sql" for Flight SQL) and its alerts.
+    target: Mutex<(String, usize)>,
+    outcome: Mutex<Option<&'static str>>,
+    recent: Recent,
     /// The stream slot, given back when the stream ends.
-    pub _slot: super::slots::Slot,
+    _slot: super::slots::Slot,
 }
 
 impl RequestRecord {
+    /// The record of a request that has its stream slot; built once, before it is planned.
+    pub fn new(
+        id: String,
+        identity: Option<String>,
+        io: Arc<IoStats>,
+        started: Instant,
+        span: tracing::Span,
+        recent: Recent,
+        slot: super::slots::Slot,
+    ) -> Self {
+        RequestRecord {
+            id,
+            identity,
+            io,
+            started,
+            span,
+            target: Mutex::new((String::new(), 0)),
+            outcome: Mutex::new(None),
+            recent,
+            _slot: slot,
+        }
+    }
+
+    /// What the request serves, once planned: recorded in its span, its log line and `stats`.
+    pub fn serves(&self, dataset: &str, alerts: usize) {
+        self.span.record("dataset", dataset);
+        self.span.record("alerts", alerts);
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = (dataset.to_string(), alerts);
+    }
+
     pub fn finish(&self, outcome: &'static str) {
         self.outcome.lock().expect("outcome lock").get_or_insert(outcome);
     }
@@ -51,7 +81,8 @@ impl Drop for RequestRecord {
             let _g = self.span.enter();
             info!(requests = io.requests, bytes = io.bytes, ms, outcome, "do_get done");
         }
-        let entry = json!({"id": self.id, "dataset": self.dataset, "identity": self.identity, "alerts": self.alerts,
+        let (dataset, alerts) = self.target.lock().map(|t| t.clone()).unwrap_or_default();
+        let entry = json!({"id": self.id, "dataset": dataset, "identity": self.identity, "alerts": alerts,
                            "requests": io.requests, "bytes": io.bytes, "ms": ms, "outcome": outcome});
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECENT_REQUESTS {
