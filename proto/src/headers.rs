@@ -2,6 +2,7 @@
 //! dataset's files from its header catalog, filtered by path prefix and SQL on header keys, or
 //! the headers of the stamps of alerts named by id.
 
+pub use crate::ticket::{HeadersPart, HeadersQuery};
 use crate::{dedup, quoted, Any, Selector, TicketError};
 
 /// The type URL of a [`HeadersQuery`] packed in an [`Any`].
@@ -11,51 +12,6 @@ pub const HEADERS_PART_TYPE_URL: &str = "type.googleapis.com/astroflight.v1.Head
 
 /// Most keys one query may ask for as typed columns.
 pub const MAX_KEYS: usize = 256;
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct HeadersQuery {
-    #[prost(string, tag = "1")]
-    pub dataset: String,
-    /// Files whose path (relative to the dataset root) starts with this.
-    #[prost(string, tag = "2")]
-    pub prefix: String,
-    /// Header keys added as typed columns named after the key.
-    #[prost(string, repeated, tag = "3")]
-    pub keys: Vec<String>,
-    /// SQL conditions on the table's columns and on header keys (DataFusion's SQL).
-    #[prost(string, tag = "4")]
-    pub r#where: String,
-    /// Alert stamps (an alert dataset): ZTF objects, candids, or Rubin diaSourceIds.
-    #[prost(string, repeated, tag = "5")]
-    pub object_ids: Vec<String>,
-    #[prost(int64, repeated, tag = "6")]
-    pub candids: Vec<i64>,
-    #[prost(int64, repeated, tag = "7")]
-    pub dia_source_ids: Vec<i64>,
-    /// With object_ids: every alert of each object (else the latest).
-    #[prost(bool, tag = "8")]
-    pub all: bool,
-}
-
-/// One endpoint of a planned headers query: the files with paths in `[start, end)` (an empty
-/// `end`: to the last file).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct HeadersPart {
-    #[prost(message, optional, tag = "1")]
-    pub query: Option<HeadersQuery>,
-    #[prost(string, tag = "2")]
-    pub start: String,
-    #[prost(string, tag = "3")]
-    pub end: String,
-    #[prost(uint32, tag = "4")]
-    pub index: u32,
-    #[prost(uint32, tag = "5")]
-    pub count: u32,
-    /// The output schema (Arrow IPC), so that every endpoint streams the schema (and the key
-    /// column types) GetFlightInfo announced.
-    #[prost(bytes = "vec", tag = "6")]
-    pub schema: Vec<u8>,
-}
 
 /// A validated headers query.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,6 +11,10 @@
 //! accepted.
 
 pub mod alerts;
+/// The prost types generated from `astroflight.proto` by `build.rs` (re-exported by [`ticket`]).
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/astroflight.v1.rs"));
+}
 pub mod headers;
 pub mod json;
 pub mod section;

@@ -2,34 +2,11 @@
 //! `{"section": {"dataset", "path", "hdu", "ra", "dec", "size_arcsec"}}`: a sub-image of one
 //! image HDU of a FITS dataset, read by byte range.
 
+pub use crate::ticket::SectionTicket;
 use crate::{quoted, Any, TicketError};
 
 /// The type URL of a [`SectionTicket`] packed in an [`Any`].
 pub const SECTION_TYPE_URL: &str = "type.googleapis.com/astroflight.v1.SectionTicket";
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SectionTicket {
-    #[prost(string, tag = "1")]
-    pub dataset: String,
-    /// The file, relative to the dataset root.
-    #[prost(string, tag = "2")]
-    pub path: String,
-    /// The HDU (0: primary).
-    #[prost(uint32, tag = "3")]
-    pub hdu: u32,
-    /// Pixel box `[x0, y0, x1, y1]`: 0-based, x along NAXIS1, ends exclusive (numpy's
-    /// `data[y0:y1, x0:x1]`).
-    #[prost(int64, repeated, tag = "4")]
-    pub r#box: Vec<i64>,
-    /// Or a sky position (degrees, in the image's celestial frame) and a size (arcseconds), cut
-    /// as astropy's `Cutout2D(data, position, size_arcsec * u.arcsec, wcs=...)`.
-    #[prost(double, optional, tag = "5")]
-    pub ra: Option<f64>,
-    #[prost(double, optional, tag = "6")]
-    pub dec: Option<f64>,
-    #[prost(double, optional, tag = "7")]
-    pub size_arcsec: Option<f64>,
-}
 
 /// What part of the image a section takes.
 #[derive(Debug, Clone, PartialEq)]

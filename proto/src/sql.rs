@@ -5,53 +5,13 @@
 //! endpoint of a split scan, the files that endpoint reads. Any replica serving the same lake
 //! can answer it, and nothing is held between calls.
 
+pub use crate::ticket::{SqlFile, SqlHandle, SqlPart};
 use prost::Message;
 
 use crate::quoted;
 
 /// Longest SQL text a handle may carry (bytes).
 pub const MAX_SQL_BYTES: usize = 1 << 20;
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SqlHandle {
-    #[prost(string, tag = "1")]
-    pub sql: String,
-    /// Bound parameters: one row, as an Arrow IPC stream; empty: none.
-    #[prost(bytes = "vec", tag = "2")]
-    pub parameters: Vec<u8>,
-    #[prost(message, optional, tag = "3")]
-    pub part: Option<SqlPart>,
-}
-
-/// One endpoint of a split scan: the files (and row groups) of one table it reads.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SqlPart {
-    #[prost(string, tag = "1")]
-    pub table: String,
-    #[prost(message, repeated, tag = "2")]
-    pub files: Vec<SqlFile>,
-    #[prost(uint32, tag = "3")]
-    pub index: u32,
-    #[prost(uint32, tag = "4")]
-    pub count: u32,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SqlFile {
-    #[prost(string, tag = "1")]
-    pub path: String,
-    #[prost(uint64, tag = "2")]
-    pub size: u64,
-    #[prost(string, optional, tag = "3")]
-    pub e_tag: Option<String>,
-    #[prost(int64, tag = "4")]
-    pub last_modified_ms: i64,
-    /// The row groups read (empty: the whole file), out of `row_group_count`.
-    #[prost(uint32, repeated, tag = "5")]
-    pub row_groups: Vec<u32>,
-    #[prost(uint32, tag = "6")]
-    pub row_group_count: u32,
-}
 
 impl SqlHandle {
     /// A handle of SQL alone.
