@@ -8,7 +8,29 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step's wall time, printed at the end (also when a step fails), so that a slow CI run
+# says where its time went.
+phases=()
+phase_name=""
+phase_start=$SECONDS
+run_start=$SECONDS
+end_phase() {
+    if [ -n "$phase_name" ]; then phases+=("$(printf '%6d s  %s' $((SECONDS - phase_start)) "$phase_name")"); fi
+}
+step() {
+    end_phase
+    phase_name="$*"
+    phase_start=$SECONDS
+    printf '\n=== %s\n' "$*"
+}
+report() {
+    local rc=$?
+    end_phase
+    printf '\n=== phase times (exit %d)\n' "$rc"
+    printf '%s\n' "${phases[@]}"
+    printf '%6d s  total\n' $((SECONDS - run_start))
+}
+trap report EXIT
 
 # A CI run builds once from a fresh clone: incremental compilation state (several GB under
 # target/debug/incremental) would only cost disk and time there.

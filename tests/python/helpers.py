@@ -2,6 +2,7 @@ import glob
 import gzip
 import io
 import json
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -118,3 +119,28 @@ def proc_cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(condition, deadline_secs, what):
+    """Poll `condition` (every 20 ms) until it is true; fail naming `what` past the deadline.
+    For events a test waits for, instead of sleeping a guessed window."""
+    until = time.monotonic() + deadline_secs
+    while not condition():
+        if time.monotonic() > until:
+            raise AssertionError(f"{what} (within {deadline_secs} s)")
+        time.sleep(0.02)
+
+
+def steady(value, quiet_secs, deadline_secs, what):
+    """Poll `value()` until it has not changed for `quiet_secs`; fail naming `what` if it is
+    still changing after `deadline_secs`. Returns the steady value."""
+    until = time.monotonic() + deadline_secs
+    last, since = value(), time.monotonic()
+    while time.monotonic() - since < quiet_secs:
+        if time.monotonic() > until:
+            raise AssertionError(f"{what} (still changing after {deadline_secs} s)")
+        time.sleep(0.05)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last

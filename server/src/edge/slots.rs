@@ -5,6 +5,7 @@
 //! server are told apart by their address.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,17 @@ pub struct Slots {
     max_each: usize,
     queue: Duration,
     each: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Callers waiting in line now.
+    waiting: AtomicUsize,
+}
+
+/// Counts a caller in line while it waits (also when its wait is cancelled).
+struct InLine<'a>(&'a AtomicUsize);
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A held slot (released when dropped).
@@ -37,6 +49,7 @@ impl Slots {
             max_each,
             queue,
             each: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -54,6 +67,8 @@ impl Slots {
     /// Take a slot for `caller`, waiting in line up to the queue time.
     pub async fn acquire(&self, caller: &str) -> Result<Slot> {
         let until = tokio::time::Instant::now() + self.queue;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _in_line = InLine(&self.waiting);
         let each = match tokio::time::timeout_at(until, self.semaphore_of(caller).acquire_owned()).await {
             Ok(Ok(p)) => p,
             _ => {
@@ -84,6 +99,11 @@ impl Slots {
     pub fn open(&self) -> usize {
         self.max_total - self.total.available_permits()
     }
+
+    /// DoGets taking a slot now: waiting in line for one, or about to get a free one.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -101,15 +121,21 @@ mod tests {
         assert_eq!(slots.open(), 3);
         let e = slots.acquire("identity \"b\"").await.err().unwrap().to_string();
         assert!(e.contains("limits.max_streams)"), "{e}");
-        // A slot freed while a caller waits in line is taken by it.
+        // A slot freed while a caller waits in line is taken by it. The slot is freed only once
+        // the caller is seen in line, so the case cannot pass without the caller waiting.
+        let slots = Arc::new(slots);
         let wait = tokio::spawn({
-            let slots = Arc::new(slots);
             let s2 = slots.clone();
-            async move { (s2.acquire("identity \"a\"").await, slots) }
+            async move { s2.acquire("identity \"a\"").await }
         });
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while slots.waiting() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the caller never got in line");
+            tokio::task::yield_now().await;
+        }
         drop(a1);
-        let (slot, slots) = wait.await.unwrap();
+        let slot = wait.await.unwrap();
+        assert_eq!(slots.waiting(), 0);
         assert!(slot.is_ok());
         assert_eq!(slots.open(), 3);
         drop(slot);

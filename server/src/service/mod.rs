@@ -552,6 +552,7 @@ impl FlightService for AstroFlight {
                 let (lake, recent) = (self.lake.clone(), self.recent.clone());
                 let mut stats = blocking(move || Self::stats(&lake, &recent, &caller)).await?;
                 stats["open_streams"] = json!(self.slots.open());
+                stats["queued_streams"] = json!(self.slots.waiting());
                 stats
             }
             "classes" => {
