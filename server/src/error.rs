@@ -1,8 +1,11 @@
 //! The server's error type. Every error knows its kind, and [`Error::to_status`] is the one
-//! place where kinds become gRPC status codes.
+//! place where kinds become gRPC status codes. Errors of the parts below (tickets, the index,
+//! storage, parquet, DataFusion) become kinds here too, so that the services never pick a code
+//! themselves.
 
 use astroflight_index::IndexError;
 use astroflight_proto::TicketError;
+use datafusion::error::DataFusionError;
 
 /// The `store` named by the object_store error of a read refused for memory (its source is
 /// the [`Error::ResourceExhausted`] saying why): storage sets it, [`Error::memory_refusal`]
@@ -38,6 +41,9 @@ pub enum Error {
     /// The caller sent no credentials, or credentials that are not valid.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The request did not finish within its deadline.
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 /// Longest status message sent to a client: messages quote input, and input can be large.
@@ -70,6 +76,7 @@ impl Error {
             Error::Internal(_) => tonic::Status::internal(msg),
             Error::PermissionDenied(_) => tonic::Status::permission_denied(msg),
             Error::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
+            Error::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
         }
     }
 
@@ -147,6 +154,81 @@ impl From<tokio::task::JoinError> for Error {
     }
 }
 
+/// DataFusion's planning errors are the query's: INVALID_ARGUMENT with its message. Failures
+/// while reading (a file gone, corrupt) are the server's; memory past the pool, a request's
+/// share or a bound of the function guards is RESOURCE_EXHAUSTED; an overflow in Arrow (a value
+/// past what its offsets hold) is the query's; our own errors (a changed file of an endpoint)
+/// keep their kind.
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        datafusion_error(e)
+    }
+}
+
+fn datafusion_error(e: DataFusionError) -> Error {
+    // Our own errors keep their kind and message: raised by a scan (a changed file of an
+    // endpoint) or by a read through the lake's readers (a footer of another version).
+    let root = e.find_root();
+    let ours = match root {
+        DataFusionError::External(inner) => inner.downcast_ref::<Error>(),
+        DataFusionError::ParquetError(p) => match p.as_ref() {
+            parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<Error>(),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(ours) = ours {
+        return ours.clone();
+    }
+    let store_error = match root {
+        DataFusionError::ParquetError(p) => match p.as_ref() {
+            parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<object_store::Error>(),
+            _ => None,
+        },
+        DataFusionError::ObjectStore(os) => Some(os.as_ref()),
+        _ => None,
+    };
+    if let Some(os) = store_error {
+        // A read the request's memory had no room for.
+        if let Some(refused) = Error::memory_refusal(os) {
+            return refused;
+        }
+        // A versioned read found another version of its file (it was rewritten after the
+        // listing or the planning of this endpoint).
+        if let object_store::Error::Precondition { .. } = os {
+            return Error::DataLoss(format!(
+                "a file changed since this query was planned ({os}); run the query again"
+            ));
+        }
+    }
+    let msg = e.to_string();
+    match root {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_) => Error::InvalidArgument(msg),
+        DataFusionError::ObjectStore(_) | DataFusionError::ParquetError(_) | DataFusionError::IoError(_) => {
+            Error::DataLoss(msg)
+        }
+        DataFusionError::ResourcesExhausted(_) => Error::ResourceExhausted(msg),
+        DataFusionError::ArrowError(a, _) if overflow(a) => Error::InvalidArgument(format!(
+            "the query builds a value too large for Arrow (an offset or arithmetic overflow): {msg}"
+        )),
+        DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => Error::InvalidArgument(msg),
+        _ if msg.contains("overflow") => Error::InvalidArgument(msg),
+        _ => Error::Internal(msg),
+    }
+}
+
+/// An Arrow error that says a value or a sum outgrew its type.
+fn overflow(e: &arrow::error::ArrowError) -> bool {
+    use arrow::error::ArrowError;
+    matches!(
+        e,
+        ArrowError::OffsetOverflowError(_) | ArrowError::ArithmeticOverflow(_)
+    ) || e.to_string().to_lowercase().contains("overflow")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +242,16 @@ mod tests {
         let st = Error::InvalidArgument(format!("unknown dataset {long}")).to_status();
         assert!(st.message().len() < MAX_MESSAGE_CHARS + 64, "{}", st.message().len());
         assert!(quoted(&long).len() < 100);
+    }
+
+    #[test]
+    fn planning_errors_are_the_clients() {
+        let e = DataFusionError::Plan("table 'x' not found".into());
+        assert_eq!(Error::from(e).to_status().code(), tonic::Code::InvalidArgument);
+        let e = DataFusionError::ObjectStore(Box::new(object_store::Error::NotFound {
+            path: "a".into(),
+            source: "gone".into(),
+        }));
+        assert_eq!(Error::from(e).to_status().code(), tonic::Code::DataLoss);
     }
 }

@@ -612,10 +612,11 @@ where
                         .unwrap_or_default();
                     tracing::error!(panic = %msg, "a call's handler panicked; the call fails with INTERNAL");
                     end.finish(tonic::Code::Internal);
-                    return Ok(tonic::Status::internal(format!(
+                    return Ok(crate::error::Error::Internal(format!(
                         "internal error (a bug, please report it): {}",
                         crate::error::cut(&msg, 200)
                     ))
+                    .to_status()
                     .into_http());
                 }
             };

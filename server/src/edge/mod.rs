@@ -20,6 +20,7 @@ use futures::stream::{self, StreamExt};
 use tonic::Status;
 
 use crate::config::Limits;
+use crate::error::Error;
 use crate::memory::Account;
 use crate::storage::IoStats;
 use record::RequestRecord;
@@ -86,10 +87,11 @@ pub fn flight_data(
         .boxed();
     match runtime {
         Some(rt) => crate::runtime::cpu::relay(&rt, encoded, |p| {
-            Status::internal(format!(
+            Error::Internal(format!(
                 "internal error while encoding the response: {}",
                 panic_message(&p)
             ))
+            .to_status()
         }),
         None => encoded,
     }
@@ -97,12 +99,13 @@ pub fn flight_data(
 
 /// RESOURCE_EXHAUSTED for a row that alone is larger than a message.
 fn message_too_large(bytes: u64, max: usize) -> Status {
-    Status::resource_exhausted(format!(
+    Error::ResourceExhausted(format!(
         "a row of the response takes {}, more than this server's limit of {} per message \
          (limits.max_message_bytes); select fewer or smaller columns",
         crate::memory::human(bytes),
         crate::memory::human(max as u64)
     ))
+    .to_status()
 }
 
 /// What a panic said.
@@ -119,9 +122,9 @@ fn flight_status(e: FlightError) -> Status {
     match e {
         FlightError::Tonic(status) => *status,
         FlightError::Arrow(a) if a.to_string().to_lowercase().contains("overflow") => {
-            Status::resource_exhausted(format!("the response cannot be encoded: {a}"))
+            Error::ResourceExhausted(format!("the response cannot be encoded: {a}")).to_status()
         }
-        other => Status::internal(other.to_string()),
+        other => Error::Internal(other.to_string()).to_status(),
     }
 }
 
@@ -255,10 +258,10 @@ pub fn guarded(
                 Err(_) => sent,
             };
             if max_bytes > 0 && sent > max_bytes && item.is_ok() {
-                item = Err(Status::resource_exhausted(format!(
+                item = Err(Error::ResourceExhausted(format!(
                     "the response passed this server's limit of {max_bytes} bytes per stream (limits.max_response_bytes); \
                      ask for less (fewer ids, columns or stamp kinds), or use the endpoints of GetFlightInfo"
-                )));
+                )).to_status());
             }
             let failed = item.is_err();
             if let Err(status) = &item {
@@ -281,24 +284,26 @@ pub fn sql_capped(
     let mut over = false;
     batches.map(move |b| {
         if over {
-            return Err(Status::resource_exhausted("the stream already passed a limit"));
+            return Err(Error::ResourceExhausted("the stream already passed a limit".into()).to_status());
         }
         let b = b?;
         rows += b.num_rows() as u64;
         bytes += b.get_array_memory_size() as u64;
         if max_rows > 0 && rows > max_rows {
             over = true;
-            return Err(Status::resource_exhausted(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "the result is cut: it has more than this server's sql.max_rows ({max_rows}) rows; narrow the query or \
                  add a LIMIT"
-            )));
+            ))
+            .to_status());
         }
         if max_bytes > 0 && bytes > max_bytes {
             over = true;
-            return Err(Status::resource_exhausted(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "the result is cut: it is larger than this server's sql.max_bytes ({max_bytes} bytes); select fewer \
                  columns or rows"
-            )));
+            ))
+            .to_status());
         }
         Ok(b)
     })
@@ -323,10 +328,10 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 }
 
 pub fn deadline_status(deadline: Duration) -> Status {
-    Status::deadline_exceeded(format!(
+    Error::DeadlineExceeded(format!(
         "the request did not finish within its deadline of {:.1} s (the server's deadline_secs or the client's timeout)",
         deadline.as_secs_f64()
-    ))
+    )).to_status()
 }
 
 pub fn code_name(code: tonic::Code) -> &'static str {

@@ -41,14 +41,15 @@ use crate::tickets::{self, cutout::cutout_schema, Planned};
 fn cancel_flight_info(body: &[u8]) -> Result<Response<Stream<arrow_flight::Result>>, Status> {
     use prost::Message;
     let req = arrow_flight::CancelFlightInfoRequest::decode(body).map_err(|e| {
-        Status::invalid_argument(format!(
+        Error::InvalidArgument(format!(
             "the CancelFlightInfo body is not a CancelFlightInfoRequest: {e}"
         ))
+        .to_status()
     })?;
     if req.info.is_none() {
-        return Err(Status::invalid_argument(
-            "the CancelFlightInfoRequest names no FlightInfo to cancel",
-        ));
+        return Err(
+            Error::InvalidArgument("the CancelFlightInfoRequest names no FlightInfo to cancel".into()).to_status(),
+        );
     }
     let result = arrow_flight::CancelFlightInfoResult::new(arrow_flight::CancelStatus::Cancelled);
     let out = arrow_flight::Result {
@@ -193,7 +194,7 @@ impl AstroFlight {
         let plan = self.plan(cmd, true, &caller, &io).await?;
         let mut info = FlightInfo::new()
             .try_with_schema(&plan.schema())
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Error::Internal(e.to_string()).to_status())?
             .with_descriptor(d.clone())
             .with_total_records(plan.estimated_rows())
             .with_total_bytes(plan.estimated_bytes() as i64)
@@ -295,20 +296,23 @@ impl AstroFlight {
     /// grants do not cover every dataset may not.
     fn may_reindex(&self, peer: Option<std::net::SocketAddr>, caller: &Caller) -> Result<(), Status> {
         if !caller.reads_everything() {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::PermissionDenied(format!(
                 "{} may not run reindex: it needs a grant of every dataset (datasets = [\"*\"])",
                 caller.name()
-            )));
+            ))
+            .to_status());
         }
         match self.lake.reindex_action {
             ReindexAction::Any => Ok(()),
-            ReindexAction::Off => Err(Status::permission_denied(
-                "the reindex action is disabled on this server (reindex_action = \"off\")",
-            )),
+            ReindexAction::Off => Err(Error::PermissionDenied(
+                "the reindex action is disabled on this server (reindex_action = \"off\")".into(),
+            )
+            .to_status()),
             ReindexAction::Local if peer.is_some_and(|p| p.ip().is_loopback()) => Ok(()),
-            ReindexAction::Local => Err(Status::permission_denied(
-                "the reindex action is allowed from the server's own host only (reindex_action = \"local\")",
-            )),
+            ReindexAction::Local => Err(Error::PermissionDenied(
+                "the reindex action is allowed from the server's own host only (reindex_action = \"local\")".into(),
+            )
+            .to_status()),
         }
     }
 }
@@ -316,25 +320,24 @@ impl AstroFlight {
 fn schema_result(schema: &arrow_schema::Schema) -> Result<SchemaResult, Status> {
     SchemaAsIpc::new(schema, &IpcWriteOptions::default())
         .try_into()
-        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))
+        .map_err(|e: arrow::error::ArrowError| Error::Internal(e.to_string()).to_status())
 }
 
 fn descriptor_cmd(d: &FlightDescriptor) -> Result<Option<&[u8]>, Status> {
     match DescriptorType::try_from(d.r#type) {
         Ok(DescriptorType::Cmd) => Ok(Some(&d.cmd)),
         Ok(DescriptorType::Path) => Ok(None),
-        _ => Err(Status::invalid_argument(
-            "unknown FlightDescriptor type; use CMD (a ticket) or PATH ([dataset])",
-        )),
+        _ => Err(Error::InvalidArgument(
+            "unknown FlightDescriptor type; use CMD (a ticket) or PATH ([dataset])".into(),
+        )
+        .to_status()),
     }
 }
 
 fn dataset_path(d: &FlightDescriptor) -> Result<&str, Status> {
     match d.path.as_slice() {
         [name] => Ok(name),
-        _ => Err(Status::invalid_argument(
-            "a PATH descriptor names one dataset: [\"ztf\"]",
-        )),
+        _ => Err(Error::InvalidArgument("a PATH descriptor names one dataset: [\"ztf\"]".into()).to_status()),
     }
 }
 
@@ -402,7 +405,7 @@ impl FlightService for AstroFlight {
         let mut response = Response::new(stream::iter([Ok(reply)]).boxed() as Self::HandshakeStream);
         let value = bearer
             .parse()
-            .map_err(|_| Status::internal("the session token is not a valid header value"))?;
+            .map_err(|_| Error::Internal("the session token is not a valid header value".into()).to_status())?;
         response.metadata_mut().insert("authorization", value);
         Ok(response)
     }
@@ -437,9 +440,10 @@ impl FlightService for AstroFlight {
     }
 
     async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented(
-            "PollFlightInfo is not supported: every query plans at once; use GetFlightInfo",
-        ))
+        Err(Error::Unimplemented(
+            "PollFlightInfo is not supported: every query plans at once; use GetFlightInfo".into(),
+        )
+        .to_status())
     }
 
     #[instrument(skip_all)]
@@ -511,7 +515,7 @@ impl FlightService for AstroFlight {
         .map_err(|e| FlightError::Tonic(Box::new(e.to_status())));
         let options = IpcWriteOptions::default()
             .try_with_compression(compression)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()).to_status())?;
         let encoding = Encoding {
             account: Some(account),
             max_message_bytes: self.lake.limits.max_message_bytes,
@@ -527,7 +531,7 @@ impl FlightService for AstroFlight {
     }
 
     async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Status::unimplemented("DoExchange is not supported"))
+        Err(Error::Unimplemented("DoExchange is not supported".into()).to_status())
     }
 
     #[instrument(skip_all, fields(action))]
@@ -563,7 +567,10 @@ impl FlightService for AstroFlight {
                         .ok()
                         .and_then(|v| v.get("dataset").and_then(|d| d.as_str()).map(str::to_string))
                         .ok_or_else(|| {
-                            Status::invalid_argument("the classes action takes {\"dataset\": \"NAME\"} as its body")
+                            Error::InvalidArgument(
+                                "the classes action takes {\"dataset\": \"NAME\"} as its body".into(),
+                            )
+                            .to_status()
                         })?
                 } else {
                     body
@@ -596,11 +603,12 @@ impl FlightService for AstroFlight {
                 json!({"datasets": out})
             }
             other => {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::InvalidArgument(format!(
                     "unknown action {}; this server has: stats, health, classes, reindex, CancelFlightInfo and the \
                      Flight SQL actions",
                     crate::error::quoted(other)
-                )))
+                ))
+                .to_status())
             }
         };
         let result = arrow_flight::Result {
@@ -653,9 +661,9 @@ impl AstroFlight {
             Some(v) => {
                 let v = v
                     .to_str()
-                    .map_err(|_| Status::invalid_argument("x-request-id must be printable ASCII"))?;
+                    .map_err(|_| Error::InvalidArgument("x-request-id must be printable ASCII".into()).to_status())?;
                 if v.is_empty() || v.len() > 128 {
-                    return Err(Status::invalid_argument("x-request-id must be 1 to 128 characters"));
+                    return Err(Error::InvalidArgument("x-request-id must be 1 to 128 characters".into()).to_status());
                 }
                 v.to_string()
             }
@@ -666,7 +674,7 @@ impl AstroFlight {
                 v.to_str()
                     .ok()
                     .and_then(parse_grpc_timeout)
-                    .ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header"))?,
+                    .ok_or_else(|| Error::InvalidArgument("malformed grpc-timeout header".into()).to_status())?,
             ),
             None => None,
         };

@@ -58,7 +58,6 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::datasource::physical_plan::parquet::{ParquetAccessPlan, RowGroupAccess};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -80,6 +79,7 @@ use astroflight_proto::FLIGHT_SQL_TYPE_PREFIX;
 
 use crate::auth::{caller_of, Caller, Security};
 use crate::edge::{endpoint, flight_data, Encoding, RequestIo, Stream as ResponseStream};
+use crate::error::Error;
 use crate::expr::guard::{guard_registry, Guard, GuardRule};
 use crate::lake::{Dataset, Lake};
 use crate::storage::{IoStats, MountedStore};
@@ -222,10 +222,11 @@ impl SqlService {
         if let Some(p) = part {
             caller.check(&p.table)?;
             if self.lake.dataset(&p.table).is_err() {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::InvalidArgument(format!(
                     "the ticket names the table {:?}, which this server does not have",
                     p.table
-                )));
+                ))
+                .to_status());
             }
         }
         Ok(ctx)
@@ -278,12 +279,13 @@ impl SqlService {
         // The bound every handle is decoded with: a query that could not come back in its
         // tickets is refused before it is planned.
         if handle.sql.len() > astroflight_proto::sql::MAX_SQL_BYTES {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::InvalidArgument(format!(
                 "the query has {} bytes of SQL; at most {} are accepted (a long IN list is better a join, or a \
                  cutout ticket's ids)",
                 handle.sql.len(),
                 astroflight_proto::sql::MAX_SQL_BYTES
-            )));
+            ))
+            .to_status());
         }
         crate::expr::check_shape(&handle.sql, "the query")?;
         let sql = number_placeholders(&handle.sql)?;
@@ -291,26 +293,26 @@ impl SqlService {
         // the check between).
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
-        let statement = state.sql_to_statement(&sql, &dialect).map_err(query_error)?;
+        let statement = state.sql_to_statement(&sql, &dialect).map_err(Error::from)?;
         if !caller.reads_everything() {
-            for t in state.resolve_table_references(&statement).map_err(query_error)? {
+            for t in state.resolve_table_references(&statement).map_err(Error::from)? {
                 let ours = t.schema().is_none_or(|s| s == SCHEMA) && t.catalog().is_none_or(|c| c == CATALOG);
                 if ours && (self.lake.dataset(t.table()).is_ok() || self.lake.is_fits(t.table())) {
                     caller.check(t.table())?;
                 }
             }
         }
-        let plan = state.statement_to_plan(statement).await.map_err(query_error)?;
+        let plan = state.statement_to_plan(statement).await.map_err(Error::from)?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false)
             .verify_plan(&plan)
-            .map_err(query_error)?;
-        let mut df = ctx.execute_logical_plan(plan).await.map_err(query_error)?;
+            .map_err(Error::from)?;
+        let mut df = ctx.execute_logical_plan(plan).await.map_err(Error::from)?;
         if !handle.parameters.is_empty() {
             let values = decode_parameters(&handle.parameters)?;
-            df = df.with_param_values(values).map_err(query_error)?;
+            df = df.with_param_values(values).map_err(Error::from)?;
         }
         Ok(df)
     }
@@ -343,10 +345,10 @@ impl SqlService {
         let df = self.plan(&ctx, &handle, caller).await?;
         let schema = df.schema().as_arrow().clone();
         let split = splittable(df.logical_plan());
-        let physical = df.create_physical_plan().await.map_err(query_error)?;
+        let physical = df.create_physical_plan().await.map_err(Error::from)?;
         let stats = StatisticsContext::new()
             .compute(physical.as_ref(), &StatisticsArgs::new())
-            .map_err(query_error)?;
+            .map_err(Error::from)?;
         let rows = stats
             .num_rows
             .get_value()
@@ -371,10 +373,11 @@ impl SqlService {
         let max_rows = self.lake.sql.max_rows;
         if let (Some(&n), true) = (rows, parts.len() <= 1) {
             if max_rows > 0 && n as u64 > max_rows {
-                return Err(Status::resource_exhausted(format!(
+                return Err(Error::ResourceExhausted(format!(
                     "the query returns {n} rows, more than this server's sql.max_rows ({max_rows}) for one stream; \
                      narrow it or add a LIMIT"
-                )));
+                ))
+                .to_status());
             }
         }
         let mut handles = Vec::new();
@@ -428,8 +431,8 @@ impl SqlService {
         .map_err(Status::from)??;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = crate::runtime::stream_on(&self.lake.bulk, async move {
-            let s = df.execute_stream().await.map_err(query_failure)?;
-            Ok(s.map_err(query_failure))
+            let s = df.execute_stream().await.map_err(Error::from)?;
+            Ok(s.map_err(Error::from))
         });
         let batches = crate::edge::sql_capped(batches.map_err(|e| e.to_status()), &self.lake.limits)
             .map_err(|s| FlightError::Tonic(Box::new(s)));
@@ -653,7 +656,7 @@ fn number_placeholders(sql: &str) -> Result<String, Status> {
     }
     let tokens = Tokenizer::new(&GenericDialect {}, sql)
         .tokenize_with_location()
-        .map_err(|e| Status::invalid_argument(format!("SQL error: {e}")))?;
+        .map_err(|e| Error::InvalidArgument(format!("SQL error: {e}")).to_status())?;
     let spots: Vec<(u64, u64)> = tokens
         .iter()
         .filter(|t| matches!(&t.token, Token::Placeholder(p) if p == "?"))
@@ -681,7 +684,7 @@ fn number_placeholders(sql: &str) -> Result<String, Status> {
 
 /// The parameter values of a handle: one row of an Arrow IPC stream.
 fn decode_parameters(bytes: &[u8]) -> Result<Vec<ScalarValue>, Status> {
-    let bad = |e: String| Status::invalid_argument(format!("the bound parameters cannot be read: {e}"));
+    let bad = |e: String| Error::InvalidArgument(format!("the bound parameters cannot be read: {e}")).to_status();
     let reader =
         arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| bad(e.to_string()))?;
     let mut values = None;
@@ -718,7 +721,7 @@ fn encode_parameters(batch: &RecordBatch) -> Result<Vec<u8>, Status> {
 /// The parameter schema of a planned query: `$1`, `$2`... with their types where DataFusion
 /// infers them (Null where it cannot).
 fn parameter_schema(plan: &LogicalPlan) -> Result<Schema, Status> {
-    let types = plan.get_parameter_types().map_err(query_error)?;
+    let types = plan.get_parameter_types().map_err(Error::from)?;
     let mut named: Vec<(usize, String, DataType)> = types
         .into_iter()
         .map(|(name, t)| {
@@ -773,81 +776,7 @@ fn one_batch<E: std::fmt::Display>(
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
-}
-
-/// DataFusion's planning errors are the query's: INVALID_ARGUMENT with its message. Failures
-/// while reading (a file gone, corrupt) are the server's; memory past the pool, a request's
-/// share or a bound of the function guards is RESOURCE_EXHAUSTED; an overflow in Arrow (a value
-/// past what its offsets hold) is the query's; our own errors (a changed file of an endpoint)
-/// keep their kind.
-fn query_error(e: DataFusionError) -> Status {
-    query_failure(e).to_status()
-}
-
-fn query_failure(e: DataFusionError) -> crate::error::Error {
-    use crate::error::Error;
-    // Our own errors keep their kind and message: raised by a scan (a changed file of an
-    // endpoint) or by a read through the lake's readers (a footer of another version).
-    let root = e.find_root();
-    let ours = match root {
-        DataFusionError::External(inner) => inner.downcast_ref::<Error>(),
-        DataFusionError::ParquetError(p) => match p.as_ref() {
-            parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<Error>(),
-            _ => None,
-        },
-        _ => None,
-    };
-    if let Some(ours) = ours {
-        return ours.clone();
-    }
-    let store_error = match root {
-        DataFusionError::ParquetError(p) => match p.as_ref() {
-            parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<object_store::Error>(),
-            _ => None,
-        },
-        DataFusionError::ObjectStore(os) => Some(os.as_ref()),
-        _ => None,
-    };
-    if let Some(os) = store_error {
-        // A read the request's memory had no room for.
-        if let Some(refused) = Error::memory_refusal(os) {
-            return refused;
-        }
-        // A versioned read found another version of its file (it was rewritten after the
-        // listing or the planning of this endpoint).
-        if let object_store::Error::Precondition { .. } = os {
-            return Error::DataLoss(format!(
-                "a file changed since this query was planned ({os}); run the query again"
-            ));
-        }
-    }
-    let msg = e.to_string();
-    match root {
-        DataFusionError::SQL(..)
-        | DataFusionError::Plan(_)
-        | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => Error::InvalidArgument(msg),
-        DataFusionError::ObjectStore(_) | DataFusionError::ParquetError(_) | DataFusionError::IoError(_) => {
-            Error::DataLoss(msg)
-        }
-        DataFusionError::ResourcesExhausted(_) => Error::ResourceExhausted(msg),
-        DataFusionError::ArrowError(a, _) if overflow(a) => Error::InvalidArgument(format!(
-            "the query builds a value too large for Arrow (an offset or arithmetic overflow): {msg}"
-        )),
-        DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => Error::InvalidArgument(msg),
-        _ if msg.contains("overflow") => Error::InvalidArgument(msg),
-        _ => Error::Internal(msg),
-    }
-}
-
-/// An Arrow error that says a value or a sum outgrew its type.
-fn overflow(e: &arrow::error::ArrowError) -> bool {
-    use arrow::error::ArrowError;
-    matches!(
-        e,
-        ArrowError::OffsetOverflowError(_) | ArrowError::ArithmeticOverflow(_)
-    ) || e.to_string().to_lowercase().contains("overflow")
+    Error::Internal(e.to_string()).to_status()
 }
 
 fn sql_info() -> SqlInfoData {
@@ -1195,8 +1124,8 @@ impl FlightSqlService for SqlService {
         let account = self.lake.memory.account("DoPut of parameters");
         let mut held = Vec::new();
         while let Some(batch) = batches.next().await {
-            let batch =
-                batch.map_err(|e| Status::invalid_argument(format!("the bound parameters cannot be read: {e}")))?;
+            let batch = batch
+                .map_err(|e| Error::InvalidArgument(format!("the bound parameters cannot be read: {e}")).to_status())?;
             held.push(
                 account
                     .reserve(batch.get_array_memory_size() as u64, &"decoding the bound parameters")
@@ -1206,9 +1135,10 @@ impl FlightSqlService for SqlService {
                 continue;
             }
             if row.is_some() || batch.num_rows() > MAX_PARAMETER_ROWS {
-                return Err(Status::invalid_argument(
-                    "a query runs with one row of parameters; bind one row per execution",
-                ));
+                return Err(Error::InvalidArgument(
+                    "a query runs with one row of parameters; bind one row per execution".into(),
+                )
+                .to_status());
             }
             row = Some(batch);
         }
@@ -1252,10 +1182,11 @@ impl FlightSqlService for SqlService {
 /// A Flight SQL command astroflight does not serve: UNIMPLEMENTED, naming it.
 fn unsupported(type_url: &str) -> Status {
     let name = type_url.rsplit('.').next().unwrap_or(type_url);
-    Status::unimplemented(format!(
+    Error::Unimplemented(format!(
         "Flight SQL {name} is not supported by astroflight (a read-only lake: queries, prepared statements and \
          metadata)"
     ))
+    .to_status()
 }
 
 /// An empty key listing: the lake's tables declare no keys.
@@ -1310,16 +1241,5 @@ mod tests {
             value: vec![1, 2].into(),
         };
         assert!(!is_flight_sql(&other.encode_to_vec()));
-    }
-
-    #[test]
-    fn planning_errors_are_the_clients() {
-        let e = DataFusionError::Plan("table 'x' not found".into());
-        assert_eq!(query_error(e).code(), tonic::Code::InvalidArgument);
-        let e = DataFusionError::ObjectStore(Box::new(object_store::Error::NotFound {
-            path: "a".into(),
-            source: "gone".into(),
-        }));
-        assert_eq!(query_error(e).code(), tonic::Code::DataLoss);
     }
 }
