@@ -59,7 +59,7 @@
 mod build;
 pub mod catalog;
 pub mod filter;
-pub mod headers;
+pub mod header_catalog;
 pub mod idmap;
 mod keys;
 pub mod manifest;
@@ -423,9 +423,9 @@ impl Index {
     }
 
     /// The header catalog of a FITS dataset (its own tree, `{name}/headers`).
-    pub fn headers(&self, name: &str) -> Result<headers::HeaderStore> {
+    pub fn headers(&self, name: &str) -> Result<header_catalog::HeaderStore> {
         check_name(name)?;
-        Ok(headers::HeaderStore {
+        Ok(header_catalog::HeaderStore {
             tree: self.db.open_tree(format!("{name}/headers"))?,
             db: self.db.clone(),
         })

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use tracing::{error, info, warn};
 
-use astroflight_index::headers::HeaderStore;
+use astroflight_index::header_catalog::HeaderStore;
 use astroflight_index::{BuildStats, DatasetIndex, Index, IndexBuilder, OpenError, SurveyKind};
 
 use crate::config::{Config, Limits, ReindexAction};
@@ -417,7 +417,7 @@ impl Lake {
             Backend::File => self.fits_config.concurrency.min(4),
             _ => self.fits_config.concurrency,
         };
-        let result = crate::headers::catalog::refresh(store, &ds.catalog, opts, concurrency).await;
+        let result = crate::fits_lake::catalog::refresh(store, &ds.catalog, opts, concurrency).await;
         let result = match result {
             Ok((stats, cost)) => {
                 info!(dataset = %ds.name, read = stats.indexed, unchanged = stats.unchanged, removed = stats.removed,
@@ -440,8 +440,8 @@ impl Lake {
     }
 
     /// How headers are read.
-    pub fn scan_options(&self) -> crate::headers::scan::ScanOptions {
-        crate::headers::scan::ScanOptions {
+    pub fn scan_options(&self) -> crate::fits_lake::file_headers::ScanOptions {
+        crate::fits_lake::file_headers::ScanOptions {
             header_read_bytes: self.fits_config.header_read_bytes,
             max_gzip_bytes: self.fits_config.max_gzip_bytes,
         }

@@ -26,7 +26,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod expr;
-pub mod headers;
+pub mod fits_lake;
 pub mod lake;
 pub mod memory;
 pub mod read;

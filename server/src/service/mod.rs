@@ -129,7 +129,7 @@ impl AstroFlight {
     /// A FITS dataset's FlightInfo (blocking: reads the header catalog): the header table's
     /// base schema, HDUs as `total_records`.
     fn fits_dataset_info(lake: &Lake, ds: &FitsDataset) -> Result<FlightInfo> {
-        let (files, hdus, errors) = crate::headers::catalog::summary(&ds.catalog)?;
+        let (files, hdus, errors) = crate::fits_lake::catalog::summary(&ds.catalog)?;
         let mut meta = json!({
             "dataset": ds.name, "kind": "fits", "storage": ds.backend.name(),
             "files": files, "hdus": hdus, "files_with_errors": errors,
@@ -139,7 +139,7 @@ impl AstroFlight {
             meta["root"] = json!(ds.root);
         }
         Ok(FlightInfo::new()
-            .try_with_schema(&crate::headers::table::schema(Vec::new()))
+            .try_with_schema(&crate::fits_lake::table::schema(Vec::new()))
             .map_err(|e| Error::Internal(e.to_string()))?
             .with_descriptor(FlightDescriptor::new_path(vec![ds.name.clone()]))
             .with_total_records(hdus as i64)
@@ -222,7 +222,7 @@ impl AstroFlight {
                 let name = dataset_path(&d)?;
                 caller.check(name)?;
                 if self.lake.is_fits(name) {
-                    crate::headers::table::schema(Vec::new())
+                    crate::fits_lake::table::schema(Vec::new())
                 } else {
                     cutout_schema(self.lake.dataset(name)?.kind, StampFormat::Fits)
                 }
@@ -263,7 +263,7 @@ impl AstroFlight {
                 Ok(v)
             })
             .chain(lake.fits_datasets().filter(|d| caller.may_read(&d.name)).map(|d| {
-                let (files, hdus, errors) = crate::headers::catalog::summary(&d.catalog)?;
+                let (files, hdus, errors) = crate::fits_lake::catalog::summary(&d.catalog)?;
                 let mut v = json!({"name": d.name, "kind": "fits", "storage": d.backend.name(),
                                    "files": files, "hdus": hdus, "files_with_errors": errors,
                                    "indexing": d.build.first_build_pending()});

@@ -1,6 +1,6 @@
 //! Header tables: `{"headers": {...}}`.
 //!
-//! Two sources, one table shape ([`crate::headers::table`]):
+//! Two sources, one table shape ([`crate::fits_lake::table`]):
 //!
 //! - **A FITS dataset's header catalog.** Files under `prefix`, one row per HDU, key columns
 //!   typed from the catalog, `where` evaluated by the alert conditions' engine (DataFusion) on
@@ -42,9 +42,9 @@ use astroflight_proto::{CutoutRequest, HeadersPartRequest, HeadersRequest, Stamp
 
 use crate::error::{quoted, Error, Result};
 use crate::expr::evaluate_condition;
-use crate::headers::catalog;
-use crate::headers::scan::FileHeaders;
-use crate::headers::table::{self, KeyTypes, RowsBuilder, BASE_COLUMNS};
+use crate::fits_lake::catalog;
+use crate::fits_lake::file_headers::FileHeaders;
+use crate::fits_lake::table::{self, KeyTypes, RowsBuilder, BASE_COLUMNS};
 use crate::lake::{FitsDataset, Lake};
 use crate::storage::IoStats;
 use crate::tickets::{check_limits, cutout, Planned};

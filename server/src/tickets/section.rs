@@ -31,8 +31,8 @@ use astroflight_index::reader::{FileVersion, StoreReader};
 use astroflight_proto::{Region, SectionRequest};
 
 use crate::error::{quoted, Error, Result};
-use crate::headers::catalog;
-use crate::headers::scan::{scan_file, FileHeaders};
+use crate::fits_lake::catalog;
+use crate::fits_lake::file_headers::{scan_file, FileHeaders};
 use crate::lake::{FitsDataset, Lake};
 use crate::storage::IoStats;
 use crate::tickets::Planned;

@@ -14,11 +14,11 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 
 use astroflight_fits::header::{Card, Hdu, HduKind, ValueKind};
-use astroflight_index::headers::HeaderStore;
+use astroflight_index::header_catalog::HeaderStore;
 use astroflight_index::reader::FileVersion;
 use astroflight_index::BuildStats;
 
-use super::scan::{is_fits_name, scan_file, FileHeaders, ScanCost, ScanOptions};
+use super::file_headers::{is_fits_name, scan_file, FileHeaders, ScanCost, ScanOptions};
 use crate::error::{Error, Result};
 
 /// The record format; a record of another format is read again from storage.

@@ -19,7 +19,7 @@ use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 
 use astroflight_fits::header::{parse_float, Card, Hdu, ValueKind};
 
-use super::scan::FileHeaders;
+use super::file_headers::FileHeaders;
 use crate::error::{quoted, Error, Result};
 
 /// The columns every header table has, before the key columns.
