@@ -38,9 +38,9 @@ use crate::idmap::{self, AlertIds, SegmentBuilder};
 use crate::keys;
 use crate::manifest::{CatalogChange, Manifest, SegmentDir, SegmentRef};
 use crate::objkey::ObjectKey;
-use crate::reader::StoreReader;
 use crate::segment::Segment;
 use crate::{DatasetIndex, FileEntry, IndexError, Result, SurveyKind};
+use astroflight_reader::StoreReader;
 
 /// Memory a build's sorts may hold before they spill sorted runs to disk.
 pub const BUILD_MEMORY_BYTES: usize = 256 << 20;
@@ -308,7 +308,7 @@ impl IndexBuilder {
         };
         let meta_size = meta.size;
         let reader = StoreReader::new(self.store.clone(), meta.location.clone(), meta.size)
-            .with_version(crate::reader::FileVersion::of_meta(&meta));
+            .with_version(astroflight_reader::FileVersion::of_meta(&meta));
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
             .map_err(|e| storage_or_file(&path, e))?;

@@ -72,6 +72,15 @@ impl FileStats {
 }
 
 impl FileEntry {
+    /// The version of the file the index recorded: what a reader of it expects.
+    pub fn version(&self) -> astroflight_reader::FileVersion {
+        astroflight_reader::FileVersion {
+            size: self.size,
+            e_tag: self.e_tag.clone(),
+            last_modified_ms: self.last_modified_ms,
+        }
+    }
+
     /// The file is unchanged if its size, and its etag or modification time, are the same.
     pub fn same_version(&self, meta: &object_store::ObjectMeta) -> bool {
         self.size == meta.size

@@ -64,7 +64,6 @@ pub mod idmap;
 mod keys;
 pub mod manifest;
 pub mod objkey;
-pub mod reader;
 pub mod segment;
 pub mod sort;
 mod view;

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 
+use crate::storage::FileVersion;
 use astroflight_fits::header::{Card, Hdu, HduKind, ValueKind};
 use astroflight_index::header_catalog::HeaderStore;
-use astroflight_index::reader::FileVersion;
 use astroflight_index::BuildStats;
 
 use super::file_headers::{is_fits_name, scan_file, FileHeaders, ScanCost, ScanOptions};

@@ -24,8 +24,8 @@ use object_store::path::Path;
 use object_store::{GetOptions, ObjectMeta, ObjectStore};
 use parquet::arrow::async_reader::AsyncFileReader;
 
+use crate::storage::{FileVersion, StoreReader};
 use astroflight_fits::header::{parse_hdu, scan_reader, starts_extension, Hdu, Parsed};
-use astroflight_index::reader::{FileVersion, StoreReader};
 
 use crate::error::{Error, Result};
 

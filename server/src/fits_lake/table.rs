@@ -464,10 +464,10 @@ fn append_key(col: &mut KeyColumn, h: &Hdu, key: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::FileVersion;
     use arrow::array::{Array, AsArray, Int64Array};
     use arrow::datatypes::{Float64Type, Int64Type};
     use astroflight_fits::header::HduKind;
-    use astroflight_index::reader::FileVersion;
 
     fn schema_of(f: Vec<Field>) -> SchemaRef {
         schema(f)

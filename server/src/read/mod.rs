@@ -29,7 +29,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowS
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 
-use astroflight_index::reader::{FileVersion, StoreReader};
+use crate::storage::{FileVersion, StoreReader};
 use astroflight_index::FileEntry;
 
 use crate::error::{Error, Result};
@@ -55,13 +55,7 @@ pub struct ReadCtx {
 
 impl ReadCtx {
     fn reader(&self, entry: &FileEntry) -> StoreReader {
-        file_reader(
-            &self.lake,
-            &self.ds,
-            &self.io,
-            &entry.path,
-            FileVersion::of_entry(entry),
-        )
+        file_reader(&self.lake, &self.ds, &self.io, &entry.path, entry.version())
     }
 
     /// How a file is named in messages.

@@ -28,8 +28,8 @@ use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::schema::types::{SchemaDescriptor, Type};
 
+use crate::storage::{FileVersion, StoreReader};
 use astroflight_fits as fits;
-use astroflight_index::reader::{FileVersion, StoreReader};
 use astroflight_index::SurveyKind;
 use astroflight_proto::{Annotation, Content, PartFile, StampFormat};
 

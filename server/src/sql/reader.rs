@@ -21,7 +21,7 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::ParquetMetaData;
 
-use astroflight_index::reader::{FileVersion, StoreReader};
+use crate::storage::{FileVersion, StoreReader};
 use astroflight_index::FileEntry;
 
 use crate::lake::{Dataset, Lake};
@@ -54,7 +54,7 @@ impl ParquetFileReaderFactory for LakeReaderFactory {
             .cloned();
         let version = entry
             .as_ref()
-            .map(FileVersion::of_entry)
+            .map(|e| e.version())
             .unwrap_or_else(|| FileVersion::of_meta(&file.object_meta));
         let reader = file_reader(&self.lake, &self.ds, &self.io, &path, version).with_offset_index();
         let ctx = ReadCtx {

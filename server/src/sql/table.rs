@@ -40,7 +40,7 @@ use datafusion::physical_plan::{
 };
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
-use astroflight_index::reader::FileVersion;
+use crate::storage::FileVersion;
 use astroflight_index::{FileEntry, IdKey, SurveyKind};
 use astroflight_proto::sql::{SqlFile, SqlPart};
 

@@ -102,6 +102,7 @@ pub mod mounted;
 pub mod retrying;
 pub mod s3;
 
+pub use astroflight_reader::{FileVersion, StoreReader, DEFAULT_FOOTER_PREFETCH};
 pub use counting::CountingStore;
 use hdfs::hdfs_root;
 use http::http_root;

@@ -36,8 +36,8 @@ use datafusion::sql::sqlparser::parser::Parser;
 use futures::stream::{BoxStream, StreamExt};
 use serde_json::json;
 
+use crate::storage::FileVersion;
 use astroflight_fits::header::scan_reader;
-use astroflight_index::reader::FileVersion;
 use astroflight_proto::{CutoutRequest, HeadersPartRequest, HeadersRequest, StampFormat, StampKind};
 
 use crate::error::{quoted, Error, Result};

@@ -24,10 +24,10 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use parquet::arrow::async_reader::AsyncFileReader;
 
+use crate::storage::{FileVersion, StoreReader};
 use astroflight_fits::header::{padded, section_header, Hdu, HduKind};
 use astroflight_fits::wcs::{cutout_box, TanWcs};
 use astroflight_fits::FitsError;
-use astroflight_index::reader::{FileVersion, StoreReader};
 use astroflight_proto::{Region, SectionRequest};
 
 use crate::error::{quoted, Error, Result};

@@ -1,4 +1,6 @@
-//! A parquet [`AsyncFileReader`] over any `object_store` store.
+//! A parquet [`AsyncFileReader`] over any `object_store` store: the storage layer's reader of
+//! lake files. It sits below the index (whose build reads the id columns through it) and the
+//! server (which re-exports it from `storage`); reading files is not the index's business.
 //!
 //! Footers can be handed in from a cache ([`StoreReader::with_metadata`]); when they are read,
 //! the last `prefetch` bytes of the file are fetched in one request, which for Spark-written
@@ -48,14 +50,6 @@ pub struct FileVersion {
 }
 
 impl FileVersion {
-    pub fn of_entry(e: &crate::FileEntry) -> Self {
-        FileVersion {
-            size: e.size,
-            e_tag: e.e_tag.clone(),
-            last_modified_ms: e.last_modified_ms,
-        }
-    }
-
     pub fn of_meta(m: &ObjectMeta) -> Self {
         FileVersion {
             size: m.size,
