@@ -47,7 +47,8 @@ use crate::fits_lake::file_headers::FileHeaders;
 use crate::fits_lake::table::{self, KeyTypes, RowsBuilder, BASE_COLUMNS};
 use crate::lake::{FitsDataset, Lake};
 use crate::storage::IoStats;
-use crate::tickets::{check_limits, cutout, Planned};
+use crate::tickets::stamps::{self, CutoutPlan};
+use crate::tickets::{check_limits, Planned};
 
 /// HDUs per output batch.
 const BATCH_HDUS: usize = 256;
@@ -370,7 +371,7 @@ fn execute_catalog(
 
 /// The header table of the stamps of alerts named by id.
 pub struct StampsPlan {
-    cutouts: Arc<cutout::CutoutPlan>,
+    cutouts: Arc<CutoutPlan>,
     request: HeadersRequest,
     /// Base columns, id columns and `kind`, key columns, then the keys only `where` reads.
     full_schema: SchemaRef,
@@ -428,14 +429,14 @@ async fn plan_stamps(lake: &Arc<Lake>, req: HeadersRequest, command: &[u8]) -> R
         format: StampFormat::Fits,
         hdu: 0,
     };
-    let cutouts = Arc::new(cutout::plan(lake, cut, command).await?);
+    let cutouts = Arc::new(stamps::plan(lake, cut, command).await?);
     check_limits(cutouts.as_ref(), &lake.limits)?;
     let (keys, shown) = all_keys(&req)?;
     // Key types from the stamps of the first alert.
     let mut types = KeyTypes::new(&keys);
     if !keys.is_empty() {
         if let Some(first) = cutouts.targets.first() {
-            let one = Arc::new(cutout::CutoutPlan {
+            let one = Arc::new(CutoutPlan {
                 lake: cutouts.lake.clone(),
                 dataset: cutouts.dataset.clone(),
                 kinds: cutouts.kinds,

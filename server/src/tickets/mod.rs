@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod cutout;
 pub mod headers;
 pub mod section;
+pub mod stamps;
 
 use std::sync::Arc;
 
