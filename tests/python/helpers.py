@@ -2,6 +2,7 @@ import glob
 import gzip
 import io
 import json
+import subprocess
 import time
 
 import numpy as np
@@ -144,3 +145,10 @@ def steady(value, quiet_secs, deadline_secs, what):
         if now != last:
             last, since = now, time.monotonic()
     return last
+
+
+def gen(binary, out, survey, nights=3, files=2, alerts=80, *extra):
+    """A generated alert lake (`astroflight gen`), deterministic for given arguments."""
+    subprocess.run([binary, "gen", "--survey", survey, "--out", str(out), "--nights", str(nights),
+                    "--files-per-night", str(files), "--alerts-per-file", str(alerts), *extra],
+                   check=True, capture_output=True)

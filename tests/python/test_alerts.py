@@ -13,16 +13,10 @@ import pytest
 from pyarrow import flight
 
 import astroflight
-from helpers import as_fits, astropy_pixels
+from helpers import as_fits, astropy_pixels, gen
 from test_real_samples import avro_lake
 
 JD_EPOCH = 2440587.5
-
-
-def gen(binary, out, survey, nights=3, files=2, alerts=80, *extra):
-    subprocess.run([binary, "gen", "--survey", survey, "--out", str(out), "--nights", str(nights),
-                    "--files-per-night", str(files), "--alerts-per-file", str(alerts), *extra],
-                   check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
@@ -340,8 +334,8 @@ def test_alert_batches_on_every_backend(backend, binary, place, start_server, tm
 
 
 def test_readme_ml_recipe_runs(binary, start_server, tmp_path):
-    """The README's numpy/PyTorch recipe, run as written against a generated lake."""
-    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    """The numpy/PyTorch recipe of docs/alerts.md, run as written against a generated lake."""
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
     block = readme.split("<!-- recipe: ml -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     lake = tmp_path / "ztf"
     gen(binary, lake, "ztf", 3, 2, 60)

@@ -26,7 +26,7 @@ import pytest
 from pyarrow import flight
 
 from helpers import proc_cpu_seconds, proc_rss, sql_command, ticket
-from test_alerts import gen
+from helpers import gen
 
 GiB = 1 << 30
 BUDGET = 2 * GiB

@@ -12,7 +12,7 @@ from pyarrow import flight
 
 from helpers import parquet_alerts, sql_command, steady, ticket, wait_until
 from storage_servers import FaultProxy
-from test_alerts import gen
+from helpers import gen
 
 TOKENS = {"a": "token-of-caller-a-0123456789", "b": "token-of-caller-b-0123456789",
           "c": "token-of-caller-c-0123456789"}

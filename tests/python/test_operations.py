@@ -19,7 +19,7 @@ from pyarrow import flight
 from helpers import parquet_alerts, ticket
 from otlp_receiver import OtlpReceiver
 from storage_servers import FaultProxy
-from test_alerts import gen
+from helpers import gen
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from pyarrow import flight
 from conftest import write_config
 from helpers import as_fits, parquet_alerts, proc_cpu_seconds, ticket
 from storage_servers import FaultProxy, env_without_aws
-from test_alerts import gen
+from helpers import gen
 
 SOAK_SECS = float(os.environ.get("ASTROFLIGHT_SOAK_SECS", "40"))
 KILLS = int(os.environ.get("ASTROFLIGHT_KILLS", "6"))

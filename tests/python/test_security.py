@@ -17,7 +17,7 @@ from pyarrow import flight
 
 from helpers import as_fits, parquet_alerts, rows, ticket
 from pki import Ca, write
-from test_alerts import gen
+from helpers import gen
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SVC_TOKEN = "svc-token-0123456789abcdef"

@@ -10,7 +10,8 @@ from pyarrow import flight
 
 import astroflight
 from astroflight.spark import read_alerts
-from test_alerts import duck, gen, rows_of
+from helpers import gen
+from test_alerts import duck, rows_of
 
 
 @pytest.fixture(scope="module")

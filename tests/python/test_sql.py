@@ -11,7 +11,7 @@ import pytest
 from pyarrow import flight
 
 from helpers import any_bytes, varint_field
-from test_alerts import gen
+from helpers import gen
 
 
 @pytest.fixture(scope="module")

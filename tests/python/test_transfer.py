@@ -11,7 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from test_alerts import duck, gen
+from helpers import gen
+from test_alerts import duck
 
 NIGHTS = "2020-01-01..2020-01-03"  # the generator's first three nights
 
