@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import grpc
+import pyarrow as pa
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pyarrow import flight
@@ -19,7 +20,7 @@ from pyarrow import flight
 from helpers import parquet_alerts, ticket
 from otlp_receiver import OtlpReceiver
 from storage_servers import FaultProxy
-from helpers import gen
+from helpers import gen, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,26 @@ def health(server, service):
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def test_the_stats_record_of_each_request_says_how_it_ended(start_server, lake):
+    """Every DoGet leaves one record in `stats`: a stream read to the end "ok", a request
+    refused while it was planned its status code (the record is built once, before planning)."""
+    s = start_server(lake["datasets"])
+    c = s.client()
+    good = lake["ztf"][0]["candid"]
+    with_id = lambda i: flight.FlightCallOptions(headers=[(b"x-request-id", i.encode())])  # noqa: E731
+    assert c.do_get(ticket(dataset="ztf", candid=good), with_id("found")).read_all().num_rows == 3
+    with pytest.raises(pa.ArrowException, match="no alert with candid 1"):
+        c.do_get(ticket(dataset="ztf", candid=1), with_id("missing")).read_all()
+    with pytest.raises(pa.ArrowException):
+        c.do_get(ticket(dataset="nope", candid=good), with_id("no-dataset")).read_all()
+    wait_until(lambda: {"found", "missing", "no-dataset"} <= {r["id"] for r in s.action("stats")["requests"]}, 10,
+               "a request left no record")
+    found, missing, nodata = (s.request_record(i) for i in ("found", "missing", "no-dataset"))
+    assert (found["outcome"], found["dataset"], found["alerts"]) == ("ok", "ztf", 1), found
+    assert missing["outcome"] == "NOT_FOUND", missing
+    assert nodata["outcome"] in ("NOT_FOUND", "INVALID_ARGUMENT"), nodata
+
+
 def test_health_waits_for_the_first_index_build_and_reports_each_dataset(start_server, lake, s3_server, tmp_path):
     s3_server.upload_dir(lake["dir"] / "ztf", "lake", "health")
     proxy = FaultProxy(tmp_path, s3_server.endpoint, slow=1.0, slow_secs=1.5)
@@ -145,10 +166,17 @@ def test_graceful_shutdown_finishes_open_streams_and_refuses_new_calls(start_ser
     reader = s.client().do_get(q)
     first = reader.read_chunk()
     s.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    # New calls are refused (new connections find no listener, or the server says UNAVAILABLE).
-    with pytest.raises(flight.FlightError):
-        flight.connect(s.url).do_get(ticket(dataset="ztf", candid=lake["ztf"][0]["candid"])).read_all()
+
+    # New calls are refused (new connections find no listener, or the server says UNAVAILABLE),
+    # once the server has taken the signal: polled, not a guessed window.
+    def refused():
+        try:
+            flight.connect(s.url).do_get(ticket(dataset="ztf", candid=lake["ztf"][0]["candid"])).read_all()
+            return False
+        except flight.FlightError:
+            return True
+
+    wait_until(refused, 10, "new calls were still served after SIGTERM")
     rows = first.data.num_rows
     while True:
         try:

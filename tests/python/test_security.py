@@ -17,7 +17,7 @@ from pyarrow import flight
 
 from helpers import as_fits, parquet_alerts, rows, ticket
 from pki import Ca, write
-from helpers import gen
+from helpers import gen, wait_until
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SVC_TOKEN = "svc-token-0123456789abcdef"
@@ -99,7 +99,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(start_server, lake, p
     # The key first, then the certificate: in between the pair does not match, which must be
     # logged and the old certificate kept, not served broken.
     key.write_bytes(new_key)
-    time.sleep(1)
+    wait_until(lambda: "do not load" in s.stderr_path.read_text(), 15, "the mismatched pair was never seen")
     assert list(tls_client(s, pki["server_ca"]).list_actions())
     cert.write_bytes(new_cert)
     deadline = time.time() + 15

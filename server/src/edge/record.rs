@@ -63,6 +63,14 @@ impl RequestRecord {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = (dataset.to_string(), alerts);
     }
 
+    /// A request that failed before its stream started (planning, its deadline): recorded
+    /// with the status's code, which is returned. (Before the record was built once per DoGet,
+    /// such requests left no record; now they leave one that says how they ended.)
+    pub fn failed(&self, status: tonic::Status) -> tonic::Status {
+        self.finish(super::code_name(status.code()));
+        status
+    }
+
     pub fn finish(&self, outcome: &'static str) {
         self.outcome.lock().expect("outcome lock").get_or_insert(outcome);
     }

@@ -493,16 +493,18 @@ impl FlightService for AstroFlight {
             request.extensions_mut().insert(RequestIo(record.io.clone()));
             let planned = FlightService::do_get(&self.sql, request).instrument(span);
             let encoded = match tokio::time::timeout_at(deadline_at, planned).await {
-                Ok(r) => r?.into_inner(),
-                Err(_) => return Err(deadline_status(deadline)),
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => return Err(record.failed(status)),
+                Err(_) => return Err(record.failed(deadline_status(deadline))),
             };
             return Ok(Response::new(guarded(encoded, record, deadline_at, deadline, max)));
         }
         let ticket = request.into_inner().ticket;
         let planned = self.plan(&ticket, false, &caller, &record.io).instrument(span);
         let plan = match tokio::time::timeout_at(deadline_at, planned).await {
-            Ok(plan) => plan?,
-            Err(_) => return Err(deadline_status(deadline)),
+            Ok(Ok(plan)) => plan,
+            Ok(Err(e)) => return Err(record.failed(e.to_status())),
+            Err(_) => return Err(record.failed(deadline_status(deadline))),
         };
         record.serves(plan.dataset(), plan.alerts());
         let (schema, planned, compression) = (plan.schema(), plan.rows(), plan.compression());
