@@ -8,13 +8,13 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 import threading
 
 import pytest
 from pyarrow import flight
 
-from storage_servers import HdfsCluster, S3Server, env_without_aws, stop_process, toml_value
+from helpers import gen
+from storage_servers import HdfsCluster, RangeHttp, S3Server, env_without_aws, stop_process, toml_value, write_manifest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -158,3 +158,50 @@ def hdfs_cluster(tmp_path_factory):
     c = HdfsCluster(tmp_path_factory.mktemp("hdfs"), datanodes=2, replication=2)
     yield c
     c.stop()
+
+
+# Shared by several test files (fixtures live here, never in a test file another imports).
+
+# The remote backends every capability is tested on (beside local files).
+BACKENDS = ["s3", "hdfs", "http"]
+
+
+@pytest.fixture
+def place(request, tmp_path):
+    """place(backend, local_dir, name, manifest=True) -> (root, options): the lake at `local_dir`
+    put on `backend` (uploaded to S3 / HDFS, or served in place over HTTP)."""
+    http_servers = []
+
+    def _place(backend, local, name, manifest=True):
+        local = pathlib.Path(local)
+        if backend == "s3":
+            s3 = request.getfixturevalue("s3_server")
+            s3.upload_dir(local, "lake", name)
+            return f"s3://lake/{name}", s3.dataset_options()
+        if backend == "hdfs":
+            hdfs = request.getfixturevalue("hdfs_cluster")
+            hdfs.put(local, f"/lakes/{name}")
+            return f"{hdfs.url}/lakes/{name}", {}
+        if backend == "http":
+            srv = RangeHttp(tmp_path, local, name=f"http-{name}")
+            http_servers.append(srv)
+            files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*.parquet"))
+            if manifest:
+                (local / "_manifest").write_text(write_manifest(local))
+                return f"{srv.url}/", {}
+            return f"{srv.url}/", {"files": files}
+        raise ValueError(backend)
+
+    yield _place
+    for s in http_servers:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def sql_server(binary, tmp_path_factory):
+    d = tmp_path_factory.mktemp("sql")
+    gen(binary, d / "ztf", "ztf", 3, 2, 60)
+    gen(binary, d / "lsst", "lsst", 2, 1, 30)
+    s = Server(binary, d, [("ztf", "ztf", d / "ztf"), ("lsst", "lsst", d / "lsst")])
+    yield s, d
+    s.stop()

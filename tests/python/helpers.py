@@ -1,11 +1,16 @@
+import datetime
 import glob
 import gzip
 import io
 import json
+import pathlib
 import subprocess
 import time
 
+import duckdb
+import fastavro
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from astropy.io import fits
 from pyarrow import flight
@@ -152,3 +157,65 @@ def gen(binary, out, survey, nights=3, files=2, alerts=80, *extra):
     subprocess.run([binary, "gen", "--survey", survey, "--out", str(out), "--nights", str(nights),
                     "--files-per-night", str(files), "--alerts-per-file", str(alerts), *extra],
                    check=True, capture_output=True)
+
+
+def duck(root, sql_where, cols="candid"):
+    """DuckDB on the same files: the ids of the rows matching `sql_where`, in file order."""
+    con = duckdb.connect()
+    files = sorted(str(p) for p in pathlib.Path(root).rglob("*.parquet"))
+    q = f"SELECT {cols} FROM read_parquet({files!r}, hive_partitioning=false, union_by_name=true) WHERE {sql_where}"
+    return [r[0] for r in con.execute(q).fetchall()]
+
+
+def rows_of(t):
+    """Rows as dicts (nanosecond timestamps as integers: Python datetimes cannot hold them)."""
+    for i, f in enumerate(t.schema):
+        if pa.types.is_timestamp(f.type):
+            t = t.set_column(i, f.name, t.column(i).cast(pa.int64()))
+    return t.to_pylist()
+
+
+def dedupe(alerts, key):
+    seen = {}
+    for a in alerts:
+        if a[key] in seen:
+            assert seen[a[key]]["stamps"] == a["stamps"], "a duplicated alert has the same stamps"
+        else:
+            seen[a[key]] = a
+    return list(seen.values())
+
+
+def avro_lake(shared_data, out):
+    """Write the real avro alerts into a Fink-like parquet lake (year=/month=/day=), one parquet
+    file per avro file (they carry different schema versions)."""
+    alerts = []
+    for i, f in enumerate(sorted(glob.glob(str(shared_data / "ztf" / "avro" / "*.avro")))):
+        with open(f, "rb") as fh:
+            recs = list(fastavro.reader(fh))
+        keep = ["objectId", "candid", "candidate", *[f"cutout{k}" for k in KINDS]]
+        table = pa.Table.from_pylist([{k: r[k] for k in keep} for r in recs])
+        jd = recs[0]["candidate"]["jd"]
+        day = datetime.date(2000, 1, 1) + datetime.timedelta(days=int(jd - 2451544.5))
+        d = out / f"year={day.year:04d}" / f"month={day.month:02d}" / f"day={day.day:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, d / f"part-{i:05d}.snappy.parquet", compression="snappy")
+        for r in recs:
+            alerts.append({"objectId": r["objectId"], "candid": r["candid"], "jd": r["candidate"]["jd"],
+                           "stamps": {k: r[f"cutout{k}"]["stampData"] for k in KINDS}})
+    return alerts
+
+
+def duck_sql(root, sql):
+    """DuckDB on the lake's files as a view named like the dataset (Hive partitions typed as
+    integers, as astroflight types them)."""
+    con = duckdb.connect()
+    for name in ("ztf", "lsst"):
+        files = sorted(str(p) for p in (pathlib.Path(root) / name).rglob("*.parquet"))
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files!r}, hive_partitioning=true, "
+                    f"hive_types={{'year': INTEGER, 'month': INTEGER, 'day': INTEGER}})")
+    return con.execute(sql).to_arrow_table()
+
+
+def gen_small(binary, out, survey, alerts=60, *extra):
+    """A small generated lake: 2 nights x 2 files."""
+    gen(binary, out, survey, 2, 2, alerts, *extra)

@@ -3,7 +3,6 @@ checked row for row against DuckDB and pyarrow running the same filter on the sa
 import datetime
 import json
 import pathlib
-import subprocess
 
 import duckdb
 import numpy as np
@@ -13,8 +12,7 @@ import pytest
 from pyarrow import flight
 
 import astroflight
-from helpers import as_fits, astropy_pixels, gen
-from test_real_samples import avro_lake
+from helpers import as_fits, astropy_pixels, avro_lake, duck, gen, rows_of
 
 JD_EPOCH = 2440587.5
 
@@ -34,22 +32,6 @@ def do_get(client, q):
 
 def info(client, q):
     return client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"alerts": q}).encode()))
-
-
-def duck(root, sql_where, cols="candid"):
-    """DuckDB on the same files: the ids of the rows matching `sql_where`, in file order."""
-    con = duckdb.connect()
-    files = sorted(str(p) for p in pathlib.Path(root).rglob("*.parquet"))
-    q = f"SELECT {cols} FROM read_parquet({files!r}, hive_partitioning=false, union_by_name=true) WHERE {sql_where}"
-    return [r[0] for r in con.execute(q).fetchall()]
-
-
-def rows_of(t):
-    """Rows as dicts (nanosecond timestamps as integers: Python datetimes cannot hold them)."""
-    for i, f in enumerate(t.schema):
-        if pa.types.is_timestamp(f.type):
-            t = t.set_column(i, f.name, t.column(i).cast(pa.int64()))
-    return t.to_pylist()
 
 
 def source_rows(root, id_path=("candid",)):
@@ -282,11 +264,11 @@ def test_real_samples(start_server, shared_data, tmp_path):
     assert sorted(t.column("candid").to_pylist()) == sorted(expect) and expect
 
 
-from test_storage import BACKENDS, place  # noqa: E402,F401  (the `place` fixture)
+from conftest import BACKENDS  # noqa: E402
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_alert_batches_on_every_backend(backend, binary, place, start_server, tmp_path, request):  # noqa: F811
+def test_alert_batches_on_every_backend(backend, binary, place, start_server, tmp_path, request):
     """The batch suite on S3, HDFS and HTTP: presets and conditions equal DuckDB on the local
     copy, every endpoint pulled, exact counts, and a file replaced after planning is DATA_LOSS
     for its endpoint only."""

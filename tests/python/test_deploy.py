@@ -10,7 +10,6 @@ import pathlib
 import re
 import subprocess
 
-import pytest
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

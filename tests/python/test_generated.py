@@ -6,12 +6,7 @@ import pytest
 from pyarrow import flight
 
 from helpers import check_every_stamp, get, parquet_alerts
-
-
-def gen(binary, out, survey, alerts=60, *extra):
-    subprocess.run([binary, "gen", "--survey", survey, "--out", str(out), "--nights", "2",
-                    "--files-per-night", "2", "--alerts-per-file", str(alerts), *extra],
-                   check=True, capture_output=True)
+from helpers import gen_small as gen
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from test_sql import duck, sql_server  # noqa: F401 (the module-scoped server fixture)
+from helpers import duck_sql as duck
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

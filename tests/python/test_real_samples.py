@@ -1,26 +1,12 @@
 """Every stamp of every real alert in ../shared/data comes back through pyarrow.flight exactly:
 byte-identical (gzip as stored, fits after gunzip), and `array` pixels equal to astropy's reading."""
-import datetime
-import glob
 
-import fastavro
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from pyarrow import flight
 
-from helpers import KINDS, check_every_stamp, get, parquet_alerts
-
-
-def dedupe(alerts, key):
-    seen = {}
-    for a in alerts:
-        if a[key] in seen:
-            assert seen[a[key]]["stamps"] == a["stamps"], "a duplicated alert has the same stamps"
-        else:
-            seen[a[key]] = a
-    return list(seen.values())
+from helpers import avro_lake, check_every_stamp, dedupe, get, parquet_alerts
 
 
 def test_real_parquet_lake_in_place(start_server, shared_data):
@@ -44,26 +30,6 @@ def test_real_parquet_lake_in_place(start_server, shared_data):
     assert t.num_rows == 1 and t["candid"][0].as_py() == a["candid"]
     with pytest.raises(pa.ArrowKeyError, match=str(b["candid"])):  # NOT_FOUND
         get(c, dataset="ztf", objectId=a["objectId"], candid=b["candid"])
-
-
-def avro_lake(shared_data, out):
-    """Write the real avro alerts into a Fink-like parquet lake (year=/month=/day=), one parquet
-    file per avro file (they carry different schema versions)."""
-    alerts = []
-    for i, f in enumerate(sorted(glob.glob(str(shared_data / "ztf" / "avro" / "*.avro")))):
-        with open(f, "rb") as fh:
-            recs = list(fastavro.reader(fh))
-        keep = ["objectId", "candid", "candidate", *[f"cutout{k}" for k in KINDS]]
-        table = pa.Table.from_pylist([{k: r[k] for k in keep} for r in recs])
-        jd = recs[0]["candidate"]["jd"]
-        day = datetime.date(2000, 1, 1) + datetime.timedelta(days=int(jd - 2451544.5))
-        d = out / f"year={day.year:04d}" / f"month={day.month:02d}" / f"day={day.day:02d}"
-        d.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, d / f"part-{i:05d}.snappy.parquet", compression="snappy")
-        for r in recs:
-            alerts.append({"objectId": r["objectId"], "candid": r["candid"], "jd": r["candidate"]["jd"],
-                           "stamps": {k: r[f"cutout{k}"]["stampData"] for k in KINDS}})
-    return alerts
 
 
 def test_real_avro_alerts(start_server, shared_data, tmp_path):

@@ -20,7 +20,6 @@ import threading
 import time
 
 import adbc_driver_flightsql.dbapi as flight_sql
-import pyarrow as pa
 import pytest
 from pyarrow import flight
 

@@ -6,12 +6,10 @@ test (pki.py); password hashes by `astroflight hash-password`."""
 import json
 import pathlib
 import re
-import shutil
 import subprocess
 import time
 
 import adbc_driver_flightsql.dbapi as flight_sql
-import pyarrow as pa
 import pytest
 from pyarrow import flight
 

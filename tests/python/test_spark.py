@@ -11,7 +11,7 @@ from pyarrow import flight
 import astroflight
 from astroflight.spark import read_alerts
 from helpers import gen
-from test_alerts import duck, rows_of
+from helpers import duck, rows_of
 
 
 @pytest.fixture(scope="module")

@@ -2,27 +2,15 @@
 PyPI): queries, metadata and prepared statements, results compared with DuckDB running the same
 SQL on the same files."""
 import json
-import pathlib
 
 import adbc_driver_flightsql.dbapi as flight_sql
-import duckdb
 import pyarrow as pa
 import pytest
 from pyarrow import flight
 
 from helpers import any_bytes, varint_field
+from helpers import duck_sql as duck
 from helpers import gen
-
-
-@pytest.fixture(scope="module")
-def sql_server(binary, tmp_path_factory):
-    from conftest import Server
-    d = tmp_path_factory.mktemp("sql")
-    gen(binary, d / "ztf", "ztf", 3, 2, 60)
-    gen(binary, d / "lsst", "lsst", 2, 1, 30)
-    s = Server(binary, d, [("ztf", "ztf", d / "ztf"), ("lsst", "lsst", d / "lsst")])
-    yield s, d
-    s.stop()
 
 
 @pytest.fixture
@@ -31,17 +19,6 @@ def conn(sql_server):
     c = flight_sql.connect(s.url)
     yield c
     c.close()
-
-
-def duck(root, sql):
-    """DuckDB on the lake's files as a view named like the dataset (Hive partitions typed as
-    integers, as astroflight types them)."""
-    con = duckdb.connect()
-    for name in ("ztf", "lsst"):
-        files = sorted(str(p) for p in (pathlib.Path(root) / name).rglob("*.parquet"))
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files!r}, hive_partitioning=true, "
-                    f"hive_types={{'year': INTEGER, 'month': INTEGER, 'day': INTEGER}})")
-    return con.execute(sql).to_arrow_table()
 
 
 def fetch(conn, sql, params=None):

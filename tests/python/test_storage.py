@@ -18,43 +18,10 @@ from pyarrow import flight
 
 from conftest import write_config
 from helpers import check_every_stamp, get, parquet_alerts, ticket
-from storage_servers import S3_SECRET, FaultProxy, HdfsCluster, RangeHttp, env_without_aws, write_manifest
-from test_generated import gen
-from test_real_samples import avro_lake, dedupe
-
-BACKENDS = ["s3", "hdfs", "http"]
-
-
-@pytest.fixture
-def place(request, tmp_path):
-    """place(backend, local_dir, name, manifest=True) -> (root, options): the lake at `local_dir`
-    put on `backend` (uploaded to S3 / HDFS, or served in place over HTTP)."""
-    http_servers = []
-
-    def _place(backend, local, name, manifest=True):
-        local = pathlib.Path(local)
-        if backend == "s3":
-            s3 = request.getfixturevalue("s3_server")
-            s3.upload_dir(local, "lake", name)
-            return f"s3://lake/{name}", s3.dataset_options()
-        if backend == "hdfs":
-            hdfs = request.getfixturevalue("hdfs_cluster")
-            hdfs.put(local, f"/lakes/{name}")
-            return f"{hdfs.url}/lakes/{name}", {}
-        if backend == "http":
-            srv = RangeHttp(tmp_path, local, name=f"http-{name}")
-            http_servers.append(srv)
-            files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*.parquet"))
-            if manifest:
-                (local / "_manifest").write_text(write_manifest(local))
-                return f"{srv.url}/", {}
-            return f"{srv.url}/", {"files": files}
-        raise ValueError(backend)
-
-    yield _place
-    for s in http_servers:
-        s.stop()
-
+from conftest import BACKENDS
+from storage_servers import S3_SECRET, FaultProxy, HdfsCluster, RangeHttp, env_without_aws
+from helpers import gen_small as gen
+from helpers import avro_lake, dedupe
 
 def check_real_parquet(c, alerts):
     uniq = dedupe(alerts, "candid")

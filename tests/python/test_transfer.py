@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import gen
-from test_alerts import duck
+from helpers import duck
 
 NIGHTS = "2020-01-01..2020-01-03"  # the generator's first three nights
 
