@@ -2,18 +2,21 @@
 //!
 //! `server` is the composition root: it reads the [`config`], opens the [`lake`] (dataset
 //! stores from [`storage`], their catalogs and id indexes from `astroflight-index`), and serves
-//! the Flight edge ([`service`]), which dispatches each ticket to its kind ([`tickets`]). Kinds
-//! that start from the index read rows at known locations through [`read`], which also owns the
-//! footer cache and the CPU runtime. [`App`] is what the binary and the integration tests start.
+//! the ticket service ([`service`]), which dispatches each ticket to its kind ([`tickets`]) and
+//! Flight SQL commands to [`sql`]; both stand on the Flight edge ([`edge`]). Kinds that start
+//! from the index read rows at known locations through [`read`]. [`App`] is what the binary and
+//! the integration tests start. Layers, top to bottom (a module imports only from below):
 //!
 //! ```text
-//!  service (Flight edge: decode, dispatch, deadline, limits, stats, row check, status)
-//!     └─ tickets::{cutout, alerts, headers}  schema / plan (endpoints) / execute
-//!          └─ read  rows at known locations: footer cache, id check, CPU runtime bridge
-//!               └─ storage  file, s3, hdfs, http; counting, retries
-//!  lake: datasets, their catalog + id index (astroflight-index), index builds and readiness;
-//!        FITS datasets and their header catalogs ([`headers`])
-//!  memory: the process's budget and each request's account of it (every layer counts into it)
+//!  service (Flight calls, dispatch, deadline, stats, row check)
+//!     └─ tickets::{cutout, alerts, headers, section} (stamps below them)  schema / plan / execute
+//!        sql (Flight SQL: DataFusion over the lake's tables)
+//!          └─ scan (alert batch scans)  read (rows at known locations, id check)
+//!               └─ lake: datasets, their catalog + id index, index builds and readiness
+//!                  edge: Flight data, endpoints, response guard, request record, stream slots
+//!                    └─ storage (local, s3, hdfs, http; counting, retrying, listed, mounted)
+//!                       expr (the expression engine and its guards)  runtime (CPU pools, footer cache)
+//!                         └─ config (and the one Limits)  memory (the budget)  fits_lake  error
 //! ```
 //!
 //! The lake generator and the demo lake are a separate crate (`astroflight-gen`), not part of

@@ -7,7 +7,7 @@
 //!   └─ requests: an Account each, of at most limits.max_request_memory_bytes
 //!        ├─ reads: bytes fetched from storage, held until the last reader drops them
 //!        ├─ arrays that expressions produce: claimed through arrow's memory pool, held for
-//!        │    the arrays' lifetime (see scan::guard)
+//!        │    the arrays' lifetime (see expr::guard)
 //!        ├─ DataFusion's operators (sorts, aggregates, joins): its MemoryPool, itself within
 //!        │    sql.memory_bytes
 //!        └─ batches being encoded for the response, parameters being decoded
@@ -19,7 +19,7 @@
 //! be counted after it exists (an array claimed once built, a DataFusion `grow`) is checked
 //! right after with [`Account::check`]: the request then fails before it can build more.
 //!
-//! Refusing is cheaper than recovering: the function guards (scan::guard) refuse a value
+//! Refusing is cheaper than recovering: the function guards (expr::guard) refuse a value
 //! larger than `limits.max_value_bytes` before it is allocated, so the allocator never holds
 //! the memory in the first place. After a request that held much, the allocator is told to
 //! give freed memory back ([`Account`]'s drop).

@@ -184,7 +184,7 @@ impl SqlService {
         config = config.with_batch_size(SQL_BATCH_ROWS);
         // The request's memory: DataFusion's operators reserve from the request's account (its
         // share, the process budget) and from the pool all queries share; the functions its
-        // expressions call are guarded (scan::guard) and their outputs counted while they live.
+        // expressions call are guarded (expr::guard) and their outputs counted while they live.
         let account = io
             .memory()
             .cloned()
