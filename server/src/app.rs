@@ -185,6 +185,12 @@ impl App {
             background.push(t.config.spawn_reloader(t.reload_every));
         }
         let (reporter, health_service) = tonic_health::server::health_reporter();
+        // tonic-health starts with "" as SERVING: the real statuses are set before any listener
+        // answers, or a probe racing the spawned reporter would see a ready server that is not.
+        reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        publish_health(&self.lake, &reporter).await;
         background.push(tokio::spawn(report_health(self.lake.clone(), reporter.clone())));
         if let Some(l) = self.health_listener {
             info!(addr = ?l.local_addr().ok(), "health service (plain TCP) listening");
@@ -259,23 +265,21 @@ impl App {
 /// build has ended, each dataset by its own state, re-read after every index build.
 async fn report_health(lake: Arc<Lake>, reporter: HealthReporter) {
     let mut builds = lake.watch_builds();
-    reporter
-        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-        .await;
     loop {
-        let ready = if lake.is_ready() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        reporter.set_service_status("", ready).await;
-        reporter.set_service_status(FLIGHT_SERVICE, ready).await;
-        for (name, build) in lake.build_states() {
-            reporter.set_service_status(name, status(build.serving())).await;
-        }
+        publish_health(&lake, &reporter).await;
         if builds.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Set readiness (`""` and the Flight service) and each dataset's status from the lake now.
+async fn publish_health(lake: &Lake, reporter: &HealthReporter) {
+    let ready = status(lake.is_ready());
+    reporter.set_service_status("", ready).await;
+    reporter.set_service_status(FLIGHT_SERVICE, ready).await;
+    for (name, build) in lake.build_states() {
+        reporter.set_service_status(name, status(build.serving())).await;
     }
 }
 

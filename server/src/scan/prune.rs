@@ -6,6 +6,17 @@
 //! Page pruning follows DataFusion's parquet source: each conjunct naming a single column is
 //! tested page by page on that column's pages, giving a row selection; the selections of the
 //! conjuncts are intersected (pages of different columns do not line up).
+//!
+//! **Why not DataFusion's `RowGroupAccessPlanFilter` and `PagePruningAccessPlanFilter`.** Both
+//! are used through the same `PruningPredicate`, but they look a predicate's columns up with
+//! `StatisticsConverter::try_new`, which finds only top-level primitive columns (parquet's
+//! `parquet_column` gives up on a struct). Alert files keep nearly every field a user filters
+//! on in a struct (`candidate.magpsf`, `diaSource.psfFlux`), so on them DataFusion's filters
+//! keep every row group and build no page predicate. This module reads the statistics by leaf
+//! path instead (`StatisticsConverter::from_column_index`). The tests below run both on one
+//! file: on a nested field DataFusion's filters prune nothing and this one prunes row groups and
+//! pages; on a top-level column both give the same answer. When the first test fails, DataFusion
+//! prunes nested fields itself and this module should go.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -229,5 +240,136 @@ impl PruningStatistics for Stats<'_> {
 
     fn contained(&self, _column: &Column, _values: &std::collections::HashSet<ScalarValue>) -> Option<BooleanArray> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Why this module exists beside DataFusion's `RowGroupAccessPlanFilter` and
+    //! `PagePruningAccessPlanFilter`: on the nested schema of an alert file DataFusion's filters
+    //! prune nothing, because they resolve a predicate's columns with
+    //! `StatisticsConverter::try_new`, which finds top-level primitive columns only (parquet's
+    //! `parquet_column` returns None for a struct). Every ZTF and Rubin field a user filters on
+    //! (`candidate.magpsf`, `diaSource.psfFlux`) is nested. On a top-level column both agree.
+    use super::*;
+    use arrow::array::{Float64Array, RecordBatch, StringArray, StructArray};
+    use arrow_schema::{DataType, Field, Fields};
+    use bytes::Bytes;
+    use datafusion::datasource::physical_plan::parquet::{
+        PagePruningAccessPlanFilter, ParquetAccessPlan, ParquetFileMetrics, RowGroupAccess, RowGroupAccessPlanFilter,
+    };
+    use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::metadata::PageIndexPolicy;
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+    use crate::expr::guard::ExprLimits;
+    use crate::expr::{flat_schema, flatten};
+
+    const GROUPS: usize = 4;
+    const ROWS: usize = 100;
+
+    /// Four row groups of 100 rows, pages of 10 rows; row r has objectId `ZTF{r:04}` and
+    /// candidate.jd = r, so every row group and page has its own range of both.
+    fn file() -> ArrowReaderMetadata {
+        let cand = Fields::from(vec![
+            Field::new("jd", DataType::Float64, true),
+            Field::new("magpsf", DataType::Float64, true),
+        ]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("objectId", DataType::Utf8, true),
+            Field::new("candidate", DataType::Struct(cand.clone()), true),
+        ]));
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(ROWS))
+            .set_data_page_row_count_limit(10)
+            .set_write_batch_size(10)
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .build();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props)).unwrap();
+        for g in 0..GROUPS {
+            let rows = (g * ROWS)..((g + 1) * ROWS);
+            let ids = StringArray::from_iter_values(rows.clone().map(|r| format!("ZTF{r:04}")));
+            let jd = Float64Array::from_iter_values(rows.clone().map(|r| r as f64));
+            let mag = Float64Array::from_iter_values(rows.map(|r| 20.0 - r as f64 / 100.0));
+            let c = StructArray::new(cand.clone(), vec![Arc::new(jd), Arc::new(mag)], None);
+            w.write(&RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(c)]).unwrap())
+                .unwrap();
+        }
+        w.close().unwrap();
+        ArrowReaderMetadata::load(
+            &Bytes::from(buf),
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required),
+        )
+        .unwrap()
+    }
+
+    /// Ours: the row groups kept, and the rows selected in row group 2.
+    fn ours(md: &ArrowReaderMetadata, sql: &str) -> (Vec<bool>, Option<usize>) {
+        let engine = Engine::new(ExprLimits::unlimited());
+        let expr = engine.parse(sql, md.schema(), "where").unwrap();
+        let flat = flat_schema(md.schema());
+        let p = Pruner::new(&engine, &flatten(&expr, &flat), flat);
+        let all: Vec<usize> = (0..GROUPS).collect();
+        (
+            p.row_groups(md.metadata(), &all),
+            p.pages(md.metadata(), 2).map(|s| s.row_count()),
+        )
+    }
+
+    /// DataFusion's filters on the file's own (nested) schema, as its parquet source runs them:
+    /// the row groups kept, the rows selected in row group 2, and how many page predicates it
+    /// could build.
+    fn datafusion(md: &ArrowReaderMetadata, sql: &str) -> (Vec<bool>, Option<usize>, usize) {
+        let engine = Engine::new(ExprLimits::unlimited());
+        let schema = md.schema().clone();
+        let phys = engine.compile_sql(sql, &schema, "where", None).unwrap();
+        let sd = md.metadata().file_metadata().schema_descr();
+        let metrics = ParquetFileMetrics::new(0, "f.parquet", &ExecutionPlanMetricsSet::new());
+        let mut rg = RowGroupAccessPlanFilter::new(ParquetAccessPlan::new_all(GROUPS));
+        if let Some(p) = PruningPredicateBuilder::new()
+            .with_file_schema(schema.clone())
+            .build(phys.clone())
+        {
+            rg.prune_by_statistics(&schema, sd, md.metadata().row_groups(), &p, &metrics);
+        }
+        let plan = rg.build();
+        let kept = (0..GROUPS).map(|i| plan.should_scan(i)).collect();
+        let pages = PagePruningAccessPlanFilter::new(&phys, schema.clone());
+        let plan = pages.prune_plan_with_page_index(plan, &schema, sd, md.metadata(), &metrics);
+        let selected = match &plan.inner()[2] {
+            RowGroupAccess::Selection(s) => Some(s.row_count()),
+            _ => None,
+        };
+        (kept, selected, pages.filter_number())
+    }
+
+    #[test]
+    fn nested_fields_are_pruned_here_and_not_by_datafusions_filters() {
+        let md = file();
+        // Row groups 2 and 3 hold jd >= 250; in row group 2, the last 5 pages (50 rows).
+        let sql = "candidate.jd >= 250";
+        assert_eq!(ours(&md, sql), (vec![false, false, true, true], Some(50)));
+        let (kept, selected, page_predicates) = datafusion(&md, sql);
+        assert_eq!(
+            kept,
+            vec![true; GROUPS],
+            "DataFusion now prunes nested fields: use its filter"
+        );
+        assert_eq!((selected, page_predicates), (None, 0));
+    }
+
+    #[test]
+    fn top_level_columns_are_pruned_alike() {
+        let md = file();
+        let sql = "objectId >= 'ZTF0250'";
+        assert_eq!(ours(&md, sql), (vec![false, false, true, true], Some(50)));
+        let (kept, selected, page_predicates) = datafusion(&md, sql);
+        assert_eq!(
+            (kept, selected, page_predicates),
+            (vec![false, false, true, true], Some(50), 1)
+        );
     }
 }
