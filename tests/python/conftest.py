@@ -13,8 +13,9 @@ import threading
 import pytest
 from pyarrow import flight
 
-from helpers import gen
-from storage_servers import HdfsCluster, RangeHttp, S3Server, env_without_aws, stop_process, toml_value, write_manifest
+from helpers import ALICE_PASSWORD, READER_TOKEN, SVC_TOKEN, gen, hash_password, parquet_alerts
+from storage_servers import (HdfsCluster, RangeHttp, S3Server, data_files, env_without_aws, is_parquet, stop_process,
+                             toml_value, write_manifest)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -168,12 +169,16 @@ BACKENDS = ["s3", "hdfs", "http"]
 
 @pytest.fixture
 def place(request, tmp_path):
-    """place(backend, local_dir, name, manifest=True) -> (root, options): the lake at `local_dir`
-    put on `backend` (uploaded to S3 / HDFS, or served in place over HTTP)."""
+    """place(backend, local_dir, name, manifest=True, is_data=is_parquet) -> (root, options): the
+    lake at `local_dir` on `backend`: in place for "file", uploaded to S3 / HDFS, or served in
+    place over HTTP. HTTP cannot list, so its data files (those `is_data` accepts) are named in
+    the root's `_manifest`, or, with manifest=False, in the dataset's `files` option."""
     http_servers = []
 
-    def _place(backend, local, name, manifest=True):
+    def _place(backend, local, name, manifest=True, is_data=is_parquet):
         local = pathlib.Path(local)
+        if backend == "file":
+            return str(local), {}
         if backend == "s3":
             s3 = request.getfixturevalue("s3_server")
             s3.upload_dir(local, "lake", name)
@@ -185,11 +190,10 @@ def place(request, tmp_path):
         if backend == "http":
             srv = RangeHttp(tmp_path, local, name=f"http-{name}")
             http_servers.append(srv)
-            files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*.parquet"))
             if manifest:
-                (local / "_manifest").write_text(write_manifest(local))
+                (local / "_manifest").write_text(write_manifest(local, is_data))
                 return f"{srv.url}/", {}
-            return f"{srv.url}/", {"files": files}
+            return f"{srv.url}/", {"files": data_files(local, is_data)}
         raise ValueError(backend)
 
     yield _place
@@ -205,3 +209,39 @@ def sql_server(binary, tmp_path_factory):
     s = Server(binary, d, [("ztf", "ztf", d / "ztf"), ("lsst", "lsst", d / "lsst")])
     yield s, d
     s.stop()
+
+
+# Authentication, shared by the security tests and the clients' tests (JDBC, Spark) with [auth].
+
+@pytest.fixture(scope="module")
+def auth_lake(binary, tmp_path_factory):
+    """Two small datasets (ztf, lsst) for tests of who may read which."""
+    d = tmp_path_factory.mktemp("auth-lake")
+    gen(binary, d / "ztf", "ztf", 2, 1, 30)
+    gen(binary, d / "lsst", "lsst", 2, 1, 20)
+    ztf = parquet_alerts(d / "ztf")
+    lsst = parquet_alerts(d / "lsst", ztf=False)
+    return {"dir": d, "ztf": ztf, "lsst": lsst,
+            "datasets": [("ztf", "ztf", d / "ztf"), ("lsst", "lsst", d / "lsst")]}
+
+
+@pytest.fixture
+def auth_files(binary, tmp_path):
+    """([auth] configuration text, tokens file): SVC_TOKEN reads everything, READER_TOKEN lsst,
+    user alice (ALICE_PASSWORD) ztf; the files are re-read every 0.2 s."""
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[token]]\ntoken = "{SVC_TOKEN}"\nidentity = "svc"\n'
+                      f'[[token]]\ntoken = "{READER_TOKEN}"\nidentity = "reader"\n')
+    users = tmp_path / "users.toml"
+    users.write_text(f'[[user]]\nname = "alice"\npassword_hash = "{hash_password(binary, ALICE_PASSWORD)}"\n')
+    grants = ('[[grant]]\nidentity = "svc"\ndatasets = ["*"]\n'
+              '[[grant]]\nidentity = "reader"\ndatasets = ["lsst"]\n'
+              '[[grant]]\nidentity = "alice"\ndatasets = ["ztf"]\n')
+    return f'[auth]\ntokens_file = "{tokens}"\nusers_file = "{users}"\nreload_secs = 0.2\n{grants}', tokens
+
+
+@pytest.fixture
+def plain_auth_server(start_server, auth_lake, auth_files):
+    """The auth lake behind [auth] over plain TCP (JDBC's TLS needs a Java trust store; TLS is
+    covered by pyarrow and ADBC in test_security.py)."""
+    return start_server(auth_lake["datasets"], extra=auth_files[0])

@@ -17,9 +17,37 @@ from pyarrow import flight
 
 KINDS = ["Science", "Template", "Difference"]
 
+# The credentials of the `auth_files` fixture (conftest.py): a token of every dataset, a token of
+# lsst, and a user of ztf.
+SVC_TOKEN = "svc-token-0123456789abcdef"
+READER_TOKEN = "reader-token-0123456789abcdef"
+ALICE_PASSWORD = "correct horse battery staple"
+
 
 def ticket(**cutout):
     return flight.Ticket(json.dumps({"cutout": cutout}))
+
+
+def alert_batch(client, q):
+    """An `alerts` ticket, read whole."""
+    return client.do_get(flight.Ticket(json.dumps({"alerts": q}).encode())).read_all()
+
+
+def source_rows(root, id_path=("candid",)):
+    """Every row of a lake read with pyarrow, by id."""
+    out = {}
+    for f in sorted(pathlib.Path(root).rglob("*.parquet")):
+        for r in rows_of(pq.ParquetFile(f).read()):
+            v = r
+            for p in id_path:
+                v = v[p]
+            out[v] = r
+    return out
+
+
+def headers(client, **query):
+    """A `headers` ticket (FITS header tables, or the headers of alert stamps), read whole."""
+    return client.do_get(flight.Ticket(json.dumps({"headers": query}))).read_all()
 
 
 def get(client, **cutout):
@@ -219,3 +247,11 @@ def duck_sql(root, sql):
 def gen_small(binary, out, survey, alerts=60, *extra):
     """A small generated lake: 2 nights x 2 files."""
     gen(binary, out, survey, 2, 2, alerts, *extra)
+
+
+def hash_password(binary, password):
+    """The server's own hash of `password` (`astroflight hash-password`), as a users file holds it."""
+    r = subprocess.run([binary, "hash-password"], input=password + "\n", capture_output=True, text=True, check=True)
+    h = r.stdout.strip()
+    assert h.startswith("$argon2id$") and password not in h
+    return h

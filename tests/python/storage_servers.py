@@ -242,11 +242,19 @@ class FaultProxy(_Process):
         return json.loads(urllib.request.urlopen(f"{self.endpoint}/__faults__/set?{q}", timeout=5).read())
 
 
-def write_manifest(root):
-    """The `_manifest` an HTTP dataset reads: every parquet file under `root`, relative."""
+def is_parquet(path):
+    return path.suffix == ".parquet"
+
+
+def data_files(root, is_data=is_parquet):
+    """The data files under `root` (those `is_data` accepts), relative, sorted."""
     root = pathlib.Path(root)
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
-    return "\n".join(["# data files of this lake, one per line", *files]) + "\n"
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and is_data(p))
+
+
+def write_manifest(root, is_data=is_parquet):
+    """The `_manifest` an HTTP dataset reads: every data file under `root`, relative."""
+    return "\n".join(["# data files of this lake, one per line", *data_files(root, is_data)]) + "\n"
 
 
 def toml_value(v):

@@ -7,12 +7,11 @@ import pathlib
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from pyarrow import flight
 
 import astroflight
-from helpers import as_fits, astropy_pixels, avro_lake, duck, gen, rows_of
+from helpers import alert_batch, as_fits, astropy_pixels, duck, gen, rows_of, source_rows
 
 JD_EPOCH = 2440587.5
 
@@ -26,24 +25,8 @@ def lakes(binary, tmp_path_factory):
     return d
 
 
-def do_get(client, q):
-    return client.do_get(flight.Ticket(json.dumps({"alerts": q}).encode())).read_all()
-
-
 def info(client, q):
     return client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"alerts": q}).encode()))
-
-
-def source_rows(root, id_path=("candid",)):
-    """Every row of a lake read with pyarrow, by id."""
-    out = {}
-    for f in sorted(pathlib.Path(root).rglob("*.parquet")):
-        for r in rows_of(pq.ParquetFile(f).read()):
-            v = r
-            for p in id_path:
-                v = v[p]
-            out[v] = r
-    return out
 
 
 CONDITIONS = [
@@ -62,7 +45,7 @@ def test_conditions_match_duckdb_for_every_preset(start_server, lakes):
         expect = duck(lakes / "ztf", " AND ".join(f"({x})" for x in cond.replace("\n", ";").split(";")))
         assert expect, f"the condition {cond!r} matches nothing in the generated lake: a useless test"
         for content in ["lightcurve", "cutouts", "full"]:
-            t = do_get(c, {"dataset": "ztf", "where": cond, "content": content, "stamps": "gzip"})
+            t = alert_batch(c, {"dataset": "ztf", "where": cond, "content": content, "stamps": "gzip"})
             assert t.column("candid").to_pylist() == expect, (cond, content)
             for r in rows_of(t):
                 full = src[r["candid"]]
@@ -95,25 +78,25 @@ def test_columns_stamps_and_compression(start_server, lakes):
     src = source_rows(lakes / "ztf")
     cond = "candidate.magpsf > 19.8"
     expect = duck(lakes / "ztf", cond)
-    t = do_get(c, {"dataset": "ztf", "where": cond, "content": "columns",
+    t = alert_batch(c, {"dataset": "ztf", "where": cond, "content": "columns",
                    "columns": ["candid", "candidate.ra", "candidate.dec", "cdsxmatch"]})
     assert t.schema.names == ["candid", "candidate", "cdsxmatch"]
     assert t.schema.field("candid").type == pa.int64()
     for r in rows_of(t):
         assert r["candidate"] == {"ra": src[r["candid"]]["candidate"]["ra"], "dec": src[r["candid"]]["candidate"]["dec"]}
     # FITS (gunzipped, the default) and pixel arrays, equal to astropy's reading.
-    t = do_get(c, {"dataset": "ztf", "where": cond, "content": "cutouts"})
+    t = alert_batch(c, {"dataset": "ztf", "where": cond, "content": "cutouts"})
     for r in rows_of(t)[:5]:
         assert r["cutoutDifference"]["stampData"] == as_fits(src[r["candid"]]["cutoutDifference"]["stampData"])
-    t = do_get(c, {"dataset": "ztf", "where": cond, "content": "cutouts", "stamps": "array"})
+    t = alert_batch(c, {"dataset": "ztf", "where": cond, "content": "cutouts", "stamps": "array"})
     x = astroflight.stamps_as_numpy(t, "cutoutScience")
     assert x.shape == (len(expect), 63, 63) and x.dtype == np.float32
     for i, candid in enumerate(t.column("candid").to_pylist()[:5]):
         assert np.array_equal(x[i], astropy_pixels(src[candid]["cutoutScience"]["stampData"]), equal_nan=True)
     # Compressed streams carry the same table.
-    plain = do_get(c, {"dataset": "ztf", "where": cond, "content": "full"})
+    plain = alert_batch(c, {"dataset": "ztf", "where": cond, "content": "full"})
     for codec in ["lz4", "zstd"]:
-        assert do_get(c, {"dataset": "ztf", "where": cond, "content": "full", "compression": codec}).equals(plain)
+        assert alert_batch(c, {"dataset": "ztf", "where": cond, "content": "full", "compression": codec}).equals(plain)
 
 
 def test_nights_classes_limit_and_annotations(start_server, lakes):
@@ -125,15 +108,15 @@ def test_nights_classes_limit_and_annotations(start_server, lakes):
     n1 = nights[1]
     lo = JD_EPOCH + (n1 - datetime.date(1970, 1, 1)).days
     expect = duck(lakes / "ztf", f"candidate.jd >= {lo!r} AND candidate.jd < {lo + 1!r}")
-    t = do_get(c, {"dataset": "ztf", "nights": [n1.isoformat()], "annotate": ["night", "class"]})
+    t = alert_batch(c, {"dataset": "ztf", "nights": [n1.isoformat()], "annotate": ["night", "class"]})
     assert t.column("candid").to_pylist() == expect and expect
     assert set(t.column("night").to_pylist()) == {n1}
     # from/to: nights inclusive.
-    t = do_get(c, {"dataset": "ztf", "from": nights[0].isoformat(), "to": nights[1].isoformat()})
+    t = alert_batch(c, {"dataset": "ztf", "from": nights[0].isoformat(), "to": nights[1].isoformat()})
     assert t.num_rows == len(duck(lakes / "ztf", f"candidate.jd < {lo + 1!r}"))
     # Classes (cdsxmatch by default) and the classes action.
     expect = duck(lakes / "ztf", "cdsxmatch IN ('RRLyr', 'QSO')")
-    t = do_get(c, {"dataset": "ztf", "classes": ["RRLyr", "QSO"], "annotate": ["class"]})
+    t = alert_batch(c, {"dataset": "ztf", "classes": ["RRLyr", "QSO"], "annotate": ["class"]})
     assert t.column("candid").to_pylist() == expect and expect
     assert set(t.column("class").to_pylist()) == {"RRLyr", "QSO"}
     counts = astroflight.connect(s.url).classes("ztf")
@@ -147,9 +130,9 @@ def test_nights_classes_limit_and_annotations(start_server, lakes):
     i = info(c, {"dataset": "ztf", "classes": ["RRLyr", "QSO"]})
     assert i.total_records == len(expect)
     # A limit: exactly the first rows of the unlimited stream, through every endpoint.
-    whole = do_get(c, {"dataset": "ztf", "where": "candidate.magpsf > 19"}).column("candid").to_pylist()
+    whole = alert_batch(c, {"dataset": "ztf", "where": "candidate.magpsf > 19"}).column("candid").to_pylist()
     for n in [1, 7, len(whole) + 5]:
-        assert do_get(c, {"dataset": "ztf", "where": "candidate.magpsf > 19", "limit": n}).column("candid").to_pylist() == whole[:n]
+        assert alert_batch(c, {"dataset": "ztf", "where": "candidate.magpsf > 19", "limit": n}).column("candid").to_pylist() == whole[:n]
         i = info(c, {"dataset": "ztf", "where": "candidate.magpsf > 19", "limit": n})
         assert i.total_records == min(n, len(whole))
         got = [x for e in i.endpoints for x in c.do_get(e.ticket).read_all().column("candid").to_pylist()]
@@ -180,13 +163,13 @@ def test_rubin_lightcurve_and_lake_without_page_index(start_server, lakes):
     c = s.client()
     expect = duck(lakes / "lsst", "diaSource.psfFlux > 20000", "diaSource.diaSourceId")
     assert expect
-    t = do_get(c, {"dataset": "lsst", "where": "diaSource.psfFlux > 20000"})
+    t = alert_batch(c, {"dataset": "lsst", "where": "diaSource.psfFlux > 20000"})
     assert t.column("diaSource").combine_chunks().field("diaSourceId").to_pylist() == expect
     assert set(t.schema.names) == {"diaSource", "prvDiaSources"}
     with pytest.raises(pa.ArrowInvalid, match="has no class"):
-        do_get(c, {"dataset": "lsst", "classes": ["SN"]})
+        alert_batch(c, {"dataset": "lsst", "classes": ["SN"]})
     expect = duck(lakes / "ztf-nopi", "candidate.magpsf < 18.5")
-    assert do_get(c, {"dataset": "old", "where": "candidate.magpsf < 18.5"}).column("candid").to_pylist() == expect
+    assert alert_batch(c, {"dataset": "old", "where": "candidate.magpsf < 18.5"}).column("candid").to_pylist() == expect
 
 
 def test_bad_conditions_and_empty_results(start_server, lakes):
@@ -199,17 +182,17 @@ def test_bad_conditions_and_empty_results(start_server, lakes):
         ("candidate.magpsf > 'abc'", "abc"),
         ("candidate.magpsf + 1", "not a condition"),
     ]:
-        for call in [lambda: do_get(c, {"dataset": "ztf", "where": where}),
+        for call in [lambda: alert_batch(c, {"dataset": "ztf", "where": where}),
                      lambda: info(c, {"dataset": "ztf", "where": where})]:
             with pytest.raises(pa.ArrowInvalid) as e:
                 call()
             assert needle in str(e.value), (where, str(e.value))
     with pytest.raises(pa.ArrowInvalid, match="no column"):
-        do_get(c, {"dataset": "ztf", "content": "columns", "columns": ["candidate.nope"]})
+        alert_batch(c, {"dataset": "ztf", "content": "columns", "columns": ["candidate.nope"]})
     # An empty result: the right schema, no rows, an endpoint list that pulls nothing.
-    t = do_get(c, {"dataset": "ztf", "where": "candidate.magpsf > 100"})
+    t = alert_batch(c, {"dataset": "ztf", "where": "candidate.magpsf > 100"})
     assert t.num_rows == 0 and t.schema.names == ["objectId", "candid", "candidate", "prv_candidates"]
-    t = do_get(c, {"dataset": "ztf", "nights": ["1999-01-01"]})
+    t = alert_batch(c, {"dataset": "ztf", "nights": ["1999-01-01"]})
     assert t.num_rows == 0 and t.schema.names == ["objectId", "candid", "candidate", "prv_candidates"]
     i = info(c, {"dataset": "ztf", "where": "candidate.magpsf > 100", "exact": True})
     assert i.total_records == 0 and i.schema.names == t.schema.names
@@ -237,33 +220,6 @@ def test_a_file_changed_after_planning_fails_its_endpoint_only(binary, start_ser
     assert results.count("data loss") == 1 and results.count(40) == 3, results
 
 
-def test_real_samples(start_server, shared_data, tmp_path):
-    science = shared_data / "ztf" / "parquet" / "science"
-    avro = avro_lake(shared_data, tmp_path / "avro-lake")
-    assert avro
-    s = start_server([("science", "ztf", science), ("avro", "ztf", tmp_path / "avro-lake", {"class": ""})])
-    c = s.client()
-    src = source_rows(science)
-    for cond in ["candidate.magpsf > 0", "candidate.magpsf > 17.5", "cdsxmatch <> 'zzz'"]:
-        expect = duck(science, cond)
-        for content in ["lightcurve", "full"]:
-            t = do_get(c, {"dataset": "science", "where": cond, "content": content, "stamps": "gzip"})
-            assert t.column("candid").to_pylist() == expect, (cond, content)
-            if content == "full":
-                for r in rows_of(t):
-                    # repr: NaN (in Fink's lc_features) equals itself there.
-                    assert repr(r) == repr(src[r["candid"]])
-    t = do_get(c, {"dataset": "science", "nights": ["2019-09-03"], "content": "cutouts"})
-    assert sorted(t.column("candid").to_pylist()) == sorted(src)
-    for r in rows_of(t):
-        assert r["cutoutScience"]["stampData"] == as_fits(src[r["candid"]]["cutoutScience"]["stampData"])
-    # The avro alerts (several schema versions, one parquet file each): the light curve of each.
-    t = do_get(c, {"dataset": "avro", "where": "candidate.magpsf > 0", "content": "columns",
-                   "columns": ["candid", "candidate.magpsf"]})
-    expect = duck(tmp_path / "avro-lake", "candidate.magpsf > 0")
-    assert sorted(t.column("candid").to_pylist()) == sorted(expect) and expect
-
-
 from conftest import BACKENDS  # noqa: E402
 
 
@@ -282,7 +238,7 @@ def test_alert_batches_on_every_backend(backend, binary, place, start_server, tm
     for cond in CONDITIONS[:2]:
         expect = duck(tmp_path / "ztf", " AND ".join(f"({x})" for x in cond.replace("\n", ";").split(";")))
         for content in ["lightcurve", "full"]:
-            t = do_get(c, {"dataset": "ztf", "where": cond, "content": content, "stamps": "gzip"})
+            t = alert_batch(c, {"dataset": "ztf", "where": cond, "content": content, "stamps": "gzip"})
             assert t.column("candid").to_pylist() == expect, (backend, cond, content)
             if content == "full":
                 for r in rows_of(t):
@@ -291,7 +247,7 @@ def test_alert_batches_on_every_backend(backend, binary, place, start_server, tm
         assert i.total_records == len(expect) and len(i.endpoints) == 4
         assert [x for e in i.endpoints for x in c.do_get(e.ticket).read_all().column("candid").to_pylist()] == expect
     expect = duck(tmp_path / "lsst", "diaSource.psfFlux > 20000", "diaSource.diaSourceId")
-    t = do_get(c, {"dataset": "lsst", "where": "diaSource.psfFlux > 20000", "content": "cutouts", "stamps": "array"})
+    t = alert_batch(c, {"dataset": "lsst", "where": "diaSource.psfFlux > 20000", "content": "cutouts", "stamps": "array"})
     assert t.column("diaSource").combine_chunks().field("diaSourceId").to_pylist() == expect
     assert astroflight.stamps_as_numpy(t, "cutoutScience").shape[1:] == (51, 51)
 

@@ -1,11 +1,11 @@
 """TLS, mutual TLS, authentication and per-dataset authorization, with real clients: pyarrow
 Flight over TLS (with and without client certificates, with basic credentials through
 Handshake and with bearer tokens), ADBC's Flight SQL driver with a token and with a user and
-password, and the JDBC driver (tests/jdbc/JdbcCheck.java auth) with both. Certificates are made by the
-test (pki.py); password hashes by `astroflight hash-password`."""
+password, the Python client and the command line clients. Certificates are made by the test
+(pki.py); password hashes by `astroflight hash-password`. The JDBC and Spark clients with [auth]
+are tested with their clients (test_jdbc.py, test_spark.py), on the same fixtures (conftest.py)."""
 import json
 import pathlib
-import re
 import subprocess
 import time
 
@@ -13,25 +13,8 @@ import adbc_driver_flightsql.dbapi as flight_sql
 import pytest
 from pyarrow import flight
 
-from helpers import as_fits, parquet_alerts, rows, ticket
+from helpers import ALICE_PASSWORD, READER_TOKEN, SVC_TOKEN, as_fits, rows, ticket, wait_until
 from pki import Ca, write
-from helpers import gen, wait_until
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-SVC_TOKEN = "svc-token-0123456789abcdef"
-READER_TOKEN = "reader-token-0123456789abcdef"
-ALICE_PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def lake(binary, tmp_path_factory):
-    d = tmp_path_factory.mktemp("security-lake")
-    gen(binary, d / "ztf", "ztf", 2, 1, 30)
-    gen(binary, d / "lsst", "lsst", 2, 1, 20)
-    ztf = parquet_alerts(d / "ztf")
-    lsst = parquet_alerts(d / "lsst", ztf=False)
-    return {"dir": d, "ztf": ztf, "lsst": lsst,
-            "datasets": [("ztf", "ztf", d / "ztf"), ("lsst", "lsst", d / "lsst")]}
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +49,17 @@ def names(infos):
     return sorted(json.loads(i.app_metadata)["dataset"] for i in infos)
 
 
-def test_an_open_server_says_so(start_server, lake):
-    s = start_server(lake["datasets"])
+def test_an_open_server_says_so(start_server, auth_lake):
+    s = start_server(auth_lake["datasets"])
     assert names(s.client().list_flights()) == ["lsst", "ztf"]
     assert "OPEN" in s.stderr_path.read_text()
 
 
-def test_tls_serves_pyarrow_and_refuses_plain_and_unknown_cas(start_server, lake, pki):
+def test_tls_serves_pyarrow_and_refuses_plain_and_unknown_cas(start_server, auth_lake, pki):
     extra = f'[tls]\ncert = "{pki["cert"]}"\nkey = "{pki["key"]}"\n'
-    s = start_server(lake["datasets"], extra=extra, scheme="grpc+tls")
+    s = start_server(auth_lake["datasets"], extra=extra, scheme="grpc+tls")
     c = tls_client(s, pki["server_ca"])
-    a = lake["ztf"][0]
+    a = auth_lake["ztf"][0]
     t = cutout(c, a)
     assert rows(t, "candid")[(a["candid"], "Science")]["stamp"] == as_fits(a["stamps"]["Science"])
     assert names(c.list_flights()) == ["lsst", "ztf"]
@@ -86,10 +69,10 @@ def test_tls_serves_pyarrow_and_refuses_plain_and_unknown_cas(start_server, lake
         tls_client(s, pki["other_ca"]).list_actions()
 
 
-def test_a_renewed_certificate_is_served_without_a_restart(start_server, lake, pki, tmp_path):
+def test_a_renewed_certificate_is_served_without_a_restart(start_server, auth_lake, pki, tmp_path):
     cert, key = write(tmp_path, "s.pem", pki["cert"].read_bytes()), write(tmp_path, "s.key", pki["key"].read_bytes())
     extra = f'[tls]\ncert = "{cert}"\nkey = "{key}"\nreload_secs = 0.2\n'
-    s = start_server(lake["datasets"], extra=extra, scheme="grpc+tls")
+    s = start_server(auth_lake["datasets"], extra=extra, scheme="grpc+tls")
     new_ca = Ca("renewed CA")
     with pytest.raises(flight.FlightUnavailableError):
         tls_client(s, new_ca).list_actions()
@@ -115,29 +98,29 @@ def test_a_renewed_certificate_is_served_without_a_restart(start_server, lake, p
 
 
 @pytest.fixture
-def mtls_server(start_server, lake, pki):
+def mtls_server(start_server, auth_lake, pki):
     extra = (f'[tls]\ncert = "{pki["cert"]}"\nkey = "{pki["key"]}"\nclient_ca = "{pki["clients_ca"]}"\n'
              '[[grant]]\nidentity = "fink-portal"\ndatasets = ["ztf"]\n'
              '[[grant]]\nidentity = "san-service.example"\ndatasets = ["lsst"]\n')
-    return start_server(lake["datasets"], extra=extra, scheme="grpc+tls")
+    return start_server(auth_lake["datasets"], extra=extra, scheme="grpc+tls")
 
 
-def test_mutual_tls_identity_is_the_certificate_subject(mtls_server, lake, pki):
+def test_mutual_tls_identity_is_the_certificate_subject(mtls_server, auth_lake, pki):
     s = mtls_server
     portal = tls_client(s, pki["server_ca"], pki["portal"])
     assert names(portal.list_flights()) == ["ztf"]
-    assert cutout(portal, lake["ztf"][0]).num_rows == 3
+    assert cutout(portal, auth_lake["ztf"][0]).num_rows == 3
     with pytest.raises(flight.FlightUnauthorizedError, match=r'identity "fink-portal" may not read dataset "lsst"'):
-        cutout(portal, lake["lsst"][0])
+        cutout(portal, auth_lake["lsst"][0])
     # The SAN when the subject has no CN.
     san = tls_client(s, pki["server_ca"], pki["san_only"])
     assert names(san.list_flights()) == ["lsst"]
-    assert cutout(san, lake["lsst"][0]).num_rows == 3
+    assert cutout(san, auth_lake["lsst"][0]).num_rows == 3
     # A known certificate with no grant reads nothing.
     stranger = tls_client(s, pki["server_ca"], pki["stranger"])
     assert names(stranger.list_flights()) == []
     with pytest.raises(flight.FlightUnauthorizedError):
-        cutout(stranger, lake["ztf"][0])
+        cutout(stranger, auth_lake["ztf"][0])
 
 
 def test_mutual_tls_refuses_clients_without_a_certificate_of_its_ca(mtls_server, pki):
@@ -146,39 +129,19 @@ def test_mutual_tls_refuses_clients_without_a_certificate_of_its_ca(mtls_server,
             tls_client(mtls_server, pki["server_ca"], cert).list_actions()
 
 
-def hash_password(binary, password):
-    r = subprocess.run([binary, "hash-password"], input=password + "\n", capture_output=True, text=True, check=True)
-    h = r.stdout.strip()
-    assert h.startswith("$argon2id$") and password not in h
-    return h
-
-
 @pytest.fixture
-def auth_files(binary, tmp_path):
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(f'[[token]]\ntoken = "{SVC_TOKEN}"\nidentity = "svc"\n'
-                      f'[[token]]\ntoken = "{READER_TOKEN}"\nidentity = "reader"\n')
-    users = tmp_path / "users.toml"
-    users.write_text(f'[[user]]\nname = "alice"\npassword_hash = "{hash_password(binary, ALICE_PASSWORD)}"\n')
-    grants = ('[[grant]]\nidentity = "svc"\ndatasets = ["*"]\n'
-              '[[grant]]\nidentity = "reader"\ndatasets = ["lsst"]\n'
-              '[[grant]]\nidentity = "alice"\ndatasets = ["ztf"]\n')
-    return f'[auth]\ntokens_file = "{tokens}"\nusers_file = "{users}"\nreload_secs = 0.2\n{grants}', tokens
-
-
-@pytest.fixture
-def auth_server(start_server, lake, pki, auth_files):
+def auth_server(start_server, auth_lake, pki, auth_files):
     extra = f'[tls]\ncert = "{pki["cert"]}"\nkey = "{pki["key"]}"\n' + auth_files[0]
-    return start_server(lake["datasets"], extra=extra, scheme="grpc+tls")
+    return start_server(auth_lake["datasets"], extra=extra, scheme="grpc+tls")
 
 
 def bearer(token):
     return flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())])
 
 
-def test_every_call_needs_credentials(auth_server, lake, pki):
+def test_every_call_needs_credentials(auth_server, auth_lake, pki):
     c = tls_client(auth_server, pki["server_ca"])
-    calls = [lambda: list(c.list_flights()), lambda: cutout(c, lake["ztf"][0]),
+    calls = [lambda: list(c.list_flights()), lambda: cutout(c, auth_lake["ztf"][0]),
              lambda: c.get_flight_info(flight.FlightDescriptor.for_path("ztf")),
              lambda: list(c.do_action(flight.Action("stats", b""))), lambda: list(c.list_actions())]
     for call in calls:
@@ -188,18 +151,18 @@ def test_every_call_needs_credentials(auth_server, lake, pki):
         list(c.list_flights(options=bearer("no-such-token-0123456789")))
 
 
-def test_basic_credentials_through_handshake_give_a_session_token(auth_server, lake, pki):
+def test_basic_credentials_through_handshake_give_a_session_token(auth_server, auth_lake, pki):
     c = tls_client(auth_server, pki["server_ca"])
     key, value = c.authenticate_basic_token("alice", ALICE_PASSWORD)
     assert key == b"authorization" and value.startswith(b"Bearer afs1.")
     opts = flight.FlightCallOptions(headers=[(key, value)])
-    a = lake["ztf"][1]
+    a = auth_lake["ztf"][1]
     t = cutout(c, a, opts)
     assert rows(t, "candid")[(a["candid"], "Difference")]["stamp"] == as_fits(a["stamps"]["Difference"])
     assert names(c.list_flights(options=opts)) == ["ztf"]
     # A dataset without a grant: PERMISSION_DENIED before any data (not even a schema).
     with pytest.raises(flight.FlightUnauthorizedError, match=r'identity "alice" may not read dataset "lsst"') as e:
-        c.do_get(ticket(dataset="lsst", diaSourceId=lake["lsst"][0]["diaSourceId"]), opts).read_all()
+        c.do_get(ticket(dataset="lsst", diaSourceId=auth_lake["lsst"][0]["diaSourceId"]), opts).read_all()
     assert "never sent a data message" in str(e.value)
     with pytest.raises(flight.FlightUnauthorizedError):
         c.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(
@@ -220,12 +183,12 @@ def test_basic_credentials_through_handshake_give_a_session_token(auth_server, l
         list(c.list_flights(options=bearer(".".join(parts))))
 
 
-def test_static_tokens_and_grants(auth_server, lake, pki):
+def test_static_tokens_and_grants(auth_server, auth_lake, pki):
     c = tls_client(auth_server, pki["server_ca"])
     assert names(c.list_flights(options=bearer(READER_TOKEN))) == ["lsst"]
-    assert cutout(c, lake["lsst"][0], bearer(READER_TOKEN)).num_rows == 3
+    assert cutout(c, auth_lake["lsst"][0], bearer(READER_TOKEN)).num_rows == 3
     with pytest.raises(flight.FlightUnauthorizedError, match='identity "reader" may not read dataset "ztf"'):
-        cutout(c, lake["ztf"][0], bearer(READER_TOKEN))
+        cutout(c, auth_lake["ztf"][0], bearer(READER_TOKEN))
     assert names(c.list_flights(options=bearer(SVC_TOKEN))) == ["lsst", "ztf"]
     # stats: the reader sees its datasets and its own requests; svc sees everything.
     stats = json.loads(next(iter(c.do_action(flight.Action("stats", b""), bearer(READER_TOKEN)))).body.to_pybytes())
@@ -250,7 +213,7 @@ def test_a_revoked_token_stops_working_without_a_restart(auth_server, auth_files
     assert names(c.list_flights(options=bearer(SVC_TOKEN))) == ["lsst", "ztf"]
 
 
-def test_no_secret_reaches_logs_errors_or_stats(auth_server, lake, pki):
+def test_no_secret_reaches_logs_errors_or_stats(auth_server, auth_lake, pki):
     c = tls_client(auth_server, pki["server_ca"])
     _, value = c.authenticate_basic_token("alice", ALICE_PASSWORD)
     session = value.decode().split(" ", 1)[1]
@@ -273,11 +236,11 @@ def adbc(server, pki, **db_kwargs):
     return flight_sql.connect(f"grpc+tls://{server.addr}", db_kwargs=kw)
 
 
-def test_adbc_with_a_token_and_with_a_password(auth_server, lake, pki):
+def test_adbc_with_a_token_and_with_a_password(auth_server, auth_lake, pki):
     with adbc(auth_server, pki, **{"adbc.flight.sql.authorization_header": f"Bearer {READER_TOKEN}"}) as conn:
         cur = conn.cursor()
         cur.execute("SELECT count(*) AS n FROM lsst")
-        assert cur.fetchone()[0] == len(lake["lsst"])
+        assert cur.fetchone()[0] == len(auth_lake["lsst"])
         tables = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
         listed = [t["table_name"] for c in tables for s in c["catalog_db_schemas"] for t in s["db_schema_tables"]]
         assert listed == ["lsst"]
@@ -288,94 +251,38 @@ def test_adbc_with_a_token_and_with_a_password(auth_server, lake, pki):
     with adbc(auth_server, pki, username="alice", password=ALICE_PASSWORD) as conn:
         cur = conn.cursor()
         cur.execute("SELECT count(*) FROM ztf")
-        assert cur.fetchone()[0] == len(lake["ztf"])
+        assert cur.fetchone()[0] == len(auth_lake["ztf"])
         cur.close()
     with pytest.raises(Exception, match="(?i)unauthenticated|unknown user"):
         with adbc(auth_server, pki, username="alice", password="wrong") as conn:
             conn.cursor().execute("SELECT 1")
 
 
-@pytest.fixture
-def plain_auth_server(start_server, lake, auth_files):
-    # JDBC over plain TCP (its TLS needs a Java trust store; TLS is covered by pyarrow and ADBC).
-    return start_server(lake["datasets"], extra=auth_files[0])
-
-
-def jdbc(server, params):
-    r = subprocess.run(["bash", str(REPO / "tests/jdbc/jdbc.sh"), "auth", server.addr, params],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return {o["what"]: o for o in map(json.loads, filter(lambda l: l.startswith("{"), r.stdout.splitlines()))}
-
-
-def test_jdbc_with_a_token_and_with_a_password(plain_auth_server, lake):
-    s = plain_auth_server
-    assert "plain TCP" in s.stderr_path.read_text()
-    out = jdbc(s, f"token={READER_TOKEN}")
-    assert out["tables"]["tables"] == ["lsst"]
-    assert out["count_lsst"]["value"] == len(lake["lsst"])
-    assert "may not read dataset" in out["count_ztf"]["error"]
-    out = jdbc(s, f"user=alice&password={ALICE_PASSWORD.replace(' ', '%20')}")
-    assert out["tables"]["tables"] == ["ztf"]
-    assert out["count_ztf"]["value"] == len(lake["ztf"])
-    assert "may not read dataset" in out["count_lsst"]["error"]
-    out = jdbc(s, "user=alice&password=wrong")
-    assert "connect" in out and re.search("(?i)unauthenticated|unknown user", out["connect"]["error"])
-
-
-def test_the_python_client_with_a_token_a_password_and_tls(auth_server, lake, pki):
+def test_the_python_client_with_a_token_a_password_and_tls(auth_server, auth_lake, pki):
     import astroflight
     url = f"grpc+tls://{auth_server.addr}"
     roots = pki["server_ca"].pem
     with astroflight.connect(url, token=READER_TOKEN, tls_root_certs=roots) as af:
         t = af.alerts("lsst", content="columns", columns=["diaSource.diaSourceId"])
-        assert t.num_rows == len(lake["lsst"])
+        assert t.num_rows == len(auth_lake["lsst"])
         with pytest.raises(flight.FlightUnauthorizedError):
             af.alerts("ztf", content="lightcurve")
     with astroflight.connect(url, username="alice", password=ALICE_PASSWORD, tls_root_certs=roots) as af:
-        assert af.alerts("ztf", content="columns", columns=["candid"]).num_rows == len(lake["ztf"])
+        assert af.alerts("ztf", content="columns", columns=["candid"]).num_rows == len(auth_lake["ztf"])
         assert sum(b.num_rows for b in af.iter_batches("ztf", content="columns", columns=["candid"])) == len(
-            lake["ztf"])
+            auth_lake["ztf"])
     with pytest.raises(flight.FlightUnauthenticatedError):
         astroflight.connect(url, tls_root_certs=roots).alerts("ztf")
 
 
-def test_spark_with_a_token(plain_auth_server, lake):
-    """Spark (local mode, as test_spark.py runs it) pulling from a server with [auth]: the
-    driver plans with the token, and every executor's pull carries it."""
-    import os
-    import sys
-
-    from pyspark.sql import SparkSession
-
-    from astroflight.spark import AstroflightDataSource, read_sql
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    spark = (SparkSession.builder.master("local[2]").appName("astroflight-security")
-             .config("spark.ui.enabled", "false").getOrCreate())
-    try:
-        url = plain_auth_server.url
-        df = read_sql(spark, url, "SELECT candid FROM ztf", token=SVC_TOKEN)
-        assert df.count() == len(lake["ztf"])
-        spark.dataSource.register(AstroflightDataSource)
-        df = (spark.read.format("astroflight").option("location", url).option("token", READER_TOKEN)
-              .option("table", "lsst").load())
-        assert df.count() == len(lake["lsst"])
-        with pytest.raises(Exception, match="may not read dataset"):
-            (spark.read.format("astroflight").option("location", url).option("token", READER_TOKEN)
-             .option("table", "ztf").load().count())
-    finally:
-        spark.stop()
-
-
-def test_the_command_line_clients_over_tls_with_a_token(binary, auth_server, lake, pki, tmp_path):
+def test_the_command_line_clients_over_tls_with_a_token(binary, auth_server, auth_lake, pki, tmp_path):
     import glob
     import os
 
     import pyarrow.parquet as pq
     ca = write(tmp_path, "ca.pem", pki["server_ca"].pem)
     url = f"grpc+tls://{auth_server.addr}"
-    a = lake["ztf"][2]
+    a = auth_lake["ztf"][2]
     base = [binary, "cutout", "--server", url, "--tls-ca", str(ca), "--dataset", "ztf", "--candid",
             str(a["candid"]), "--kind", "Science"]
     env = {k: v for k, v in os.environ.items() if k != "ASTROFLIGHT_TOKEN"}
@@ -397,4 +304,4 @@ def test_the_command_line_clients_over_tls_with_a_token(binary, auth_server, lak
                         READER_TOKEN, "--out", str(out), "--quiet"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     rows = sum(pq.read_metadata(p).num_rows for p in glob.glob(str(out / "**" / "*.parquet"), recursive=True))
-    assert rows == len(lake["lsst"])
+    assert rows == len(auth_lake["lsst"])

@@ -1,5 +1,6 @@
 """Spark (pyspark, local mode) pulling every endpoint of an alert batch plan with mapInArrow: one
-Spark partition per endpoint, the same rows as the one-shot query."""
+Spark partition per endpoint, the same rows as the one-shot query; the data source on SQL tables
+and alert commands; and both with a token against a server with [auth]."""
 import json
 import os
 import sys
@@ -10,8 +11,7 @@ from pyarrow import flight
 
 import astroflight
 from astroflight.spark import read_alerts
-from helpers import gen
-from helpers import duck, rows_of
+from helpers import READER_TOKEN, SVC_TOKEN, duck, gen, rows_of
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,20 @@ def test_spark_data_source_reads_sql_tables_and_alert_commands(binary, spark, st
     assert cmd.count() == len(duck(lake, "candidate.magpsf > 18.5"))
     with pytest.raises(Exception, match="exactly one of the options"):
         spark.read.format("astroflight").option("location", s.url).load().count()
+
+
+def test_spark_with_a_token(spark, plain_auth_server, auth_lake):
+    """Spark pulling from a server with [auth]: the driver plans with the token, and every
+    executor's pull carries it."""
+    from astroflight.spark import AstroflightDataSource, read_sql
+
+    url = plain_auth_server.url
+    df = read_sql(spark, url, "SELECT candid FROM ztf", token=SVC_TOKEN)
+    assert df.count() == len(auth_lake["ztf"])
+    spark.dataSource.register(AstroflightDataSource)
+    df = (spark.read.format("astroflight").option("location", url).option("token", READER_TOKEN)
+          .option("table", "lsst").load())
+    assert df.count() == len(auth_lake["lsst"])
+    with pytest.raises(Exception, match="may not read dataset"):
+        (spark.read.format("astroflight").option("location", url).option("token", READER_TOKEN)
+         .option("table", "ztf").load().count())

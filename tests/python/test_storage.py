@@ -21,55 +21,6 @@ from helpers import check_every_stamp, get, parquet_alerts, ticket
 from conftest import BACKENDS
 from storage_servers import S3_SECRET, FaultProxy, HdfsCluster, RangeHttp, env_without_aws
 from helpers import gen_small as gen
-from helpers import avro_lake, dedupe
-
-def check_real_parquet(c, alerts):
-    uniq = dedupe(alerts, "candid")
-    assert len(uniq) == 14
-    check_every_stamp(c, "ztf", uniq, "candid", "candids")
-    a, b = uniq[0], next(x for x in uniq if x["objectId"] != uniq[0]["objectId"])
-    t = get(c, dataset="ztf", objectId=a["objectId"], candid=a["candid"], kind="Template")
-    assert t.num_rows == 1 and t["candid"][0].as_py() == a["candid"]
-    with pytest.raises(pa.ArrowKeyError, match=str(b["candid"])):  # NOT_FOUND
-        get(c, dataset="ztf", objectId=a["objectId"], candid=b["candid"])
-    with pytest.raises(pa.ArrowKeyError, match="ZTF99zzzzzzz"):
-        get(c, dataset="ztf", objectId="ZTF99zzzzzzz")
-    with pytest.raises(pa.ArrowInvalid, match="unknown dataset"):
-        get(c, dataset="nope", objectId="x")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_real_samples_on_every_backend(backend, place, start_server, shared_data, tmp_path):
-    """Index build, every stamp of every real sample byte-identical (parquet lake and the avro
-    alerts), latest/all semantics, and errors, with the lake on S3, HDFS or HTTP."""
-    src = shared_data / "ztf" / "parquet"
-    # Over HTTP the shared data is served in place, so its files are listed in the config
-    # (nothing may be written into ../shared); the avro lake below uses a manifest.
-    root, opts = place(backend, src, f"real-{backend}", manifest=False)
-    avro = tmp_path / "avro-lake"
-    avro_rows = avro_lake(shared_data, avro)
-    avro_alerts = dedupe(avro_rows, "candid")
-    aroot, aopts = place(backend, avro, f"avro-{backend}")
-    s = start_server([("ztf", "ztf", root, opts), ("avro", "ztf", aroot, aopts)],
-                     env={**env_without_aws(), "RUST_LOG": "debug"})
-    c = s.client()
-    check_real_parquet(c, parquet_alerts(src))
-    check_every_stamp(c, "avro", avro_alerts, "candid", "candids")
-    oids = sorted({a["objectId"] for a in avro_alerts})
-    t = get(c, dataset="avro", objectIds=oids, all=True, kind="Difference")
-    assert sorted(t["candid"].to_pylist()) == sorted(a["candid"] for a in avro_alerts)
-
-    infos = {i.descriptor.path[0].decode(): i for i in c.list_flights()}
-    # Rows indexed (the raw and science lakes share one alert, served once).
-    assert infos["ztf"].total_records == 15 and infos["avro"].total_records == len(avro_rows)
-    stats = s.action("stats")
-    assert {d["storage"] for d in stats["datasets"]} == {backend}
-    assert stats["io"]["requests"] > 0
-    s.stop()
-    log = s.stderr_path.read_text()
-    assert "DEBUG" in log  # the check below is only meaningful if debug logging was on
-    assert S3_SECRET not in log, "the S3 secret key appeared in the server's log"
-
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_generated_lakes_and_missing_files_on_every_backend(backend, binary, place, start_server, tmp_path, request):

@@ -1,11 +1,17 @@
-"""Generated lakes (ZTF and Rubin) through pyarrow.flight: every stamp, semantics, errors."""
+"""Cutouts through pyarrow.flight on generated lakes (ZTF and Rubin): every stamp of every alert
+against the files, every format, the headers of the stamps, clear errors, the command line client,
+and corrupt or missing files failing their own requests only."""
+import io
+import json
 import subprocess
 
+import numpy as np
 import pyarrow as pa
 import pytest
+from astropy.io import fits
 from pyarrow import flight
 
-from helpers import check_every_stamp, get, parquet_alerts
+from helpers import as_fits, check_every_stamp, get, headers, parquet_alerts
 from helpers import gen_small as gen
 
 
@@ -121,3 +127,47 @@ def test_corrupt_and_missing_files_fail_their_requests_only(binary, start_server
         assert needle in str(e.value) and "data loss" in str(e.value).lower(), str(e.value)
     # Every other file still answers.
     assert get(c, dataset="ztf", candid=first(files[2])["candid"]).num_rows == 3
+
+
+def test_alert_stamp_headers(binary, start_server, tmp_path):
+    """The `headers` ticket on alert datasets: the FITS headers of each stamp, and every HDU of a
+    Rubin stamp as a cutout `array`."""
+    gen(binary, tmp_path / "ztf", "ztf")
+    gen(binary, tmp_path / "lsst", "lsst")
+    s = start_server([("ztf", "ztf", tmp_path / "ztf"), ("lsst", "lsst", tmp_path / "lsst")])
+    c = s.client()
+    alerts = parquet_alerts(tmp_path / "ztf")
+    a = next(x for x in alerts if all(x["stamps"].values()))
+    t = headers(c, dataset="ztf", candid=a["candid"], keys=["NAXIS1"])
+    assert t.num_rows == 3
+    assert t.schema.names[15:] == ["objectId", "candid", "kind", "NAXIS1"]
+    assert sorted(t["kind"].to_pylist()) == ["Difference", "Science", "Template"]
+    for r in t.to_pylist():
+        stored = a["stamps"][r["kind"]]
+        with fits.open(io.BytesIO(as_fits(stored))) as hl:
+            assert [c_["key"] for c_ in r["cards"]] == [x.keyword for x in hl[0].header.cards]
+            assert r["NAXIS1"] == hl[0].header["NAXIS1"]
+        assert r["candid"] == a["candid"] and r["objectId"] == a["objectId"]
+    # Rubin stamps hold three HDUs (image, uncertainty, PSF): the table lists all three, and
+    # the cutout ticket's `hdu` decodes any of them as `array`.
+    rubin = parquet_alerts(tmp_path / "lsst", ztf=False)
+    ids = [rubin[0]["diaSourceId"], rubin[1]["diaSourceId"]]
+    t = headers(c, dataset="lsst", diaSourceIds=ids, keys=["EXTNAME"], where="kind = 'Science'")
+    assert t.num_rows == 6 and set(t["kind"].to_pylist()) == {"Science"}
+    assert sorted(t["hdu"].to_pylist()) == [0, 0, 1, 1, 2, 2]
+    assert set(zip(t["hdu"].to_pylist(), t["EXTNAME"].to_pylist())) == {(0, None), (1, "UNCERTAINTY"), (2, "PSF")}
+    for hdu in (0, 1, 2):
+        arr = c.do_get(flight.Ticket(json.dumps({"cutout": {"dataset": "lsst", "diaSourceId": ids[0],
+                                                            "kind": "Science", "format": "array", "hdu": hdu}}))).read_all()
+        r = arr.to_pylist()[0]
+        with fits.open(io.BytesIO(rubin[0]["stamps"]["Science"])) as hl:
+            expect = np.asarray(hl[hdu].data, dtype=np.float32)
+        assert (r["height"], r["width"]) == expect.shape
+        assert np.array_equal(np.asarray(r["pixels"], dtype=np.float32).reshape(expect.shape), expect)
+    with pytest.raises(pa.ArrowInvalid, match="has 3 HDUs, not an HDU 3"):
+        c.do_get(flight.Ticket(json.dumps({"cutout": {"dataset": "lsst", "diaSourceId": ids[0], "format": "array",
+                                                      "hdu": 3}}))).read_all()
+    with pytest.raises(pa.ArrowInvalid, match="`hdu` chooses the image"):
+        c.do_get(flight.Ticket(json.dumps({"cutout": {"dataset": "lsst", "diaSourceId": ids[0], "hdu": 1}}))).read_all()
+    with pytest.raises(pa.ArrowKeyError, match="ZTF99zzzzzzz"):
+        headers(c, dataset="ztf", objectId="ZTF99zzzzzzz")

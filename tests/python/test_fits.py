@@ -1,4 +1,5 @@
-"""FITS header tables against astropy: every card, every offset and size, on every backend.
+"""FITS: header tables and image sections against astropy, every card, every offset and size, on
+every backend.
 
 The files: the FITS files that ship with astropy (`astropy/io/fits/tests/data`), files astropy
 writes here (long strings, HIERARCH, a tile-compressed image, a table with a heap, gzip), the
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pytest
 from pyarrow import flight
 
+from helpers import headers
 from storage_servers import RangeHttp
 
 astropy = pytest.importorskip("astropy")
@@ -36,10 +38,6 @@ INVALID = {
 
 def is_fits(p):
     return p.name.lower().endswith(FITS_SUFFIXES)
-
-
-def headers(client, **query):
-    return client.do_get(flight.Ticket(json.dumps({"headers": query}))).read_all()
 
 
 def build_lake(binary, root):
@@ -275,45 +273,19 @@ def check_sections(c, root):
                     check_section_row(t, cut.data, cut.wcs)
 
 
-def place_fits(backend, local, name, request, tmp_path, servers):
-    """The FITS lake at `local` on a backend: (root, options)."""
-    if backend == "file":
-        return str(local), {}
-    if backend == "s3":
-        s3 = request.getfixturevalue("s3_server")
-        s3.upload_dir(local, "lake", name)
-        return f"s3://lake/{name}", s3.dataset_options()
-    if backend == "hdfs":
-        hdfs = request.getfixturevalue("hdfs_cluster")
-        hdfs.put(local, f"/lakes/{name}")
-        return f"{hdfs.url}/lakes/{name}", {}
-    if backend == "http":
-        # HTTP cannot list: the files are named in the root's `_manifest` (not a FITS name, so
-        # the other backends ignore it).
-        files = sorted(p.relative_to(local).as_posix() for p in pathlib.Path(local).rglob("*") if is_fits(p))
-        (pathlib.Path(local) / "_manifest").write_text("\n".join(["# FITS files", *files]) + "\n")
-        srv = RangeHttp(tmp_path, local, name=f"http-{name}")
-        servers.append(srv)
-        return f"{srv.url}/", {}
-    raise ValueError(backend)
-
-
 @pytest.mark.parametrize("backend", ["file", "s3", "hdfs", "http"])
-def test_header_tables_equal_astropy_on_every_backend(backend, lake, start_server, request, tmp_path):
+def test_header_tables_equal_astropy_on_every_backend(backend, lake, start_server, place):
     root, valid = lake
-    servers = []
-    try:
-        where, opts = place_fits(backend, root, f"fits-{backend}", request, tmp_path, servers)
-        s = start_server([("fits", "fits", where, opts)])
-        c = s.client()
-        check_lake(c, root, valid)
-        check_sections(c, root)
-        stats = s.action("stats")
-        ds = next(d for d in stats["datasets"] if d["name"] == "fits")
-        assert ds["files"] == len(valid) + len(INVALID) and ds["files_with_errors"] == len(INVALID)
-    finally:
-        for srv in servers:
-            srv.stop()
+    # Over HTTP the FITS files are named in the root's `_manifest` (not a FITS name, so the
+    # other backends ignore it).
+    where, opts = place(backend, root, f"fits-{backend}", is_data=is_fits)
+    s = start_server([("fits", "fits", where, opts)])
+    c = s.client()
+    check_lake(c, root, valid)
+    check_sections(c, root)
+    stats = s.action("stats")
+    ds = next(d for d in stats["datasets"] if d["name"] == "fits")
+    assert ds["files"] == len(valid) + len(INVALID) and ds["files_with_errors"] == len(INVALID)
 
 
 def test_prefix_keys_where_and_endpoints(lake, start_server):
@@ -481,48 +453,3 @@ def test_header_reads_are_ranged(binary, start_server, tmp_path):
         assert plain_bytes < plain_total / 10, (stats, plain_total)
     finally:
         srv.stop()
-
-
-def test_alert_stamp_headers(binary, start_server, tmp_path):
-    from test_generated import gen  # noqa: PLC0415
-    from helpers import as_fits, parquet_alerts  # noqa: PLC0415
-
-    gen(binary, tmp_path / "ztf", "ztf")
-    gen(binary, tmp_path / "lsst", "lsst")
-    s = start_server([("ztf", "ztf", tmp_path / "ztf"), ("lsst", "lsst", tmp_path / "lsst")])
-    c = s.client()
-    alerts = parquet_alerts(tmp_path / "ztf")
-    a = next(x for x in alerts if all(x["stamps"].values()))
-    t = headers(c, dataset="ztf", candid=a["candid"], keys=["NAXIS1"])
-    assert t.num_rows == 3
-    assert t.schema.names[15:] == ["objectId", "candid", "kind", "NAXIS1"]
-    assert sorted(t["kind"].to_pylist()) == ["Difference", "Science", "Template"]
-    for r in t.to_pylist():
-        stored = a["stamps"][r["kind"]]
-        with fits.open(io.BytesIO(as_fits(stored))) as hl:
-            assert [c_["key"] for c_ in r["cards"]] == [x.keyword for x in hl[0].header.cards]
-            assert r["NAXIS1"] == hl[0].header["NAXIS1"]
-        assert r["candid"] == a["candid"] and r["objectId"] == a["objectId"]
-    # Rubin stamps hold three HDUs (image, uncertainty, PSF): the table lists all three, and
-    # the cutout ticket's `hdu` decodes any of them as `array`.
-    rubin = parquet_alerts(tmp_path / "lsst", ztf=False)
-    ids = [rubin[0]["diaSourceId"], rubin[1]["diaSourceId"]]
-    t = headers(c, dataset="lsst", diaSourceIds=ids, keys=["EXTNAME"], where="kind = 'Science'")
-    assert t.num_rows == 6 and set(t["kind"].to_pylist()) == {"Science"}
-    assert sorted(t["hdu"].to_pylist()) == [0, 0, 1, 1, 2, 2]
-    assert set(zip(t["hdu"].to_pylist(), t["EXTNAME"].to_pylist())) == {(0, None), (1, "UNCERTAINTY"), (2, "PSF")}
-    for hdu in (0, 1, 2):
-        arr = c.do_get(flight.Ticket(json.dumps({"cutout": {"dataset": "lsst", "diaSourceId": ids[0],
-                                                            "kind": "Science", "format": "array", "hdu": hdu}}))).read_all()
-        r = arr.to_pylist()[0]
-        with fits.open(io.BytesIO(rubin[0]["stamps"]["Science"])) as hl:
-            expect = np.asarray(hl[hdu].data, dtype=np.float32)
-        assert (r["height"], r["width"]) == expect.shape
-        assert np.array_equal(np.asarray(r["pixels"], dtype=np.float32).reshape(expect.shape), expect)
-    with pytest.raises(pa.ArrowInvalid, match="has 3 HDUs, not an HDU 3"):
-        c.do_get(flight.Ticket(json.dumps({"cutout": {"dataset": "lsst", "diaSourceId": ids[0], "format": "array",
-                                                      "hdu": 3}}))).read_all()
-    with pytest.raises(pa.ArrowInvalid, match="`hdu` chooses the image"):
-        c.do_get(flight.Ticket(json.dumps({"cutout": {"dataset": "lsst", "diaSourceId": ids[0], "hdu": 1}}))).read_all()
-    with pytest.raises(pa.ArrowKeyError, match="ZTF99zzzzzzz"):
-        headers(c, dataset="ztf", objectId="ZTF99zzzzzzz")
