@@ -192,11 +192,14 @@ impl App {
             .await;
         publish_health(&self.lake, &reporter).await;
         background.push(tokio::spawn(report_health(self.lake.clone(), reporter.clone())));
+        // Connections the server is done with close gracefully (`tls::linger`); the process
+        // waits for them before it exits.
+        let closing = Arc::new(crate::tls::Closing::default());
         if let Some(l) = self.health_listener {
             info!(addr = ?l.local_addr().ok(), "health service (plain TCP) listening");
             let probes = tonic::transport::Server::builder()
                 .add_service(health_service.clone())
-                .serve_with_incoming(crate::tls::incoming(l, None));
+                .serve_with_incoming(crate::tls::incoming(l, None, closing.clone()));
             background.push(tokio::spawn(async move {
                 if let Err(e) = probes.await {
                     warn!(error = %e, "the health listener failed");
@@ -211,7 +214,7 @@ impl App {
             // tonic's own bound (a little higher, for gRPC's framing) is the safety net.
             .max_encoding_message_size(limits.max_message_bytes.saturating_add(1 << 20));
         let keepalive = (limits.keepalive_secs > 0.0).then(|| Duration::from_secs_f64(limits.keepalive_secs));
-        let incoming = crate::tls::incoming(self.listener, self.tls.clone());
+        let incoming = crate::tls::incoming(self.listener, self.tls.clone(), closing.clone());
         // Larger HTTP/2 windows let big tickets and responses flow without waiting for window
         // updates.
         let router = tonic::transport::Server::builder()
@@ -255,6 +258,7 @@ impl App {
             task.abort();
             let _ = task.await;
         }
+        closing.finished().await;
         self.lake.flush()?;
         info!("astroflight stopped");
         result

@@ -7,6 +7,8 @@
 //!                                       (reloaded when its files change) ─> a Conn carrying the
 //!                                       client certificate's identity (mutual TLS)
 //!  Conn ─> tonic (its ConnectInfo, a `ConnInfo`, lands in every request's extensions)
+//!       ─> dropped: FIN, then the client's last bytes read until it closes (`linger`), and the
+//!          process waits for these closes before it exits
 //! ```
 //!
 //! The accept loop never waits on a handshake, so one slow or hostile client cannot hold up
@@ -135,35 +137,145 @@ pub fn certificate_identity(der: &[u8]) -> Option<String> {
     })
 }
 
-/// A connection, plain or TLS.
-pub enum Conn {
-    Plain(TcpStream, ConnInfo),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, ConnInfo),
+/// The socket of a connection, plain or TLS.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// A connection, plain or TLS. When the server is done with it (the client went, or the server
+/// closed it: graceful shutdown, keepalive), it is closed by [`linger`], never cut.
+pub struct Conn {
+    /// None only while it is dropped.
+    io: Option<Io>,
+    info: ConnInfo,
+    closing: Arc<Closing>,
+}
+
+impl Conn {
+    fn new(io: Io, info: ConnInfo, closing: &Arc<Closing>) -> Conn {
+        Conn {
+            io: Some(io),
+            info,
+            closing: closing.clone(),
+        }
+    }
+
+    fn io(&mut self) -> std::io::Result<&mut Io> {
+        self.io
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(io) = self.io.take() {
+            linger(io, &self.closing);
+        }
+    }
+}
+
+/// How long a closed connection may take to say goodbye before its socket is cut.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Close a connection the server is done with without losing what it sent last: send FIN (TLS:
+/// close_notify, then FIN), then read and discard until the client closes its side, for at most
+/// [`LINGER`]. A socket closed while the client's last frames (HTTP/2 window updates, pings) sit
+/// unread in it is reset by the kernel, and the reset can destroy the end of the response that
+/// the client had received but not yet read (RFC 9112 section 9.6 describes this for HTTP/1.1;
+/// HTTP/2 after GOAWAY is the same). That is how a stream finished under graceful shutdown could
+/// reach a busy client as UNAVAILABLE "connection reset by peer".
+fn linger(mut io: Io, closing: &Arc<Closing>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let guard = closing.start();
+    rt.spawn(async move {
+        let _guard = guard;
+        let _ = tokio::time::timeout(LINGER, async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if io.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = io.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// The connections still closing ([`linger`]), so that the process waits for them before it
+/// exits (an exit cuts them as a drop would).
+#[derive(Default)]
+pub struct Closing {
+    open: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+pub struct ClosingGuard(Arc<Closing>);
+
+impl Drop for ClosingGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+impl Closing {
+    fn start(self: &Arc<Self>) -> ClosingGuard {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ClosingGuard(self.clone())
+    }
+
+    /// Connections still closing.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Wait until every connection has closed (each takes at most [`LINGER`]).
+    pub async fn finished(&self) {
+        let _ = tokio::time::timeout(LINGER + Duration::from_millis(500), async {
+            loop {
+                let notified = self.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.open() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+    }
 }
 
 impl Connected for Conn {
     type ConnectInfo = ConnInfo;
     fn connect_info(&self) -> ConnInfo {
-        match self {
-            Conn::Plain(_, i) | Conn::Tls(_, i) => i.clone(),
-        }
+        self.info.clone()
     }
 }
 
-impl AsyncRead for Conn {
+impl AsyncRead for Io {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Conn {
+impl AsyncWrite for Io {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_write_vectored(
@@ -172,26 +284,69 @@ impl AsyncWrite for Conn {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
-            Conn::Plain(s, _) => s.is_write_vectored(),
-            Conn::Tls(s, _) => s.is_write_vectored(),
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 }
@@ -215,7 +370,7 @@ impl futures::Stream for Incoming {
     }
 }
 
-pub fn incoming(listener: TcpListener, tls: Option<Arc<Tls>>) -> Incoming {
+pub fn incoming(listener: TcpListener, tls: Option<Arc<Tls>>, closing: Arc<Closing>) -> Incoming {
     let (tx, rx) = mpsc::channel(64);
     let accept = tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -239,7 +394,7 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<Tls>>) -> Incoming {
                 client: None,
             };
             let Some(tls) = tls.clone() else {
-                if tx.send(Conn::Plain(tcp, info)).await.is_err() {
+                if tx.send(Conn::new(Io::Plain(tcp), info, &closing)).await.is_err() {
                     return;
                 }
                 continue;
@@ -248,6 +403,7 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<Tls>>) -> Incoming {
                 return;
             };
             let tx = tx.clone();
+            let closing = closing.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.get());
@@ -273,9 +429,62 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<Tls>>) -> Incoming {
                     tracing::info!(remote = %remote, "client certificate names no identity (no CN, no SAN)");
                     return;
                 }
-                let _ = tx.send(Conn::Tls(Box::new(stream), ConnInfo { client, ..info })).await;
+                let _ = tx
+                    .send(Conn::new(
+                        Io::Tls(Box::new(stream)),
+                        ConnInfo { client, ..info },
+                        &closing,
+                    ))
+                    .await;
             });
         }
     });
     Incoming { rx, accept }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The server writes its last bytes and is done with the connection while bytes of the
+    /// client sit unread in the socket (as HTTP/2 window updates do after a GOAWAY), and the
+    /// client reads slowly. Cut, the socket would be reset, and the part of the reply still in
+    /// the server's send buffer lost (the client sees ECONNRESET); closed by `linger`, the
+    /// client reads every byte, then the end.
+    #[tokio::test]
+    async fn a_closed_connection_delivers_its_last_bytes_to_a_slow_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let closing = Arc::new(Closing::default());
+        let mut conns = incoming(listener, None, closing.clone());
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(&[7u8; 1000]).await.unwrap();
+        const REPLY: usize = 32 << 20;
+        let server = tokio::spawn(async move {
+            let mut conn = conns.next().await.unwrap().unwrap();
+            conn.write_all(&vec![42u8; REPLY]).await.unwrap();
+            conn.flush().await.unwrap();
+            drop(conn); // done with it: the end of the reply is still in the socket buffers
+            conns
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0;
+        loop {
+            let n = client.read(&mut buf).await.expect("the reply, to its end");
+            if n == 0 {
+                break;
+            }
+            got += n;
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        assert_eq!(got, REPLY);
+        let _conns = server.await.unwrap();
+        assert_eq!(closing.open(), 1, "the server still waits for the client to close");
+        drop(client);
+        closing.finished().await;
+        assert_eq!(closing.open(), 0);
+    }
 }
