@@ -4,7 +4,8 @@
 //!
 //! DataFusion's memory pool bounds its operators (sorts, aggregates, joins), but a scalar
 //! function allocates its output unchecked: `repeat('x', 2000000000)` builds 2 GB before anything
-//! can object. Here every scalar and aggregate function is wrapped:
+//! can object. Here every scalar and aggregate function is wrapped, except `get_field`, which
+//! builds nothing and which DataFusion's parquet scan must see as itself (`is_field_access`):
 //!
 //! ```text
 //!  f(args) ─> estimate: functions whose output can outgrow their inputs by an argument
