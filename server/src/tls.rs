@@ -176,12 +176,13 @@ impl Drop for Conn {
     }
 }
 
-/// How long a closed connection may take to say goodbye before its socket is cut.
+/// How long a closed connection may take to say goodbye before its socket is cut (the default
+/// of [`Closing`]).
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Close a connection the server is done with without losing what it sent last: send FIN (TLS:
 /// close_notify, then FIN), then read and discard until the client closes its side, for at most
-/// [`LINGER`]. A socket closed while the client's last frames (HTTP/2 window updates, pings) sit
+/// [`Closing`]'s linger time. A socket closed while the client's last frames (HTTP/2 window updates, pings) sit
 /// unread in it is reset by the kernel, and the reset can destroy the end of the response that
 /// the client had received but not yet read (RFC 9112 section 9.6 describes this for HTTP/1.1;
 /// HTTP/2 after GOAWAY is the same). That is how a stream finished under graceful shutdown could
@@ -191,9 +192,10 @@ fn linger(mut io: Io, closing: &Arc<Closing>) {
         return;
     };
     let guard = closing.start();
+    let linger = closing.linger;
     rt.spawn(async move {
         let _guard = guard;
-        let _ = tokio::time::timeout(LINGER, async {
+        let _ = tokio::time::timeout(linger, async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             if io.shutdown().await.is_err() {
                 return;
@@ -211,10 +213,16 @@ fn linger(mut io: Io, closing: &Arc<Closing>) {
 
 /// The connections still closing ([`linger`]), so that the process waits for them before it
 /// exits (an exit cuts them as a drop would).
-#[derive(Default)]
 pub struct Closing {
     open: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Notify,
+    linger: Duration,
+}
+
+impl Default for Closing {
+    fn default() -> Self {
+        Closing::new(LINGER)
+    }
 }
 
 pub struct ClosingGuard(Arc<Closing>);
@@ -228,6 +236,15 @@ impl Drop for ClosingGuard {
 }
 
 impl Closing {
+    /// Connections that close wait at most `linger` for their client.
+    pub fn new(linger: Duration) -> Self {
+        Closing {
+            open: Default::default(),
+            done: Default::default(),
+            linger,
+        }
+    }
+
     fn start(self: &Arc<Self>) -> ClosingGuard {
         self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         ClosingGuard(self.clone())
@@ -238,9 +255,9 @@ impl Closing {
         self.open.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Wait until every connection has closed (each takes at most [`LINGER`]).
+    /// Wait until every connection has closed (each takes at most the linger time).
     pub async fn finished(&self) {
-        let _ = tokio::time::timeout(LINGER + Duration::from_millis(500), async {
+        let _ = tokio::time::timeout(self.linger + Duration::from_millis(500), async {
             loop {
                 let notified = self.done.notified();
                 tokio::pin!(notified);
@@ -457,7 +474,8 @@ mod tests {
     async fn a_closed_connection_delivers_its_last_bytes_to_a_slow_client() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let closing = Arc::new(Closing::default());
+        // A linger far longer than the test, so that a slow machine cannot cut the close short.
+        let closing = Arc::new(Closing::new(Duration::from_secs(60)));
         let mut conns = incoming(listener, None, closing.clone());
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(&[7u8; 1000]).await.unwrap();

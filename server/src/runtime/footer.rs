@@ -16,7 +16,8 @@
 //! - concurrent misses of one file share one load: a batch of endpoints opening the same files
 //!   at once would otherwise read and decode each footer (hundreds of KiB for an alert file)
 //!   once per reader. The test `datafusions_metadata_cache_loads_a_footer_once_per_concurrent_miss`
-//!   shows DataFusion's cache loading it more than once;
+//!   (in `sql::reader`, where the choice is made) shows DataFusion's cache loading it once per
+//!   reader;
 //! - the Arrow schema derived from the footer is kept with it, not derived again by every
 //!   reader (alert files have hundreds of leaves);
 //! - the load is a versioned read through the dataset's store, counted into the request's I/O
@@ -183,58 +184,5 @@ mod tests {
         assert_eq!(cache.len(), 2);
         assert!(cache.bytes() <= one * 2);
         assert!(!cache.lock().entries.contains_key(&(0, 1)));
-    }
-
-    /// Why this cache and not DataFusion's `FileMetadataCache` behind a
-    /// `CachedParquetFileReaderFactory`: there, readers that miss one file at once each read
-    /// and decode its footer (no load is shared), and what is kept is the parquet metadata
-    /// alone, so each reader derives the Arrow schema again. Here one load serves them all
-    /// (the test above) and the derived schema is kept with it.
-    #[tokio::test]
-    async fn datafusions_metadata_cache_loads_a_footer_once_per_concurrent_miss() {
-        use datafusion::datasource::listing::PartitionedFile;
-        use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
-        use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
-        use datafusion::execution::cache::cache_manager::CachedFileMetadataEntry;
-        use datafusion::execution::cache::default_cache::DefaultCache;
-        use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
-        use object_store::{local::LocalFileSystem, path::Path, ObjectStore, ObjectStoreExt};
-
-        let dir = tempfile::tempdir().unwrap();
-        let md = footer();
-        let mut buf = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut buf, md.schema().clone(), None).unwrap();
-        w.write(&RecordBatch::try_new(md.schema().clone(), vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap())
-            .unwrap();
-        w.close().unwrap();
-        std::fs::write(dir.path().join("f.parquet"), buf).unwrap();
-        // The local store reads on blocking threads: a reader's read is pending when the next
-        // reader looks the file up, as reads of remote storage are.
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-        let meta = store.head(&Path::from("f.parquet")).await.unwrap();
-        let cache = Arc::new(DefaultCache::<Path, CachedFileMetadataEntry>::new(1 << 20));
-        let factory = CachedParquetFileReaderFactory::new(store, cache);
-        let metrics = ExecutionPlanMetricsSet::new();
-        let mut readers: Vec<_> = (0..8)
-            .map(|i| {
-                factory
-                    .create_reader(i, PartitionedFile::from(meta.clone()), None, &metrics)
-                    .unwrap()
-            })
-            .collect();
-        let loaded = futures::future::join_all(readers.iter_mut().map(|r| r.get_metadata(None))).await;
-        let mut distinct: Vec<*const _> = loaded.iter().map(|m| Arc::as_ptr(m.as_ref().unwrap())).collect();
-        distinct.sort();
-        distinct.dedup();
-        assert!(
-            distinct.len() > 1,
-            "DataFusion's cache now shares one load among concurrent misses: consider it here"
-        );
-        // Once loaded, later readers hit it (that much both caches do).
-        let mut later = factory
-            .create_reader(9, PartitionedFile::from(meta), None, &metrics)
-            .unwrap();
-        let hit = later.get_metadata(None).await.unwrap();
-        assert!(loaded.iter().any(|m| Arc::ptr_eq(m.as_ref().unwrap(), &hit)));
     }
 }

@@ -92,6 +92,7 @@ macro_rules! wrapper_store {
         }
     };
 }
+pub(crate) use wrapper_store;
 
 pub mod counting;
 pub mod hdfs;
