@@ -92,6 +92,8 @@ macro_rules! wrapper_store {
         }
     };
 }
+// Tests elsewhere in the crate wrap stores too (`sql::reader`'s gated store).
+#[cfg(test)]
 pub(crate) use wrapper_store;
 
 pub mod counting;
