@@ -125,25 +125,29 @@ impl FooterCache {
     }
 }
 
+/// A small parquet file (one int64 column `x`, two rows), for tests of footers and their caches.
+#[cfg(test)]
+pub(crate) fn tiny_parquet() -> bytes::Bytes {
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), None).unwrap();
+    w.write(&RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap())
+        .unwrap();
+    w.close().unwrap();
+    buf.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use arrow::array::{Int64Array, RecordBatch};
-    use arrow_schema::{DataType, Field, Schema};
-    use bytes::Bytes;
     use parquet::arrow::arrow_reader::ArrowReaderOptions;
-    use parquet::arrow::ArrowWriter;
 
     fn footer() -> ArrowReaderMetadata {
-        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let mut buf = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut buf, schema.clone(), None).unwrap();
-        w.write(&RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap())
-            .unwrap();
-        w.close().unwrap();
-        ArrowReaderMetadata::load(&Bytes::from(buf), ArrowReaderOptions::new()).unwrap()
+        ArrowReaderMetadata::load(&tiny_parquet(), ArrowReaderOptions::new()).unwrap()
     }
 
     #[tokio::test]

@@ -107,8 +107,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use arrow::array::{Int64Array, RecordBatch};
-    use arrow_schema::{DataType, Field, Schema};
+    use crate::runtime::footer::tiny_parquet;
     use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
     use datafusion::execution::cache::cache_manager::CachedFileMetadataEntry;
     use datafusion::execution::cache::default_cache::DefaultCache;
@@ -116,7 +115,6 @@ mod tests {
     use object_store::memory::InMemory;
     use object_store::path::Path;
     use object_store::{GetOptions, GetResult, ListResult, ObjectMeta, ObjectStore, ObjectStoreExt};
-    use parquet::arrow::ArrowWriter;
 
     /// A store whose reads wait at a gate until the test opens it, counting them.
     #[derive(Debug)]
@@ -156,15 +154,9 @@ mod tests {
     /// (`concurrent_misses_load_once_and_bytes_are_bounded`).
     #[tokio::test]
     async fn datafusions_metadata_cache_loads_a_footer_once_per_concurrent_miss() {
-        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let mut buf = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut buf, schema.clone(), None).unwrap();
-        w.write(&RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap())
-            .unwrap();
-        w.close().unwrap();
         let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let path = Path::from("f.parquet");
-        inner.put(&path, Bytes::from(buf).into()).await.unwrap();
+        inner.put(&path, tiny_parquet().into()).await.unwrap();
         let meta = inner.head(&path).await.unwrap();
         let store = Arc::new(GatedStore {
             inner,
