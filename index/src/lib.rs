@@ -64,6 +64,7 @@ pub mod idmap;
 mod keys;
 pub mod manifest;
 pub mod objkey;
+pub mod publish;
 pub mod segment;
 pub mod sort;
 mod view;
@@ -143,12 +144,15 @@ pub enum IndexError {
     BadSegment { path: std::path::PathBuf, message: String },
     #[error("invalid dataset name {0:?}: use letters, digits, '_' and '-'")]
     DatasetName(String),
+    /// A follower found no published generation at the dataset's `index_root`.
+    #[error("no index of dataset {0:?} is published at its index_root yet (is its builder running, with the same index_root?)")]
+    NotPublished(String),
 }
 
 impl IndexError {
     /// True when the failure is the storage's (retrying later may help), not the data's.
     pub fn is_storage(&self) -> bool {
-        matches!(self, IndexError::Storage { .. })
+        matches!(self, IndexError::Storage { .. } | IndexError::NotPublished(_))
     }
 }
 
@@ -208,10 +212,32 @@ pub struct LsstHit {
 /// the index was written by another version and is rebuilt from the lake, once.
 const FORMAT: &[u8] = b"5";
 
+/// The layout version as text (published manifests carry it).
+pub(crate) fn layout() -> &'static str {
+    std::str::from_utf8(FORMAT).expect("ASCII")
+}
+
 /// The trees of the layouts before this one (format 2 kept every id in sled; format 3's
 /// `group` tables held exact times; format 4's segments, version 1, had no statistics or
 /// filters), dropped when such an index is found.
 const OLD_TREES: [&str; 5] = ["obj", "candid", "dia", "diaobj", "byfile"];
+
+/// Where an index directory's lineage is kept (db-wide).
+const LINEAGE_KEY: &[u8] = b"lineage";
+
+/// A random 64-bit value (the standard library's per-process random hash keys, mixed with the
+/// time and the process id): an index directory's lineage, unique without a random crate.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
 
 /// The index's default in-memory cache.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
@@ -221,6 +247,8 @@ pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
+    /// This index directory's random id (see [`publish`]).
+    lineage: u64,
     segments: Arc<SegmentsRoot>,
     /// One build lock and one view per dataset name, shared by every handle of that dataset.
     datasets: Arc<Mutex<HashMap<String, Shared>>>,
@@ -252,6 +280,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct DatasetIndex {
     name: Arc<str>,
+    lineage: u64,
     catalog: Catalog,
     pub(crate) segdir: SegmentDir,
     /// objectIds that are not ZTF-shaped, by their hashed key (see [`objkey`]).
@@ -324,8 +353,19 @@ impl Index {
     }
 
     fn with_db(db: sled::Db, segments: std::path::PathBuf, temporary: bool) -> Self {
+        let lineage = match db.get(LINEAGE_KEY).ok().flatten() {
+            Some(b) if b.len() == 8 => u64::from_be_bytes(b.as_ref().try_into().expect("8 bytes")),
+            _ => {
+                let l = random_u64();
+                // A failure here leaves a lineage that changes at every start: publications
+                // then look new to followers, which reload them whole (correct, only slower).
+                let _ = db.insert(LINEAGE_KEY, &l.to_be_bytes());
+                l
+            }
+        };
         Index {
             db,
+            lineage,
             segments: Arc::new(SegmentsRoot {
                 dir: segments,
                 temporary,
@@ -372,6 +412,7 @@ impl Index {
             }
         };
         Ok(DatasetIndex {
+            lineage: self.lineage,
             name: name.into(),
             catalog,
             segdir,
@@ -669,6 +710,79 @@ impl DatasetIndex {
         for s in self.view.get().set.segments() {
             s.drop_pages();
         }
+    }
+
+    /// This index directory's lineage, as published (16 hex digits).
+    pub fn lineage(&self) -> String {
+        format!("{:016x}", self.lineage)
+    }
+
+    /// The published generation installed in this dataset's index (a follower's), if any.
+    pub fn followed(&self) -> Result<Option<publish::PublishedId>> {
+        Ok(self.segdir.followed()?.and_then(|s| {
+            let (lineage, generation) = s.rsplit_once(':')?;
+            Some(publish::PublishedId {
+                lineage: lineage.to_string(),
+                generation: generation.parse().ok()?,
+            })
+        }))
+    }
+
+    /// The catalog's and the names' entries, for a publication (under the build lock).
+    pub(crate) fn state_snapshot(&self) -> Result<(publish::Kvs, publish::Kvs)> {
+        let dump = |t: &sled::Tree| -> Result<publish::Kvs> {
+            t.iter()
+                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(IndexError::from))
+                .collect()
+        };
+        Ok((dump(&self.catalog.files)?, dump(&self.names)?))
+    }
+
+    /// Install a published generation (see [`publish::follow`]): names first (an extra name
+    /// is harmless: lookups find no alert under it), then the manifest and the catalog in one
+    /// transaction, then the stale names go, and lookups swap to the new generation.
+    pub(crate) fn install(
+        &self,
+        next: manifest::Manifest,
+        staged: &[String],
+        catalog: publish::Kvs,
+        names: publish::Kvs,
+        id: &publish::PublishedId,
+    ) -> Result<()> {
+        for (k, v) in &names {
+            self.names.insert(k.as_slice(), v.as_slice())?;
+        }
+        self.segdir
+            .install(&next, staged, &catalog, &format!("{}:{}", id.lineage, id.generation))?;
+        let keep: std::collections::HashSet<&[u8]> = names.iter().map(|(k, _)| k.as_slice()).collect();
+        for k in self.names.iter().keys() {
+            let k = k?;
+            if !keep.contains(k.as_ref()) {
+                self.names.remove(k)?;
+            }
+        }
+        if let Ok(mut b) = self.broken.lock() {
+            b.clear();
+        }
+        self.reload()
+    }
+
+    /// True when this dataset's index was installed from a published one (a follower's).
+    /// A builder given such a directory starts over ([`DatasetIndex::reset`]): its file ids
+    /// and ordinals were the publisher's, not its own.
+    pub fn is_followed(&self) -> Result<bool> {
+        Ok(self.segdir.followed()?.is_some())
+    }
+
+    /// Empty this dataset's index (catalog, names, segments); the next build reads the lake.
+    pub async fn reset(&self) -> Result<()> {
+        let _serialized = self.build_lock.lock().await;
+        self.segdir.clear()?;
+        self.names.clear()?;
+        if let Ok(mut b) = self.broken.lock() {
+            b.clear();
+        }
+        self.reload()
     }
 
     /// What the segment index holds now.

@@ -30,6 +30,8 @@ use sled::Transactional;
 use crate::{IndexError, Result};
 
 const MANIFEST_KEY: &[u8] = b"manifest";
+/// On a follower: the published generation installed (`{lineage}:{generation}`).
+const FOLLOWED_KEY: &[u8] = b"followed";
 const MANIFEST_VERSION: u8 = 2;
 
 /// One segment of a generation.
@@ -252,6 +254,72 @@ impl SegmentDir {
             let _ = std::fs::remove_file(self.path(name));
         }
         Ok(next)
+    }
+}
+
+impl SegmentDir {
+    /// The published generation installed here (`{lineage}:{generation}`), on a follower.
+    pub fn followed(&self) -> Result<Option<String>> {
+        Ok(self
+            .manifest
+            .get(FOLLOWED_KEY)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Install a generation published elsewhere (a follower): the `staged` segments (written to
+    /// their staging paths, checked) join under their names, and one transaction replaces the
+    /// manifest with `next` and the catalog with `catalog`, and records `followed`. Then the
+    /// segments `next` does not name are deleted. Only under the dataset's build lock.
+    pub fn install(
+        &self,
+        next: &Manifest,
+        staged: &[String],
+        catalog: &[(Vec<u8>, Vec<u8>)],
+        followed: &str,
+    ) -> Result<()> {
+        let io = |e: std::io::Error| IndexError::Corrupt(format!("segment directory {}: {e}", self.dir.display()));
+        for name in staged {
+            std::fs::rename(self.staging_path(name), self.path(name)).map_err(io)?;
+        }
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
+        let keep: std::collections::HashSet<&[u8]> = catalog.iter().map(|(k, _)| k.as_slice()).collect();
+        let mut stale = Vec::new();
+        for k in self.catalog.iter().keys() {
+            let k = k?;
+            if !keep.contains(k.as_ref()) {
+                stale.push(k);
+            }
+        }
+        let encoded = next.encode();
+        let outcome = (&self.manifest, &self.catalog).transaction(|(m, c)| {
+            m.insert(MANIFEST_KEY, encoded.as_slice())?;
+            m.insert(FOLLOWED_KEY, followed.as_bytes())?;
+            for k in &stale {
+                c.remove(k.as_ref())?;
+            }
+            for (k, v) in catalog {
+                c.insert(k.as_slice(), v.as_slice())?;
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match outcome {
+            Ok(()) => {}
+            Err(TransactionError::Abort(())) => return Err(IndexError::Corrupt("an install was aborted".into())),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        self.db.flush()?;
+        self.remove_unnamed()?;
+        Ok(())
+    }
+
+    /// Forget everything: the manifest, the catalog, the followed marker and every segment
+    /// file (a builder taking over an index directory a follower filled).
+    pub fn clear(&self) -> Result<()> {
+        self.manifest.clear()?;
+        self.catalog.clear()?;
+        self.db.flush()?;
+        self.remove_unnamed()?;
+        Ok(())
     }
 }
 

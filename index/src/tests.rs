@@ -489,3 +489,142 @@ async fn objectids_that_are_not_ztf_shaped_round_trip_and_a_collision_is_refused
     assert!(ix.object_alerts("obj-3").unwrap().is_empty());
     assert!(ix.candid(4).unwrap().is_none());
 }
+
+/// Publish `from`'s current generation to `root` and load it into `to`.
+async fn publish_then_follow(
+    root: &std::path::Path,
+    from: &DatasetIndex,
+    to: &DatasetIndex,
+    retain: std::time::Duration,
+) -> (publish::PublishStats, publish::FollowStats) {
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(root).unwrap());
+    let p = publish::Publisher::new(store.clone(), retain)
+        .publish(from)
+        .await
+        .unwrap();
+    let f = publish::follow(to, store.as_ref(), false).await.unwrap();
+    (p, f)
+}
+
+#[tokio::test]
+async fn a_follower_serves_the_published_generation_and_only_whole_ones() {
+    let lake = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (d, r) = (lake.path(), root.path());
+    write_ztf(
+        d,
+        "n1/a.parquet",
+        &[("ZTF1", 10, 1.0), ("ZTF2", 11, 1.5), ("ZTF1", 12, 3.0)],
+        2,
+    );
+    // A name that is not ZTF-shaped travels in the published state.
+    write_ztf(d, "n1/b.parquet", &[("odd-name", 20, 2.0)], 10);
+    let builder = Index::temporary().unwrap().dataset("ztf").unwrap();
+    let follower = Index::temporary().unwrap().dataset("ztf").unwrap();
+    let none: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(r).unwrap());
+    assert!(matches!(
+        publish::follow(&follower, none.as_ref(), false).await,
+        Err(IndexError::NotPublished(_))
+    ));
+    build(d, &builder).await;
+    let retain = std::time::Duration::from_secs(3600);
+    let (p, f) = publish_then_follow(r, &builder, &follower, retain).await;
+    assert_eq!(p.segments_uploaded, 1);
+    assert_eq!(f.segments_downloaded, 1);
+    assert_eq!(follower.canonical_dump().unwrap(), builder.canonical_dump().unwrap());
+    assert_eq!(
+        follower.object_alerts("ZTF1").unwrap(),
+        builder.object_alerts("ZTF1").unwrap()
+    );
+    assert_eq!(follower.latest_alert("odd-name").unwrap().unwrap().candid, 20);
+    assert_eq!(follower.candid(11).unwrap(), builder.candid(11).unwrap());
+    assert_eq!(follower.index_stats(), builder.index_stats());
+    assert_eq!(follower.followed().unwrap().unwrap().lineage, builder.lineage());
+    // Nothing new: neither side moves.
+    let (p, f) = publish_then_follow(r, &builder, &follower, retain).await;
+    assert_eq!((p.published, f.installed), (None, None));
+
+    // New data: one more segment travels; the first is reused from the follower's cache.
+    write_ztf(d, "n2/c.parquet", &[("ZTF1", 30, 4.0), ("ZTF4", 31, 4.0)], 10);
+    build(d, &builder).await;
+    let (p, f) = publish_then_follow(r, &builder, &follower, retain).await;
+    assert_eq!((p.segments_uploaded, f.segments_downloaded), (1, 1));
+    assert_eq!(follower.latest_alert("ZTF1").unwrap().unwrap().candid, 30);
+    assert_eq!(follower.canonical_dump().unwrap(), builder.canonical_dump().unwrap());
+
+    // A damaged published segment is refused; the follower keeps the generation it has.
+    write_ztf(d, "n3/d.parquet", &[("ZTF5", 40, 5.0)], 10);
+    build(d, &builder).await;
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(r).unwrap());
+    publish::Publisher::new(store.clone(), retain)
+        .publish(&builder)
+        .await
+        .unwrap();
+    let newest = publish::latest(store.as_ref()).await.unwrap().unwrap();
+    let seg = newest.segments.last().unwrap();
+    let path = r.join(format!("segments/{}/{}", newest.lineage, seg.name));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let before = follower.index_stats();
+    let e = publish::follow(&follower, store.as_ref(), false).await.unwrap_err();
+    assert!(e.to_string().contains("does not match its manifest"), "{e}");
+    assert_eq!(follower.index_stats(), before);
+    assert!(follower.candid(40).unwrap().is_none());
+    assert_eq!(follower.latest_alert("ZTF1").unwrap().unwrap().candid, 30);
+    // Leftover staging files of the failed download are gone.
+    let staged = std::fs::read_dir(follower.segdir.dir())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert_eq!(staged, 0);
+}
+
+#[tokio::test]
+async fn a_new_lineage_replaces_the_old_whole_and_old_generations_expire() {
+    let lake = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (d, r) = (lake.path(), root.path());
+    write_ztf(d, "a.parquet", &[("ZTF1", 10, 1.0)], 10);
+    let first = Index::temporary().unwrap().dataset("ztf").unwrap();
+    let follower = Index::temporary().unwrap().dataset("ztf").unwrap();
+    build(d, &first).await;
+    let keep = std::time::Duration::from_secs(3600);
+    publish_then_follow(r, &first, &follower, keep).await;
+    write_ztf(d, "b.parquet", &[("ZTF2", 20, 2.0)], 10);
+    build(d, &first).await;
+    publish_then_follow(r, &first, &follower, keep).await;
+    let count = |sub: &str| walk(&r.join(sub));
+    assert_eq!(count("manifests"), 2, "both generations are kept within the retention");
+
+    // The builder starts over (a new index directory): generation 1 of a new lineage, with
+    // other file ids; the follower installs it whole and answers the same.
+    let second = Index::temporary().unwrap().dataset("ztf").unwrap();
+    build(d, &second).await;
+    let (p, f) = publish_then_follow(r, &second, &follower, std::time::Duration::ZERO).await;
+    assert_eq!(p.published.unwrap().generation, 1);
+    assert_eq!(f.installed.unwrap().lineage, second.lineage());
+    assert_eq!(follower.canonical_dump().unwrap(), second.canonical_dump().unwrap());
+    assert_eq!(follower.index_stats(), second.index_stats());
+    // With no retention, the replaced generations and their segments are gone.
+    assert_eq!(p.generations_deleted, 2);
+    assert_eq!(count("manifests"), 1);
+    assert_eq!(count("segments"), second.index_stats().segments);
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|it| {
+            it.map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+        })
+        .unwrap_or(0)
+}
