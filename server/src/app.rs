@@ -86,9 +86,10 @@ impl App {
             lake,
             listener,
             deadline,
-            index_on_start: config.index_on_start,
-            reindex_every: (config.reindex_interval_secs > 0.0)
-                .then(|| Duration::from_secs_f64(config.reindex_interval_secs)),
+            // A follower always loads at start: it has nothing to serve before.
+            index_on_start: config.index_on_start || config.index_role == crate::config::IndexRole::Follow,
+            reindex_every: (config.reindex_interval() > 0.0)
+                .then(|| Duration::from_secs_f64(config.reindex_interval())),
             security,
             tls,
             limits: config.limits.clone(),
@@ -130,7 +131,9 @@ impl App {
 
     /// The background index work: the first build (when configured), then the schedule.
     /// A dataset that cannot be indexed (storage down) is served from its previous index; the
-    /// failure is logged and the next build retries.
+    /// failure is logged and the next build retries. A follower loads instead of building, and
+    /// until every dataset has a generation (its builder has not published yet) it tries again
+    /// every couple of seconds.
     fn start_indexing(&self) -> tokio::task::JoinHandle<()> {
         let (lake, first, every) = (self.lake.clone(), self.index_on_start, self.reindex_every);
         tokio::spawn(async move {
@@ -149,7 +152,9 @@ impl App {
             loop {
                 tick.tick().await;
                 let due = every.is_some_and(|e| last.elapsed() >= e);
-                if lake.needs_repair() {
+                if lake.role == crate::config::IndexRole::Follow && !lake.is_ready() {
+                    // No generation yet: look again soon rather than at the next interval.
+                } else if lake.needs_repair() {
                     warn!("an index segment was found corrupt: rebuilding it from the lake now");
                 } else if !due {
                     continue;

@@ -65,10 +65,21 @@ pub struct Config {
     /// default), `any`, or `off`.
     #[serde(default)]
     pub reindex_action: ReindexAction,
-    /// Re-index every dataset this often, in seconds, in the background (0, the default: only
-    /// at start and on the `reindex` action). Builds never overlap.
+    /// Re-index every dataset this often, in seconds, in the background (0: only at start and
+    /// on the `reindex` action). Builds never overlap. On a follower (`index_role =
+    /// "follow"`), how often it looks for a newer published generation. Default: 0 on a
+    /// builder, 30 on a follower ([`Config::reindex_interval`]).
     #[serde(default)]
-    pub reindex_interval_secs: f64,
+    pub reindex_interval_secs: Option<f64>,
+    /// `build` (the default): this process reads the lake and builds the id index (and, for
+    /// the datasets with an `index_root`, publishes each generation there). `follow`: it never
+    /// builds; it loads the index each dataset's builder published at its `index_root`.
+    #[serde(default)]
+    pub index_role: IndexRole,
+    /// How long a published generation stays after a newer one replaced it, in seconds, so
+    /// that a follower still loading it is not cut off (default 3600).
+    #[serde(default = "default_index_retain")]
+    pub index_retain_secs: f64,
     /// Run an incremental index build of every dataset when the server starts.
     #[serde(default = "default_true")]
     pub index_on_start: bool,
@@ -410,6 +421,11 @@ pub struct DatasetConfig {
     /// `file:///abs/path` or a plain path (relative to the config file), `s3://bucket/prefix`,
     /// `hdfs://namenode:port/path` (or `hdfs://nameservice/path`), `http(s)://host/path`.
     pub root: String,
+    /// Where this dataset's published index lives (`file://`, a plain path, `s3://`,
+    /// `hdfs://`; also `http(s)://` on a follower), with the dataset's storage options. A
+    /// builder publishes every generation there; a follower loads from there. Alert datasets
+    /// only: a FITS dataset's header catalog is read by every server itself.
+    pub index_root: Option<String>,
 
     // S3 (`s3://`). Unset options come from the usual AWS_* environment variables.
     /// Custom endpoint (MinIO, Ceph, moto...): requests are path-style unless
@@ -488,6 +504,26 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// What a server does with the id index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexRole {
+    /// Read the lake and build; publish to `index_root` where set.
+    #[default]
+    Build,
+    /// Load what a builder published at each dataset's `index_root`.
+    Follow,
+}
+
+impl IndexRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexRole::Build => "build",
+            IndexRole::Follow => "follow",
+        }
+    }
+}
+
 /// Who may call the `reindex` action.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -538,6 +574,9 @@ impl DatasetKind {
     }
 }
 
+fn default_index_retain() -> f64 {
+    3600.0
+}
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
 }
@@ -636,6 +675,14 @@ pub struct MemoryLimits {
 }
 
 impl Config {
+    /// `reindex_interval_secs` with its default: 0 (off) on a builder, 30 on a follower.
+    pub fn reindex_interval(&self) -> f64 {
+        self.reindex_interval_secs.unwrap_or(match self.index_role {
+            IndexRole::Build => 0.0,
+            IndexRole::Follow => 30.0,
+        })
+    }
+
     /// The limits every request is held to, resolved once (the lake holds them; the ticket
     /// service, the ticket kinds and the Flight SQL service read them from there).
     pub fn resolved_limits(&self) -> Limits {
@@ -680,6 +727,11 @@ impl Config {
         for d in &mut c.datasets {
             if !d.root.contains("://") {
                 d.root = base.join(&d.root).to_string_lossy().into_owned();
+            }
+            if let Some(r) = &mut d.index_root {
+                if !r.contains("://") {
+                    *r = base.join(&*r).to_string_lossy().into_owned();
+                }
             }
         }
         if let Some(t) = &mut c.tls {
@@ -741,10 +793,16 @@ impl Config {
                 self.deadline_secs
             )));
         }
-        if !(self.reindex_interval_secs >= 0.0 && self.reindex_interval_secs.is_finite()) {
+        let every = self.reindex_interval();
+        if !(every >= 0.0 && every.is_finite()) {
             return Err(Error::InvalidArgument(format!(
-                "reindex_interval_secs must be 0 (off) or a positive number of seconds (got {})",
-                self.reindex_interval_secs
+                "reindex_interval_secs must be 0 (off) or a positive number of seconds (got {every})"
+            )));
+        }
+        if !(self.index_retain_secs >= 0.0 && self.index_retain_secs.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "index_retain_secs must be 0 or a positive number of seconds (got {})",
+                self.index_retain_secs
             )));
         }
         if self.max_ticket_alerts == 0 || self.max_ticket_bytes == 0 || self.footer_cache_bytes == 0 {
@@ -802,6 +860,27 @@ impl Config {
                     "dataset {:?}: `class` is an option of alert datasets, not of kind = \"fits\"",
                     d.name
                 )));
+            }
+            match (&d.index_root, d.kind, self.index_role) {
+                (Some(_), DatasetKind::Fits, _) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "dataset {:?}: index_root is an option of alert datasets; a FITS dataset's header catalog is not published (every server reads the headers itself)",
+                        d.name
+                    )))
+                }
+                (None, DatasetKind::Ztf | DatasetKind::Lsst, IndexRole::Follow) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "dataset {:?}: index_role = \"follow\" loads each alert dataset's index from its index_root, and this dataset has none (set index_root to where its builder publishes)",
+                        d.name
+                    )))
+                }
+                (Some(r), _, IndexRole::Build) if r.starts_with("http://") || r.starts_with("https://") => {
+                    return Err(Error::InvalidArgument(format!(
+                        "dataset {:?}: index_root {r:?} is HTTP, which a builder cannot write; publish to file://, s3:// or hdfs:// (followers may read it over HTTP)",
+                        d.name
+                    )))
+                }
+                _ => {}
             }
             if !names.insert(d.name.as_str()) {
                 return Err(Error::InvalidArgument(format!(
@@ -985,7 +1064,7 @@ mod tests {
         assert_eq!(c.datasets.len(), 2);
         assert_eq!(c.deadline_secs, 120.0);
         assert_eq!(c.reindex_action, ReindexAction::Local);
-        assert_eq!(c.reindex_interval_secs, 3600.0);
+        assert_eq!(c.reindex_interval(), 3600.0);
         assert!(!c.publish_roots);
     }
 

@@ -10,13 +10,14 @@ use object_store::ObjectStore;
 use tracing::{error, info, warn};
 
 use astroflight_index::header_catalog::HeaderStore;
+use astroflight_index::publish::{self, FollowStats, PublishStats, Publisher};
 use astroflight_index::{BuildStats, DatasetIndex, Index, IndexBuilder, OpenError, SurveyKind};
 
-use crate::config::{Config, Limits, ReindexAction};
+use crate::config::{Config, IndexRole, Limits, ReindexAction};
 use crate::error::{quoted, Error, Result};
 use crate::runtime::cpu::CpuPool;
 use crate::runtime::footer::FooterCache;
-use crate::storage::{open_dataset, Backend, CountingStore, IoStats, RangeReads};
+use crate::storage::{open_dataset, open_index_root, Backend, CountingStore, IoStats, RangeReads};
 
 pub struct Dataset {
     pub name: String,
@@ -31,8 +32,30 @@ pub struct Dataset {
     pub index: DatasetIndex,
     /// The class of an alert (a column or a SQL expression), when the dataset has one.
     pub class_sql: Option<String>,
-    /// Where its index builds stand.
+    /// Where its index builds stand (a follower: its loads).
     pub build: BuildState,
+    /// Its published index (`index_root`), when it has one.
+    pub published: Option<PublishedRoot>,
+}
+
+/// A dataset's `index_root`: where its builder publishes and its followers load from.
+pub struct PublishedRoot {
+    pub url: String,
+    pub store: Arc<dyn ObjectStore>,
+    /// On a builder.
+    pub publisher: Option<Publisher>,
+}
+
+/// What one dataset's index work did ([`Lake::reindex`]).
+#[derive(Debug, Default)]
+pub struct Reindexed {
+    /// A build (a builder's; a FITS dataset's header catalog refresh).
+    pub build: Option<BuildStats>,
+    /// The publication after a build (a builder with an `index_root`), or why it failed: the
+    /// index is still served here, and the next build publishes again.
+    pub published: Option<std::result::Result<PublishStats, String>>,
+    /// What a follower loaded.
+    pub loaded: Option<FollowStats>,
 }
 
 /// A FITS dataset (`kind = "fits"`): its store and its header catalog.
@@ -154,6 +177,8 @@ pub struct Lake {
     pub advertise: Vec<String>,
     /// Flight SQL settings.
     pub sql: crate::config::SqlConfig,
+    /// Whether this process builds the index or follows a published one.
+    pub role: IndexRole,
     /// FITS settings (header reads, header table endpoints).
     pub fits_config: crate::config::FitsConfig,
     index: Index,
@@ -206,6 +231,8 @@ impl Lake {
         let mut datasets = Vec::new();
         let mut fits = Vec::new();
         let mut by_name = BTreeMap::new();
+        let follow = config.index_role == IndexRole::Follow;
+        let retain = std::time::Duration::from_secs_f64(config.index_retain_secs);
         for (number, d) in config.datasets.iter().enumerate() {
             let opened = open_dataset(d)?;
             let Some(survey) = d.kind.survey() else {
@@ -223,6 +250,18 @@ impl Lake {
                 }));
                 continue;
             };
+            let published = match &d.index_root {
+                Some(r) => {
+                    // A local one is created if missing (on a follower too: its builder may start later).
+                    let root = open_index_root(d, r, true)?;
+                    Some(PublishedRoot {
+                        url: r.clone(),
+                        publisher: (!follow).then(|| Publisher::new(root.store.clone(), retain)),
+                        store: root.store,
+                    })
+                }
+                None => None,
+            };
             by_name.insert(d.name.clone(), Slot::Alerts(datasets.len()));
             datasets.push(Arc::new(Dataset {
                 name: d.name.clone(),
@@ -239,10 +278,14 @@ impl Lake {
                     (None, SurveyKind::Ztf) => Some("cdsxmatch".to_string()),
                     (None, SurveyKind::Lsst) => None,
                 },
-                build: BuildState::new(config.index_on_start),
+                // A follower has nothing to serve before its first load.
+                build: BuildState::new(config.index_on_start || follow),
+                published,
             }));
         }
-        let (ready, _) = tokio::sync::watch::channel(!config.index_on_start || config.datasets.is_empty());
+        let pending = datasets.iter().any(|d| d.build.first_build_pending())
+            || fits.iter().any(|d| d.build.first_build_pending());
+        let (ready, _) = tokio::sync::watch::channel(!pending);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let memory = config.memory();
         Ok(Lake {
@@ -265,6 +308,7 @@ impl Lake {
             endpoint_bytes: config.endpoint_bytes,
             advertise: config.advertise.clone(),
             sql: config.sql.clone(),
+            role: config.index_role,
             fits_config: config.fits.clone(),
             index,
             ready,
@@ -347,55 +391,122 @@ impl Lake {
         let _ = rx.wait_for(|r| *r).await;
     }
 
-    /// Incrementally index every dataset (at start, on the `reindex` action and on the
-    /// schedule; `astroflight index` runs it without a server). Builds of one dataset never
-    /// overlap (the index serializes them). Each dataset succeeds or fails alone: a dataset
-    /// whose storage is down (its listing fails) keeps its previous index, untouched, and the
-    /// others are still brought up to date.
-    pub async fn reindex(&self) -> Vec<(String, Result<BuildStats>)> {
+    /// Bring every dataset's index up to date (at start, on the `reindex` action and on the
+    /// schedule; `astroflight index` runs it without a server). A builder incrementally
+    /// indexes each dataset, then publishes it to its `index_root`; a follower loads the newest
+    /// generation published there. Builds (loads) of one dataset never overlap (the index
+    /// serializes them). Each dataset succeeds or fails alone: a dataset whose storage is down
+    /// keeps its previous index, untouched, and the others are still brought up to date.
+    pub async fn reindex(&self) -> Vec<(String, Result<Reindexed>)> {
         let mut out = Vec::new();
         for ds in &self.datasets {
-            let store: Arc<dyn ObjectStore> = Arc::new(CountingStore::new(
-                ds.store.clone(),
-                ds.range_reads,
-                vec![self.io.clone()],
-            ));
-            // Remote stores gain from more files in flight (each read is a network round trip).
-            let concurrency = if ds.backend == Backend::File { 4 } else { 8 };
-            let result = IndexBuilder::new(store, None, ds.kind, ds.index.clone())
-                .with_concurrency(concurrency)
-                .with_classes(
-                    ds.class_sql
-                        .as_deref()
-                        .map(|c| crate::expr::class_spec(self.engine.clone(), c)),
-                )
-                .run()
-                .await
-                .map_err(Error::from);
-            match &result {
-                Ok(stats) => {
-                    info!(dataset = %ds.name, indexed = stats.indexed, unchanged = stats.unchanged,
-                          removed = stats.removed, failed = stats.failed.len(), rows = stats.rows,
-                          "index up to date");
-                    for (path, err) in &stats.failed {
-                        warn!(dataset = %ds.name, %path, %err, "file not indexed");
-                    }
-                }
-                Err(e) => warn!(dataset = %ds.name, error = %e, "index build failed; the previous index stays in use"),
-            }
-            if ds.build.ended(result.is_ok()) {
-                info!(dataset = %ds.name, "first index build since start ended; lookups are authoritative");
-            }
+            let result = match self.role {
+                IndexRole::Build => self.build(ds).await,
+                IndexRole::Follow => self.load(ds).await,
+            };
             out.push((ds.name.clone(), result));
         }
         for ds in &self.fits {
-            out.push((ds.name.clone(), self.refresh_headers(ds).await));
+            let r = self.refresh_headers(ds).await.map(|b| Reindexed {
+                build: Some(b),
+                ..Default::default()
+            });
+            out.push((ds.name.clone(), r));
         }
         if !self.build_states().any(|(_, b)| b.first_build_pending()) {
             self.ready.send_replace(true);
         }
         self.builds.send_modify(|n| *n += 1);
         out
+    }
+
+    /// A builder's incremental build of one dataset, then its publication.
+    async fn build(&self, ds: &Dataset) -> Result<Reindexed> {
+        if ds.index.is_followed()? {
+            warn!(dataset = %ds.name, "this index directory holds an index a follower loaded; a builder starts it over from the lake");
+            ds.index.reset().await?;
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(CountingStore::new(
+            ds.store.clone(),
+            ds.range_reads,
+            vec![self.io.clone()],
+        ));
+        // Remote stores gain from more files in flight (each read is a network round trip).
+        let concurrency = if ds.backend == Backend::File { 4 } else { 8 };
+        let result = IndexBuilder::new(store, None, ds.kind, ds.index.clone())
+            .with_concurrency(concurrency)
+            .with_classes(
+                ds.class_sql
+                    .as_deref()
+                    .map(|c| crate::expr::class_spec(self.engine.clone(), c)),
+            )
+            .run()
+            .await
+            .map_err(Error::from);
+        match &result {
+            Ok(stats) => {
+                info!(dataset = %ds.name, indexed = stats.indexed, unchanged = stats.unchanged,
+                      removed = stats.removed, failed = stats.failed.len(), rows = stats.rows,
+                      "index up to date");
+                for (path, err) in &stats.failed {
+                    warn!(dataset = %ds.name, %path, %err, "file not indexed");
+                }
+            }
+            Err(e) => warn!(dataset = %ds.name, error = %e, "index build failed; the previous index stays in use"),
+        }
+        // The generation is published before the build counts as ended, so that a follower
+        // started after a builder's readiness finds it.
+        let published = match (&result, ds.published.as_ref().and_then(|p| p.publisher.as_ref().map(|x| (p, x)))) {
+            (Ok(_), Some((root, publisher))) => Some(publisher.publish(&ds.index).await.map_err(|e| {
+                warn!(dataset = %ds.name, index_root = %root.url, error = %e, "the index could not be published; it is served here, and the next build publishes again");
+                e.to_string()
+            })),
+            _ => None,
+        };
+        if ds.build.ended(result.is_ok()) {
+            info!(dataset = %ds.name, "first index build since start ended; lookups are authoritative");
+        }
+        result.map(|b| Reindexed {
+            build: Some(b),
+            published,
+            loaded: None,
+        })
+    }
+
+    /// A follower's load of the newest published generation of one dataset. The dataset is
+    /// served once it has a generation (loaded now, or kept in `index_dir` from before).
+    async fn load(&self, ds: &Dataset) -> Result<Reindexed> {
+        let Some(root) = &ds.published else {
+            return Err(Error::InvalidArgument(format!(
+                "dataset {} has no index_root to follow",
+                quoted(&ds.name)
+            )));
+        };
+        let before = ds.index.followed().ok().flatten();
+        let repair = ds.index.needs_repair();
+        let result = publish::follow(&ds.index, root.store.as_ref(), repair).await;
+        match &result {
+            Ok(s) => {
+                if let Some(id) = &s.installed {
+                    info!(dataset = %ds.name, lineage = %id.lineage, generation = id.generation,
+                          downloaded = s.segments_downloaded, bytes = s.bytes_downloaded, "published index generation loaded");
+                    if before.as_ref().is_some_and(|b| b.lineage != id.lineage) {
+                        // File ids belong to a lineage: footers cached under the old ones go.
+                        self.footers.forget_dataset(ds.number);
+                    }
+                }
+            }
+            Err(e) => warn!(dataset = %ds.name, index_root = %root.url, error = %e,
+                            "the published index could not be loaded; the generation in use (if any) stays"),
+        }
+        let has_generation = ds.index.followed().ok().flatten().is_some();
+        if (result.is_ok() || has_generation) && ds.build.ended(result.is_ok()) {
+            info!(dataset = %ds.name, "first published generation loaded; lookups are authoritative");
+        }
+        result.map_err(Error::from).map(|l| Reindexed {
+            loaded: Some(l),
+            ..Default::default()
+        })
     }
 
     /// True when a dataset's index has a segment found corrupt, which its next build rebuilds.

@@ -493,29 +493,54 @@ async fn run(cmd: Cmd) -> AnyResult<ExitCode> {
             }
             let mut failed = 0;
             for (name, result) in lake.reindex().await {
-                let s = match result {
-                    Ok(s) => s,
+                let r = match result {
+                    Ok(r) => r,
                     Err(e) => {
                         eprintln!("{name}: index not updated (the previous index is kept): {e}");
                         failed += 1;
                         continue;
                     }
                 };
-                println!(
-                    "{name}: {} files listed, {} indexed, {} unchanged, {} removed, {} repaired, {} alerts written, {} failed, {} segments merged",
-                    s.listed,
-                    s.indexed,
-                    s.unchanged,
-                    s.removed,
-                    s.repaired,
-                    s.rows,
-                    s.failed.len(),
-                    s.merged
-                );
-                for (path, err) in &s.failed {
-                    eprintln!("  not indexed: {path}: {err}");
+                if let Some(s) = &r.build {
+                    println!(
+                        "{name}: {} files listed, {} indexed, {} unchanged, {} removed, {} repaired, {} alerts written, {} failed, {} segments merged",
+                        s.listed,
+                        s.indexed,
+                        s.unchanged,
+                        s.removed,
+                        s.repaired,
+                        s.rows,
+                        s.failed.len(),
+                        s.merged
+                    );
+                    for (path, err) in &s.failed {
+                        eprintln!("  not indexed: {path}: {err}");
+                    }
+                    failed += s.failed.len();
                 }
-                failed += s.failed.len();
+                match &r.published {
+                    Some(Ok(p)) => match &p.published {
+                        Some(id) => println!(
+                            "{name}: published {id} ({} segments, {} bytes uploaded; {} old generations deleted)",
+                            p.segments_uploaded, p.bytes_uploaded, p.generations_deleted
+                        ),
+                        None => println!("{name}: the published index is up to date"),
+                    },
+                    Some(Err(e)) => {
+                        eprintln!("{name}: the index could not be published: {e}");
+                        failed += 1;
+                    }
+                    None => {}
+                }
+                if let Some(l) = &r.loaded {
+                    match &l.installed {
+                        Some(id) => println!(
+                            "{name}: loaded {id} ({} segments, {} bytes downloaded)",
+                            l.segments_downloaded, l.bytes_downloaded
+                        ),
+                        None => println!("{name}: the newest published generation is loaded already"),
+                    }
+                }
             }
             lake.flush()?;
             Ok(if failed > 0 {

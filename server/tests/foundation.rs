@@ -388,3 +388,170 @@ async fn roots_stay_private_and_reindex_can_be_turned_off() {
     assert!(msg.contains("reindex_action"), "{msg}");
     server.stop().await;
 }
+
+/// Every endpoint of a GetFlightInfo, pulled on `c`, as sorted lines (a canonical answer).
+async fn pulled(c: &mut FlightClient, cmd: &str) -> Vec<String> {
+    let info = c
+        .get_flight_info(FlightDescriptor::new_cmd(cmd.to_string()))
+        .await
+        .unwrap();
+    let mut batches = Vec::new();
+    for e in &info.endpoint {
+        let b: Vec<_> = c
+            .do_get(e.ticket.clone().unwrap())
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        batches.extend(b);
+    }
+    lines(&batches)
+}
+
+fn lines(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    let text = arrow::util::pretty::pretty_format_batches(batches).unwrap().to_string();
+    let mut v: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// One builder and one follower over one lake: the follower loads what the builder published
+/// (reading no lake file to do so), answers every ticket kind and Flight SQL as the builder
+/// does, picks up new data on its schedule, and keeps serving when the builder is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_answers_as_its_builder_from_the_published_index() {
+    use astroflight_gen::{generate, GenOptions};
+    use astroflight_server::config::IndexRole;
+    let dir = tempfile::tempdir().unwrap();
+    let (lake, published) = (dir.path().join("lake"), dir.path().join("published"));
+    generate(&GenOptions {
+        out: lake.clone(),
+        nights: 2,
+        files_per_night: 2,
+        alerts_per_file: 40,
+        stamp_side: Some(8),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut bc = config(&[("ztf", DatasetKind::Ztf, &lake)], &dir.path().join("builder-index"));
+    bc.datasets[0].index_root = Some(published.to_string_lossy().into_owned());
+    bc.reindex_action = ReindexAction::Any;
+    bc.sql.endpoint_bytes = 20_000;
+    let mut fc = bc.clone();
+    fc.index_role = IndexRole::Follow;
+    fc.index_dir = dir.path().join("follower-index");
+    fc.reindex_interval_secs = Some(1.0);
+
+    // A follower started before anything is published listens, but is not ready.
+    let early = App::build(fc.clone()).await.unwrap();
+    let early_lake = early.lake().clone();
+    let (early_addr, early_stop, early_join) = early.spawn();
+    let mut e = client(early_addr).await;
+    assert_eq!(action(&mut e, "health").await.unwrap()["ready"], false);
+
+    let builder = Server::start_with(bc).await;
+    // The early follower finds the generation within a couple of seconds.
+    tokio::time::timeout(std::time::Duration::from_secs(30), early_lake.ready())
+        .await
+        .expect("the follower becomes ready once its builder has published");
+    early_stop.stop();
+    early_join.await.unwrap().unwrap();
+    drop((early_lake, e));
+    // Started again on the same index_dir: its cached generation is current.
+
+    let follower = Server::start_with(fc).await;
+    let (mut b, mut f) = (builder.client().await, follower.client().await);
+    // Ready without reading a lake file (no footer, no id column).
+    assert_eq!(io_bytes_requests(&mut f).await, (0, 0));
+    let (bs, fs) = (
+        action(&mut b, "stats").await.unwrap(),
+        action(&mut f, "stats").await.unwrap(),
+    );
+    let (bi, fi) = (&bs["datasets"][0]["index"], &fs["datasets"][0]["index"]);
+    assert_eq!(
+        (bi["generation"].clone(), bi["alerts"].clone()),
+        (fi["generation"].clone(), fi["alerts"].clone())
+    );
+    assert_eq!(
+        (bi["role"].as_str(), fi["role"].as_str()),
+        (Some("build"), Some("follow"))
+    );
+    assert_eq!(bi["lineage"], fi["lineage"]);
+
+    let alerts = lake_alerts(&lake, true);
+    let oid = alerts[7].object_id.clone();
+    let tickets = [
+        format!(r#"{{"cutout": {{"dataset": "ztf", "objectId": "{oid}", "all": true, "format": "fits"}}}}"#),
+        format!(r#"{{"cutout": {{"dataset": "ztf", "objectId": "{oid}", "kind": "Science", "format": "array"}}}}"#),
+        format!(
+            r#"{{"cutout": {{"dataset": "ztf", "candids": [{}, {}], "format": "gzip"}}}}"#,
+            alerts[3].candid, alerts[100].candid
+        ),
+    ];
+    for t in &tickets {
+        assert_eq!(
+            lines(&get(&mut f, t).await.unwrap()),
+            lines(&get(&mut b, t).await.unwrap()),
+            "{t}"
+        );
+    }
+    let batch = r#"{"alerts": {"dataset": "ztf", "content": "lightcurve", "where": "candidate.magpsf > 15"}}"#;
+    let want = pulled(&mut b, batch).await;
+    assert!(want.len() > 10);
+    assert_eq!(pulled(&mut f, batch).await, want);
+    let query = format!("SELECT objectId, candid, candidate.magpsf AS m FROM ztf WHERE objectId = '{oid}'");
+    let sql = |url: String| {
+        let query = query.clone();
+        async move {
+            let t = astroflight_client::datafusion::FlightSqlTable::try_new(&url, &query)
+                .await
+                .unwrap();
+            let ctx = datafusion::prelude::SessionContext::new();
+            ctx.register_table("t", Arc::new(t)).unwrap();
+            lines(&ctx.sql("SELECT * FROM t").await.unwrap().collect().await.unwrap())
+        }
+    };
+    let want = sql(format!("grpc://{}", builder.addr)).await;
+    assert!(!want.is_empty());
+    assert_eq!(sql(format!("grpc://{}", follower.addr)).await, want);
+
+    // New data: the builder indexes and publishes it; the follower serves it within two of its
+    // refresh intervals (1 s), with no restart.
+    let s = stamp(b"new");
+    write_small_ztf(
+        &lake.join("new/n.parquet"),
+        &[("ZTF99newobj", 990_001, Some(2_459_000.0), [&s[..], &s[..], &s[..]])],
+    );
+    let r = action(&mut b, "reindex").await.unwrap();
+    assert_eq!(r["datasets"][0]["indexed"], 1, "{r}");
+    assert!(r["datasets"][0]["published"]["generation"].is_u64(), "{r}");
+    let new = r#"{"cutout": {"dataset": "ztf", "candids": [990001], "kind": "Science", "format": "gzip"}}"#;
+    let t0 = std::time::Instant::now();
+    loop {
+        match get(&mut f, new).await {
+            Ok(got) => {
+                assert_eq!(rows(&got), 1);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(code(e).0, Code::NotFound);
+                assert!(t0.elapsed() < std::time::Duration::from_secs(4), "not served after 4 s");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    // The builder goes: the follower keeps serving its generation, and stays healthy.
+    builder.stop().await;
+    assert_eq!(rows(&get(&mut f, new).await.unwrap()), 1);
+    let h = action(&mut f, "health").await.unwrap();
+    assert_eq!(h["ready"], true, "{h}");
+    let r = action(&mut f, "reindex").await.unwrap();
+    assert!(r["datasets"][0]["loaded"].is_object(), "{r}");
+    follower.stop().await;
+}

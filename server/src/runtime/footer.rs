@@ -111,6 +111,19 @@ impl FooterCache {
         }
     }
 
+    /// Drop every footer of one dataset (its file ids changed meaning: a follower loaded an
+    /// index of another lineage).
+    pub fn forget_dataset(&self, dataset: usize) {
+        let mut g = self.lock();
+        let gone: Vec<FileKey> = g.entries.keys().filter(|k| k.0 == dataset).copied().collect();
+        for k in gone {
+            if let Some((_, b)) = g.entries.remove(&k) {
+                g.bytes -= b;
+            }
+        }
+        g.order.retain(|k| k.0 != dataset);
+    }
+
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }

@@ -256,7 +256,12 @@ impl AstroFlight {
                 let mut v = json!({"name": d.name, "kind": d.kind.name(), "storage": d.backend.name(),
                                    "files": sum.files, "alerts": sum.alerts, "indexing": d.build.first_build_pending(),
                                    "index": {"alerts": ix.alerts, "segments": ix.segments, "bytes": ix.bytes,
-                                             "generation": ix.generation}});
+                                             "generation": ix.generation, "role": lake.role.name()}});
+                if let Some(f) = d.index.followed()? {
+                    v["index"]["lineage"] = json!(f.lineage);
+                } else if d.published.is_some() {
+                    v["index"]["lineage"] = json!(d.index.lineage());
+                }
                 if lake.publish_roots {
                     v["root"] = json!(d.root);
                 }
@@ -596,9 +601,30 @@ impl FlightService for AstroFlight {
                 let out: Vec<_> = stats
                     .into_iter()
                     .map(|(name, result)| match result {
-                        Ok(s) => json!({"dataset": name, "listed": s.listed, "indexed": s.indexed,
-                               "unchanged": s.unchanged, "removed": s.removed, "repaired": s.repaired, "rows": s.rows, "merged": s.merged,
-                               "failed": s.failed.iter().map(|(p, m)| json!({"path": p, "error": m})).collect::<Vec<_>>()}),
+                        Ok(r) => {
+                            let mut v = json!({"dataset": name});
+                            if let Some(s) = &r.build {
+                                v = json!({"dataset": name, "listed": s.listed, "indexed": s.indexed,
+                                       "unchanged": s.unchanged, "removed": s.removed, "repaired": s.repaired, "rows": s.rows, "merged": s.merged,
+                                       "failed": s.failed.iter().map(|(p, m)| json!({"path": p, "error": m})).collect::<Vec<_>>()});
+                            }
+                            match &r.published {
+                                Some(Ok(p)) => {
+                                    v["published"] = json!({"generation": p.published.as_ref().map(|i| i.generation),
+                                        "lineage": p.published.as_ref().map(|i| i.lineage.clone()),
+                                        "segments_uploaded": p.segments_uploaded, "bytes_uploaded": p.bytes_uploaded,
+                                        "generations_deleted": p.generations_deleted, "segments_deleted": p.segments_deleted});
+                                }
+                                Some(Err(e)) => v["publish_error"] = json!(e),
+                                None => {}
+                            }
+                            if let Some(l) = &r.loaded {
+                                v["loaded"] = json!({"generation": l.installed.as_ref().map(|i| i.generation),
+                                    "lineage": l.installed.as_ref().map(|i| i.lineage.clone()),
+                                    "segments_downloaded": l.segments_downloaded, "bytes_downloaded": l.bytes_downloaded});
+                            }
+                            v
+                        }
                         Err(e) => json!({"dataset": name, "error": e.to_string()}),
                     })
                     .collect();
@@ -635,7 +661,7 @@ impl FlightService for AstroFlight {
             ),
             (
                 "reindex",
-                "incrementally re-index every dataset now (builds never overlap); returns what changed, as JSON",
+                "incrementally re-index every dataset now (builds never overlap) and publish it where index_root is set; on a follower, load the newest published generation; returns what changed, as JSON",
             ),
             (
                 "CancelFlightInfo",

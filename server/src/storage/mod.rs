@@ -213,6 +213,31 @@ pub fn open_dataset(d: &DatasetConfig) -> Result<OpenedRoot> {
     Ok(opened)
 }
 
+/// Open a dataset's `index_root` (its published index) with the dataset's storage options.
+/// A local one is created when `create` (a builder writes there).
+pub fn open_index_root(d: &DatasetConfig, index_root: &str, create: bool) -> Result<OpenedRoot> {
+    if create && (!index_root.contains("://") || index_root.starts_with("file://")) {
+        let path = match index_root.strip_prefix("file://") {
+            Some(p) => std::path::PathBuf::from(p),
+            None => std::path::PathBuf::from(index_root),
+        };
+        std::fs::create_dir_all(&path).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "dataset {:?}: cannot create index_root {}: {e}",
+                d.name,
+                path.display()
+            ))
+        })?;
+    }
+    open_dataset(&DatasetConfig {
+        root: index_root.to_string(),
+        // HTTP: the published objects are named, never listed.
+        files: index_root.starts_with("http").then(Vec::new),
+        manifest: None,
+        ..d.clone()
+    })
+}
+
 /// Open a plain path or `file://` URL (also used by tools that have no configuration).
 pub fn open_root(root: &str) -> Result<OpenedRoot> {
     open_dataset(&DatasetConfig::new("-", Default::default(), root))
