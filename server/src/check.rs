@@ -57,7 +57,10 @@ pub fn summary(c: &Config) -> serde_json::Value {
             "session_key_file": path(&a.session_key_file),
         })),
         "grants": c.grants.iter().map(|g| serde_json::json!({"identity": g.identity, "datasets": g.datasets})).collect::<Vec<_>>(),
-        "datasets": c.datasets.iter().map(|d| serde_json::json!({"name": d.name, "kind": d.kind.name(), "root": d.root})).collect::<Vec<_>>(),
+        "datasets": c.datasets.iter().map(|d| serde_json::json!({"name": d.name, "kind": d.kind.name(), "root": d.root, "index_root": d.index_root})).collect::<Vec<_>>(),
+        "index_role": c.index_role.name(),
+        "reindex_interval_secs": c.reindex_interval(),
+        "index_retain_secs": c.index_retain_secs,
         "telemetry": {"otlp_endpoint": c.telemetry.otlp_endpoint, "prometheus_listen": c.telemetry.prometheus_listen},
         "log_format": if c.log_format == crate::config::LogFormat::Json { "json" } else { "text" },
         "shutdown_grace_secs": c.shutdown_grace_secs,
@@ -140,11 +143,42 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             ))
         };
         out.push(finding(what, reached.await));
+        if let Some(r) = &d.index_root {
+            out.push(finding(format!("dataset {} index_root", d.name), published(d, r).await));
+        }
     }
     if let Some(e) = &config.telemetry.otlp_endpoint {
         out.push(finding("telemetry.otlp_endpoint", reach_tcp(e).await));
     }
     out
+}
+
+/// What a dataset's `index_root` holds: the newest published generation, or nothing yet.
+/// Reads `latest.json` only (nothing is written, even on a builder).
+async fn published(d: &crate::config::DatasetConfig, root: &str) -> Result<String, String> {
+    let local = !root.contains("://") || root.starts_with("file://");
+    if local && !Path::new(root.trim_start_matches("file://")).exists() {
+        return Ok(format!("{root} does not exist yet: the builder creates it"));
+    }
+    let opened = crate::storage::open_index_root(d, root, false).map_err(|e| e.to_string())?;
+    let latest = tokio::time::timeout(REACH_TIMEOUT, astroflight_index::publish::latest(opened.store.as_ref()))
+        .await
+        .map_err(|_| format!("no answer within {} s", REACH_TIMEOUT.as_secs()))?
+        .map_err(|e| e.to_string())?;
+    Ok(match latest {
+        Some(m) => format!(
+            "{} root reachable; generation {} of lineage {} published, {} segments, {} alerts",
+            opened.backend.name(),
+            m.generation,
+            m.lineage,
+            m.segments.len(),
+            m.segments.iter().map(|s| s.alerts).sum::<u64>()
+        ),
+        None => format!(
+            "{} root reachable; nothing published yet (followers wait for the builder)",
+            opened.backend.name()
+        ),
+    })
 }
 
 /// The index directory exists and is writable, or its nearest existing parent is (it would be

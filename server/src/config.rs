@@ -1052,6 +1052,31 @@ mod tests {
         assert!(e("reindex_action = 'sometimes'").contains("unknown variant `sometimes`"));
         assert!(e("max_ticket_alerts = 0").contains("max_ticket_alerts"));
         assert!(e("reindex_interval_secs = -1").contains("reindex_interval_secs"));
+        assert!(e("index_role = 'lead'").contains("unknown variant `lead`"));
+        assert!(e("index_role = 'follow'\n[[dataset]]\nname='a'\nkind='ztf'\nroot='x'")
+            .contains("has none (set index_root"));
+        assert!(e("[[dataset]]\nname='a'\nkind='ztf'\nroot='x'\nindex_root='https://h/ix'").contains("cannot write"));
+        assert!(e("[[dataset]]\nname='a'\nkind='fits'\nroot='x'\nindex_root='ix'").contains("not published"));
+        assert!(e("index_retain_secs = -5").contains("index_retain_secs"));
+    }
+
+    #[test]
+    fn followers_have_their_own_defaults_and_index_roots_resolve_like_roots() {
+        let c = Config::parse(
+            "index_role = 'follow'\n[[dataset]]\nname='a'\nkind='ztf'\nroot='lake'\nindex_root='published/a'\n[[dataset]]\nname='b'\nkind='ztf'\nroot='s3://b/lake'\nindex_root='https://cdn.example/ix/b'",
+            Path::new("/etc/af"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.index_role, c.reindex_interval(), c.index_retain_secs),
+            (IndexRole::Follow, 30.0, 3600.0)
+        );
+        assert_eq!(c.datasets[0].index_root.as_deref(), Some("/etc/af/published/a"));
+        assert_eq!(c.datasets[1].index_root.as_deref(), Some("https://cdn.example/ix/b"));
+        let b = Config::parse("reindex_interval_secs = 0\nindex_role = 'follow'", Path::new(".")).unwrap();
+        assert_eq!(b.reindex_interval(), 0.0, "an explicit value wins");
+        assert_eq!(Config::default().reindex_interval(), 0.0);
+        assert_eq!(Config::default().index_role, IndexRole::Build);
     }
 
     #[test]

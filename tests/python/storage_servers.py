@@ -237,6 +237,10 @@ class FaultProxy(_Process):
     def state(self):
         return json.loads(urllib.request.urlopen(f"{self.endpoint}/__faults__", timeout=5).read())
 
+    def paths(self):
+        """{object path: [requests, body bytes]} of every request the proxy saw."""
+        return json.loads(urllib.request.urlopen(f"{self.endpoint}/__faults__/paths", timeout=5).read())["paths"]
+
     def set(self, **rates):
         q = "&".join(f"{k}={v}" for k, v in rates.items())
         return json.loads(urllib.request.urlopen(f"{self.endpoint}/__faults__/set?{q}", timeout=5).read())

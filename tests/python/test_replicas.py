@@ -1,0 +1,115 @@
+"""Replicas over one lake: a builder publishes its index to S3 (moto), followers load it and serve
+the same answers, never reading the lake to build; new data reaches them with no restart; they
+outlive the builder."""
+import subprocess
+import time
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
+from pyarrow import flight
+
+from helpers import alert_batch, gen, gen_small, get, parquet_alerts, wait_until
+from storage_servers import FaultProxy
+
+BATCH = {"dataset": "ztf", "content": "lightcurve", "where": "candidate.magpsf > 15"}
+SQL = "SELECT objectId, candid, candidate.magpsf AS magpsf FROM ztf WHERE candidate.magpsf > 16"
+
+
+def sorted_rows(t, keys):
+    return sorted(zip(*(t.column(k).to_pylist() for k in keys)))
+
+
+def sql_partitions(url):
+    """ADBC with partitions: every endpoint read on its own connection."""
+    with flight_sql.connect(url) as conn, conn.cursor() as cur:
+        partitions, _ = cur.adbc_execute_partitions(SQL)
+    parts = []
+    for p in partitions:
+        with flight_sql.connect(url) as c, c.cursor() as cur:
+            cur.adbc_read_partition(p)
+            parts.append(cur.fetch_arrow_table())
+    return pa.concat_tables(parts)
+
+
+def test_followers_on_s3_serve_the_builders_answers_and_catch_up(binary, s3_server, start_server, tmp_path):
+    lake = tmp_path / "lake"
+    gen_small(binary, lake, "ztf", 80)
+    s3_server.upload_dir(lake, "lake", "rep")
+    index_root = "s3://lake/rep-index"
+    direct = s3_server.dataset_options(index_root=index_root)
+    # The followers reach S3 through a counting proxy: it sees every object they read.
+    proxy = FaultProxy(tmp_path, s3_server.endpoint)
+    try:
+        via_proxy = s3_server.dataset_options(endpoint=proxy.endpoint, index_root=index_root)
+        builder = start_server([("ztf", "ztf", "s3://lake/rep", direct)])
+        follow = {"index_role": "follow", "reindex_interval_secs": 1}
+        followers = []
+        for _ in range(2):
+            t0 = time.monotonic()
+            followers.append(start_server([("ztf", "ztf", "s3://lake/rep", via_proxy)], top=follow))
+            ready_secs = time.monotonic() - t0
+            assert ready_secs < 10, ready_secs
+        paths = proxy.paths()
+        lake_reads = [p for p in paths if p.startswith("/lake/rep/")]
+        assert lake_reads == [], f"a follower read lake files before any request: {lake_reads}"
+        assert any(p.startswith("/lake/rep-index/segments/") for p in paths), paths
+
+        stats = [s.action("stats")["datasets"][0]["index"] for s in [builder, *followers]]
+        assert len({(x["generation"], x["lineage"], x["alerts"]) for x in stats}) == 1, stats
+        assert [x["role"] for x in stats] == ["build", "follow", "follow"]
+
+        # Answers are identical: a cutout, an alert batch pulled endpoint by endpoint, Flight SQL
+        # with partitions.
+        alerts = parquet_alerts(lake)
+        a = alerts[17]
+        want_cutout = get(builder.client(), dataset="ztf", objectId=a["objectId"], all=True, format="gzip")
+        want_batch = alert_batch(builder.client(), BATCH)
+        want_sql = sql_partitions(builder.url)
+        assert want_batch.num_rows > 10 and want_sql.num_rows > 10
+        for f in followers:
+            assert get(f.client(), dataset="ztf", objectId=a["objectId"], all=True, format="gzip").equals(want_cutout)
+            got = alert_batch(f.client(), BATCH)
+            assert sorted_rows(got, ["candid"]) == sorted_rows(want_batch, ["candid"])
+            assert got.sort_by("candid").equals(want_batch.sort_by("candid"))
+            got = sql_partitions(f.url)
+            assert sorted_rows(got, ["objectId", "candid", "magpsf"]) == sorted_rows(want_sql, ["objectId", "candid", "magpsf"])
+
+        # New data: a night lands in the lake, the builder indexes and publishes it, and every
+        # follower serves it within two of its refresh intervals (1 s each; the bound adds 1 s
+        # for the download on a loaded machine).
+        more = tmp_path / "more"
+        gen(binary, more, "ztf", 1, 1, 20, "--seed", "9")
+        s3_server.upload_dir(more, "lake", "rep/later")
+        new = parquet_alerts(more)[5]
+        r = builder.action("reindex")["datasets"][0]
+        assert r["indexed"] >= 1 and r["published"]["generation"] is not None, r
+        t0 = time.monotonic()
+        for f in followers:
+            def served(f=f):
+                try:
+                    return get(f.client(), dataset="ztf", candid=new["candid"], kind="Science").num_rows == 1
+                except flight.FlightError:
+                    return False
+            wait_until(served, 30, "a follower serving the new alert")
+        assert time.monotonic() - t0 < 3.0, "the followers took longer than two refresh intervals"
+
+        # The builder is killed: the followers keep serving the last generation, healthy.
+        builder.proc.kill()
+        builder.proc.wait()
+        time.sleep(2.5)  # two refreshes against an index_root nobody updates
+        for f in followers:
+            h = f.action("health")
+            assert h["ready"] is True, h
+            assert get(f.client(), dataset="ztf", candid=new["candid"], kind="Science").num_rows == 1
+            st = f.action("stats")["datasets"][0]
+            assert st["indexing"] is False
+    finally:
+        proxy.stop()
+
+
+def test_a_follower_without_index_root_is_refused_by_check(binary, tmp_path):
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('index_role = "follow"\n[[dataset]]\nname = "ztf"\nkind = "ztf"\nroot = "lake"\n')
+    r = subprocess.run([binary, "check", "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "index_root" in (r.stdout + r.stderr), r
