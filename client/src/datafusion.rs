@@ -21,6 +21,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::{FlightEndpoint, FlightInfo};
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::channel;
 
@@ -182,22 +183,90 @@ impl ExecutionPlan for FlightSqlExec {
                 futures::stream::empty(),
             )));
         };
-        // The endpoint's first location, or the server that planned it.
-        let url = endpoint
+        // The endpoint's locations in the server's order (it rotates them per endpoint, so the
+        // partitions spread round robin over the replicas), or the server that planned it.
+        let mut urls: Vec<String> = endpoint
             .location
-            .first()
+            .iter()
             .map(|l| l.uri.clone())
             .filter(|u| !u.is_empty() && u != "arrow-flight-reuse-connection://?")
-            .unwrap_or_else(|| self.url.clone());
+            .collect();
+        if urls.is_empty() {
+            urls.push(self.url.clone());
+        }
         let ticket = endpoint
             .ticket
             .ok_or_else(|| DataFusionError::Execution("an endpoint without a ticket".into()))?;
-        let batches = futures::stream::once(async move {
-            let mut client = FlightSqlServiceClient::new(channel(&url).await.map_err(external)?);
-            let stream = client.do_get(ticket).await.map_err(external)?;
-            Ok::<_, DataFusionError>(stream.map_err(external))
-        })
-        .try_flatten();
+        // A task pulls the endpoint, moving on to the next location when one fails; a bounded
+        // channel keeps the backpressure of a direct stream.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(pull_with_failover(urls, ticket, tx));
+        let batches = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches.boxed())))
+    }
+}
+
+/// True when an error is the location's (down, unreachable, the connection lost), not the
+/// query's: another replica may answer.
+fn location_failed(e: &FlightError) -> bool {
+    match e {
+        // Connecting failed.
+        FlightError::ExternalError(_) => true,
+        FlightError::Tonic(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
+/// Send one endpoint's batches on `tx`, from the first location that answers. A location that
+/// fails, before or during its stream, is left for the next, which streams the endpoint again
+/// from the start: the rows already sent are skipped (an endpoint's ticket gives the same rows
+/// in the same order on every replica), so each row is sent once. The last failure ends the
+/// stream when every location failed.
+async fn pull_with_failover(
+    urls: Vec<String>,
+    ticket: arrow_flight::Ticket,
+    tx: tokio::sync::mpsc::Sender<DfResult<arrow::array::RecordBatch>>,
+) {
+    let mut sent = 0usize;
+    let mut last = None;
+    for url in &urls {
+        let mut skip = sent;
+        let attempt = async {
+            let ch = channel(url)
+                .await
+                .map_err(|e| FlightError::ExternalError(Box::new(e)))?;
+            let mut client = FlightSqlServiceClient::new(ch);
+            let mut stream = client.do_get(ticket.clone()).await?;
+            while let Some(b) = stream.next().await {
+                let mut b = b?;
+                if skip >= b.num_rows() {
+                    skip -= b.num_rows();
+                    continue;
+                }
+                if skip > 0 {
+                    b = b.slice(skip, b.num_rows() - skip);
+                    skip = 0;
+                }
+                sent += b.num_rows();
+                if tx.send(Ok(b)).await.is_err() {
+                    return Ok(()); // the consumer went away
+                }
+            }
+            Ok::<(), FlightError>(())
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(e) if location_failed(&e) => last = Some(e),
+            Err(e) => {
+                let _ = tx.send(Err(external(e))).await;
+                return;
+            }
+        }
+    }
+    if let Some(e) = last {
+        let _ = tx.send(Err(external(e))).await;
     }
 }

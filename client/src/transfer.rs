@@ -19,7 +19,7 @@
 //! never a half-written file under a final name. A re-run of the same command reuses the saved
 //! plan, so it skips finished endpoints even if the lake has grown since.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -441,14 +441,15 @@ pub async fn pull(plan: &TransferPlan, opts: &PullOptions) -> Result<PullSummary
     };
     let server = opts.server.clone().unwrap_or_else(|| plan.server.clone());
     let pending: Vec<usize> = (0..plan.endpoints.len()).filter(|i| !done.contains_key(i)).collect();
+    let busy = Busy::default();
     let results = futures::stream::iter(pending)
         .map(|index| {
-            let (server, schema, progress) = (&server, &schema, &progress);
+            let (server, schema, progress, busy) = (&server, &schema, &progress, &busy);
             let connect = &opts.connect;
             async move {
                 (
                     index,
-                    pull_endpoint(plan, index, server, out, schema, progress, connect).await,
+                    pull_endpoint(plan, index, server, out, schema, progress, connect, busy).await,
                 )
             }
         })
@@ -621,6 +622,56 @@ impl Files {
     }
 }
 
+/// Pulls in flight per location (an endpoint goes to the least busy of its locations), and the
+/// locations that failed during this pull (tried last from then on).
+#[derive(Default)]
+struct Busy(std::sync::Mutex<(HashMap<String, usize>, HashSet<String>)>);
+
+impl Busy {
+    /// The locations, working ones first, then least busy first (ties keep the server's order,
+    /// which it rotates per endpoint).
+    fn order<'a>(&self, locations: &[&'a str]) -> Vec<&'a str> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = locations.to_vec();
+        v.sort_by_key(|l| (g.1.contains(*l), g.0.get(*l).copied().unwrap_or(0)));
+        v
+    }
+
+    fn add(&self, location: &str, n: isize) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let c = g.0.entry(location.to_string()).or_default();
+        *c = c.saturating_add_signed(n);
+    }
+
+    fn failed(&self, location: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .insert(location.to_string());
+    }
+}
+
+/// True when an error is the location's (down, unreachable, the connection lost), so that
+/// another location may serve the endpoint; false for the request's own (a bad ticket, no
+/// permission), which every replica would refuse alike.
+fn location_failed(e: &TransferError) -> bool {
+    use arrow_flight::error::FlightError;
+    match e {
+        TransferError::Client(ClientError::Connect { .. }) => true,
+        TransferError::Client(ClientError::Flight(FlightError::Tonic(s))) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
+/// Pull one endpoint from the least busy of its locations (none: the server the plan came
+/// from). When a location fails, the endpoint is pulled again from the next one: its files
+/// are rewritten from the start (they commit only when the endpoint is whole), so every row
+/// is written once.
+#[allow(clippy::too_many_arguments)]
 async fn pull_endpoint(
     plan: &TransferPlan,
     index: usize,
@@ -629,17 +680,58 @@ async fn pull_endpoint(
     schema: &SchemaRef,
     progress: &Progress,
     connect: &ConnectOptions,
+    busy: &Busy,
 ) -> Result<Done, TransferError> {
     let e = &plan.endpoints[index];
     let ticket = b64()
         .decode(&e.ticket)
         .map_err(|err| TransferError::Plan(format!("ticket of endpoint {index} is not base64: {err}")))?;
-    // The first advertised location; none means the server the plan came from.
-    let at = e.locations.first().map(String::as_str).unwrap_or(server);
+    let listed: Vec<&str> = if e.locations.is_empty() {
+        vec![server]
+    } else {
+        e.locations.iter().map(String::as_str).collect()
+    };
+    let mut last = None;
+    for at in busy.order(&listed) {
+        busy.add(at, 1);
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        let r = pull_from(
+            plan, index, at, &ticket, out, schema, progress, connect, &mut rows, &mut bytes,
+        )
+        .await;
+        busy.add(at, -1);
+        match r {
+            Ok(d) => return Ok(d),
+            Err(err) if location_failed(&err) => {
+                eprintln!("endpoint {index}: {at} failed ({err}); pulling it from the next location");
+                busy.failed(at);
+                progress.undo(rows, bytes);
+                last = Some(err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last.expect("at least one location was tried"))
+}
+
+/// One attempt of an endpoint at one location; `rows` and `bytes` count what it received.
+#[allow(clippy::too_many_arguments)]
+async fn pull_from(
+    plan: &TransferPlan,
+    index: usize,
+    at: &str,
+    ticket: &[u8],
+    out: &Path,
+    schema: &SchemaRef,
+    progress: &Progress,
+    connect: &ConnectOptions,
+    rows: &mut u64,
+    bytes: &mut u64,
+) -> Result<Done, TransferError> {
     let mut client = Client::connect_with(at, connect).await?;
     let mut stream = client
         .inner
-        .do_get(Ticket::new(ticket))
+        .do_get(Ticket::new(ticket.to_vec()))
         .await
         .map_err(ClientError::from)?
         .into_inner();
@@ -649,11 +741,11 @@ async fn pull_endpoint(
         schema: schema.clone(),
         open: HashMap::new(),
     };
-    let (mut rows, mut bytes) = (0u64, 0u64);
     while let Some(data) = stream.try_next().await.map_err(ClientError::from)? {
         let wire = (data.inner.data_header.len() + data.inner.data_body.len()) as u64;
-        bytes += wire;
+        *bytes += wire;
         let DecodedPayload::RecordBatch(batch) = data.payload else {
+            progress.add(0, wire);
             continue;
         };
         if batch.schema().fields() != schema.fields() {
@@ -665,10 +757,11 @@ async fn pull_endpoint(
         let n = batch.num_rows() as u64;
         // Parquet encoding is CPU work: keep it off the runtime's async threads.
         tokio::task::block_in_place(|| split_and_write(&mut files, plan.partition_by, &batch))?;
-        rows += n;
+        *rows += n;
         progress.add(n, wire);
     }
-    tokio::task::block_in_place(|| files.commit(rows, bytes))
+    let (r, b) = (*rows, *bytes);
+    tokio::task::block_in_place(|| files.commit(r, b))
 }
 
 /// The progress bar, and the bytes received by every endpoint of this pull.
@@ -679,6 +772,12 @@ struct Progress {
 }
 
 impl Progress {
+    /// Take back what a failed attempt counted (its endpoint is pulled again).
+    fn undo(&self, rows: u64, bytes: u64) {
+        self.bytes.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.bar.set_position(self.bar.position().saturating_sub(rows));
+    }
+
     fn add(&self, rows: u64, bytes: u64) {
         let total = self.bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
         self.bar.inc(rows);

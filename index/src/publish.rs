@@ -269,6 +269,12 @@ impl Publisher {
         let lineage = ix.lineage();
         let m = ix.segdir.manifest()?;
         let current = latest(self.store.as_ref()).await?;
+        if let Some(c) = current.as_ref().filter(|c| c.dataset != ix.name()) {
+            return Err(IndexError::Corrupt(format!(
+                "this index_root holds the published index of dataset {:?}; each dataset needs its own index_root",
+                c.dataset
+            )));
+        }
         let published_now = current
             .as_ref()
             .is_some_and(|c| c.lineage == lineage && c.generation == m.generation);

@@ -843,7 +843,17 @@ impl Config {
         }
         self.validate_operations()?;
         let mut names = std::collections::HashSet::new();
+        let mut index_roots = std::collections::HashMap::new();
         for d in &self.datasets {
+            if let Some(r) = &d.index_root {
+                let key = r.trim_end_matches('/');
+                if let Some(other) = index_roots.insert(key.to_string(), d.name.clone()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "datasets {other:?} and {:?} have the same index_root {r:?}; each dataset publishes its own index (e.g. .../{{dataset}})",
+                        d.name
+                    )));
+                }
+            }
             if d.name.is_empty()
                 || !d
                     .name
@@ -1058,6 +1068,7 @@ mod tests {
         assert!(e("[[dataset]]\nname='a'\nkind='ztf'\nroot='x'\nindex_root='https://h/ix'").contains("cannot write"));
         assert!(e("[[dataset]]\nname='a'\nkind='fits'\nroot='x'\nindex_root='ix'").contains("not published"));
         assert!(e("index_retain_secs = -5").contains("index_retain_secs"));
+        assert!(e("[[dataset]]\nname='a'\nkind='ztf'\nroot='x'\nindex_root='s3://b/ix'\n[[dataset]]\nname='b'\nkind='ztf'\nroot='y'\nindex_root='s3://b/ix/'").contains("the same index_root"));
     }
 
     #[test]

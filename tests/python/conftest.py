@@ -47,8 +47,9 @@ def write_config(path, workdir, datasets, top=None, extra="", index="index"):
     an `hdfs` option is a table of Hadoop settings. `extra`: TOML tables appended as written
     ([tls], [auth], [[grant]], ...). `index`: the index directory's name under `workdir` (an
     index belongs to one process: servers running side by side need their own)."""
-    lines = [f'index_dir = "{pathlib.Path(workdir) / index}"', 'listen = "127.0.0.1:0"']
-    lines += [f"{k} = {toml_value(v)}" for k, v in (top or {}).items()]
+    top = dict(top or {})
+    lines = [f'index_dir = "{pathlib.Path(workdir) / index}"', f'listen = "{top.pop("listen", "127.0.0.1:0")}"']
+    lines += [f"{k} = {toml_value(v)}" for k, v in top.items()]
     for name, kind, root, *opts in datasets:
         lines += ["[[dataset]]", f'name = "{name}"', f'kind = "{kind}"', f'root = "{root}"']
         opts = dict(opts[0]) if opts else {}

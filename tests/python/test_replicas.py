@@ -113,3 +113,87 @@ def test_a_follower_without_index_root_is_refused_by_check(binary, tmp_path):
     r = subprocess.run([binary, "check", "--config", str(cfg)], capture_output=True, text=True)
     assert r.returncode != 0
     assert "index_root" in (r.stdout + r.stderr), r
+
+
+def test_endpoints_spread_over_replicas_and_survive_a_killed_follower(binary, start_server, tmp_path):
+    """A builder and two followers, each advertising all three: the Python client, `transfer`
+    and the DataFusion provider pull endpoints from every replica; a follower killed in the
+    middle of a parallel pull costs no row and duplicates none."""
+    import astroflight
+    from storage_servers import free_port
+
+    lake = tmp_path / "lake"
+    gen(binary, lake, "ztf", 3, 2, 80)
+    want = sorted(a["candid"] for a in parquet_alerts(lake))
+    ports = [free_port() for _ in range(3)]
+    advertise = [f"grpc://127.0.0.1:{p}" for p in ports]
+    opts = {"index_root": str(tmp_path / "published")}
+    common = {"advertise": advertise, "endpoint_bytes": 20_000}
+    builder = start_server([("ztf", "ztf", lake, opts)], top={**common, "listen": f"127.0.0.1:{ports[0]}"})
+    followers = [start_server([("ztf", "ztf", lake, opts)],
+                              top={**common, "listen": f"127.0.0.1:{p}", "index_role": "follow"})
+                 for p in ports[1:]]
+    servers = [builder, *followers]
+
+    def served():
+        return [len(s.action("stats")["requests"]) for s in servers]
+
+    af = astroflight.connect(builder.url, parallel=3)
+    info = af.plan("ztf", content="lightcurve")
+    assert len(info.endpoints) >= 6, len(info.endpoints)
+    assert all(sorted(loc.uri.decode() for loc in e.locations) == sorted(advertise) for e in info.endpoints)
+    t = af.alerts("ztf", content="lightcurve")
+    assert sorted(t.column("candid").to_pylist()) == want
+    assert all(n > 0 for n in served()), f"every replica serves endpoints: {served()}"
+
+    # A follower is killed while the pull streams (the consumer holds it after the first batch);
+    # its endpoints are pulled again from the others, the rows already received skipped.
+    got, killed = [], False
+    for b in af.iter_batches("ztf", buffer=1, content="lightcurve"):
+        got.extend(b.column("candid").to_pylist())
+        if not killed:
+            followers[0].proc.kill()
+            followers[0].proc.wait()
+            killed = True
+    assert sorted(got) == want, "every row exactly once after a follower died mid-pull"
+    af.close()
+
+    # transfer: a plan made while all three served, pulled with one of them gone.
+    out = tmp_path / "pulled"
+    p = subprocess.run([binary, "transfer", "--quiet", "--server", followers[1].url, "--dataset", "ztf",
+                        "--out", str(out), "--partition-by", "none", "--parallel", "3"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    import pyarrow.dataset as ds
+    pulled = ds.dataset(out, format="parquet").to_table(columns=["candid"])
+    assert sorted(pulled.column("candid").to_pylist()) == want
+    assert "pulling it from the next location" in p.stderr, "some endpoints listed the dead follower first"
+
+
+def test_a_session_token_of_one_replica_works_on_the_others(binary, start_server, auth_lake, auth_files, tmp_path):
+    """alice signs in (Handshake) on the builder; her session token reads on a follower that
+    shares the builder's session_key_file, and is refused by one with another key."""
+    from helpers import ALICE_PASSWORD
+    auth, _ = auth_files
+    published = str(tmp_path / "published")
+    key, other = tmp_path / "session.key", tmp_path / "other.key"
+    key.write_bytes(bytes(range(64)))
+    other.write_bytes(bytes(range(64, 128)))
+    datasets = [(n, k, r, {"index_root": f"{published}/{n}"}) for n, k, r in auth_lake["datasets"]]
+    with_key = auth.replace("[auth]\n", f'[auth]\nsession_key_file = "{key}"\n')
+    builder = start_server(datasets, extra=with_key)
+    follower = start_server(datasets, top={"index_role": "follow"}, extra=with_key)
+    stranger = start_server(datasets, top={"index_role": "follow"},
+                            extra=auth.replace("[auth]\n", f'[auth]\nsession_key_file = "{other}"\n'))
+    c = builder.client()
+    header = c.authenticate_basic_token("alice", ALICE_PASSWORD)
+    opts = flight.FlightCallOptions(headers=[header])
+    a = auth_lake["ztf"][2]
+    tk = flight.Ticket(('{"cutout": {"dataset": "ztf", "candid": %d, "kind": "Science"}}' % a["candid"]).encode())
+    want = c.do_get(tk, opts).read_all()
+    assert follower.client().do_get(tk, opts).read_all().equals(want)
+    try:
+        stranger.client().do_get(tk, opts).read_all()
+        raise AssertionError("a replica with another session key accepted the token")
+    except flight.FlightUnauthenticatedError:
+        pass

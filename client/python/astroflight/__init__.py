@@ -7,9 +7,14 @@
         ...
     x = astroflight.stamps_as_numpy(t, "cutoutScience")   # N x 63 x 63 float32
 
-`alerts()` plans the query with GetFlightInfo and pulls every endpoint in parallel (each on
-its own connection to the endpoint's first advertised location, or to this server), then
-concatenates them in plan order: the same rows, in the same order, as one sequential pull.
+`alerts()` plans the query with GetFlightInfo and pulls every endpoint in parallel, each on its
+own connection, then concatenates them in plan order: the same rows, in the same order, as one
+sequential pull. An endpoint that lists several locations (a server with `advertise`: its
+replicas) is pulled from the least busy of them (the fewest pulls this client has in flight
+there; ties go to the server's order, which it rotates per endpoint); one without locations from
+this server. When a location fails (down, or lost mid-stream), the endpoint is read again from the
+next one, skipping the rows already received: every row arrives exactly once (an endpoint's
+ticket gives the same rows in the same order on every replica).
 
 A server with `[auth]` takes a token or a user's password, and TLS options go to pyarrow:
 
@@ -26,7 +31,78 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import flight
 
-__all__ = ["Client", "connect", "stamps_as_numpy", "query", "sql_command"]
+__all__ = ["Client", "connect", "stamps_as_numpy", "query", "sql_command", "stream_endpoint"]
+
+# Failures of a location, not of the request: the endpoint is tried on its next location. Any
+# other error (a bad query, no permission) would fail the same everywhere and is raised.
+_RETRYABLE = (flight.FlightUnavailableError, flight.FlightTimedOutError, flight.FlightInternalError,
+              ConnectionError)
+
+
+class _Balancer:
+    """Pulls in flight per location, for choosing the least busy of an endpoint's locations; a
+    location that failed goes last for the client's later endpoints."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._busy = {}
+        self._failed = set()
+        self.failovers = 0
+
+    def order(self, locations):
+        with self._lock:  # sorted is stable: ties keep the server's order
+            return sorted(locations, key=lambda loc: (loc in self._failed, self._busy.get(loc, 0)))
+
+    def failed(self, loc):
+        with self._lock:
+            self._failed.add(loc)
+            self.failovers += 1
+
+    def take(self, loc, n):
+        with self._lock:
+            self._busy[loc] = self._busy.get(loc, 0) + n
+
+
+def stream_endpoint(ticket, locations, default_location, call_options=None, connect_kwargs=None,
+                    balancer=None, cast_to=None):
+    """Yield the record batches of one endpoint (`ticket`: a `flight.Ticket` or its bytes) from
+    the first of `locations` that answers (none: `default_location`). A location that fails is
+    left for the next, and the endpoint is read again there from the start, skipping the rows
+    already yielded, so that each row is yielded once. Raises the last failure when every
+    location failed. `cast_to`: an Arrow schema each batch is cast to (Spark's)."""
+    if not isinstance(ticket, flight.Ticket):
+        ticket = flight.Ticket(ticket)
+    locations = [loc for loc in (locations or []) if loc] or [default_location]
+    if balancer is not None:
+        locations = balancer.order(locations)
+    delivered, last = 0, None
+    for loc in locations:
+        skip = delivered
+        if balancer is not None:
+            balancer.take(loc, 1)
+        try:
+            c = flight.connect(loc, **(connect_kwargs or {}))
+            try:
+                for chunk in c.do_get(ticket, call_options):
+                    b = chunk.data
+                    if skip >= b.num_rows:
+                        skip -= b.num_rows
+                        continue
+                    if skip:
+                        b, skip = b.slice(skip), 0
+                    delivered += b.num_rows
+                    yield b if cast_to is None or b.schema == cast_to else b.cast(cast_to, safe=False)
+                return
+            finally:
+                c.close()
+        except _RETRYABLE as e:
+            last = e
+            if balancer is not None:
+                balancer.failed(loc)
+        finally:
+            if balancer is not None:
+                balancer.take(loc, -1)
+    raise last
 
 _FLIGHT_SQL = "type.googleapis.com/arrow.flight.protocol.sql."
 
@@ -99,6 +175,12 @@ class Client:
         self._flight = flight.connect(location, **kwargs)
         self.headers = _auth_headers(self._flight, token, username, password)
         self.options = flight.FlightCallOptions(headers=self.headers)
+        self._balancer = _Balancer()
+
+    @property
+    def failovers(self):
+        """How many times an endpoint moved to its next location because one failed."""
+        return self._balancer.failovers
 
     def close(self):
         self._flight.close()
@@ -117,28 +199,21 @@ class Client:
         """GetFlightInfo of a query: schema, total_records, total_bytes and the endpoints."""
         return self._flight.get_flight_info(flight.FlightDescriptor.for_command(query(dataset, **q)), self.options)
 
-    def _read_endpoint(self, endpoint):
-        c = self._connect_endpoint(endpoint)
-        try:
-            return c.do_get(endpoint.ticket, self.options).read_all()
-        finally:
-            c.close()
+    def _endpoint_batches(self, endpoint):
+        return stream_endpoint(endpoint.ticket, [loc.uri.decode() for loc in endpoint.locations], self.location,
+                               self.options, self._kwargs, self._balancer)
 
-    def _connect_endpoint(self, endpoint):
-        loc = endpoint.locations[0].uri.decode() if endpoint.locations else None
-        return flight.connect(loc or self.location, **self._kwargs)
+    def _read_endpoint(self, endpoint):
+        batches = list(self._endpoint_batches(endpoint))
+        return pa.Table.from_batches(batches) if batches else None
 
     def _stream_endpoint(self, endpoint, out, cancel):
         """Put the batches of one endpoint on the bounded queue `out` as they arrive, then None
         (or the exception). Stops early when `cancel` is set."""
         try:
-            c = self._connect_endpoint(endpoint)
-            try:
-                for chunk in c.do_get(endpoint.ticket, self.options):
-                    if not _put(out, chunk.data, cancel):
-                        return
-            finally:
-                c.close()
+            for b in self._endpoint_batches(endpoint):
+                if not _put(out, b, cancel):
+                    return
             _put(out, None, cancel)
         except BaseException as e:  # handed to the consumer, which raises it
             _put(out, e, cancel)
@@ -179,7 +254,7 @@ class Client:
 
     def _pull(self, info, as_pandas):
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-            tables = list(pool.map(self._read_endpoint, info.endpoints))
+            tables = [t for t in pool.map(self._read_endpoint, info.endpoints) if t is not None]
         t = pa.concat_tables(tables) if tables else info.schema.empty_table()
         return t.to_pandas() if as_pandas else t
 

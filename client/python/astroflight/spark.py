@@ -33,25 +33,24 @@ __all__ = ["AstroflightDataSource", "read_alerts", "read_sql", "read_endpoints"]
 
 
 def read_endpoints(batches, default_location, arrow_schema=None, token=None):
-    """The `mapInArrow` body: each input row is an endpoint (`ticket` bytes and `location`, empty
-    for the planning server); yields the endpoint's record batches as they arrive (cast to
-    `arrow_schema`, the Arrow form of the DataFrame's schema, when given)."""
+    """The `mapInArrow` body: each input row is an endpoint (`ticket` bytes and `locations`, the
+    replicas that serve it, empty for the planning server); yields the endpoint's record batches
+    as they arrive (cast to `arrow_schema`, the Arrow form of the DataFrame's schema, when
+    given), from its first location that answers."""
     for b in batches:
-        for ticket, location in zip(b.column("ticket").to_pylist(), b.column("location").to_pylist()):
-            yield from _stream(ticket, location or default_location, arrow_schema, token)
+        for ticket, locations in zip(b.column("ticket").to_pylist(), b.column("locations").to_pylist()):
+            yield from _stream(ticket, locations, default_location, arrow_schema, token)
 
 
-def _stream(ticket, location, arrow_schema=None, token=None):
-    c = flight.connect(location)
+def _stream(ticket, locations, default_location, arrow_schema=None, token=None):
+    """One endpoint from its locations in the server's order (it rotates them per endpoint: the
+    endpoints spread round robin over the replicas); a location that fails is left for the next,
+    the rows already read skipped ([`astroflight.stream_endpoint`]). Spark's types are not all
+    Arrow's (timestamps are microseconds, fields nullable): batches are cast to the Arrow form of
+    the Spark schema, which Spark checks."""
     headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
-    try:
-        for chunk in c.do_get(flight.Ticket(ticket), flight.FlightCallOptions(headers=headers)):
-            b = chunk.data
-            # Spark's types are not all Arrow's (timestamps are microseconds, fields nullable):
-            # batches are cast to the Arrow form of the Spark schema, which Spark checks.
-            yield b if arrow_schema is None or b.schema == arrow_schema else b.cast(arrow_schema, safe=False)
-    finally:
-        c.close()
+    yield from astroflight.stream_endpoint(ticket, locations, default_location,
+                                           flight.FlightCallOptions(headers=headers), cast_to=arrow_schema)
 
 
 def _spark_schema(arrow_schema):
@@ -63,7 +62,7 @@ def _spark_schema(arrow_schema):
 
 
 def _endpoints(info):
-    return [(e.ticket.ticket, e.locations[0].uri.decode() if e.locations else None) for e in info.endpoints]
+    return [(e.ticket.ticket, [loc.uri.decode() for loc in e.locations]) for e in info.endpoints]
 
 
 def _frame(spark, location, info, token=None):
@@ -71,7 +70,7 @@ def _frame(spark, location, info, token=None):
     schema, arrow_schema = _spark_schema(info.schema)
     if not endpoints:
         return spark.createDataFrame([], schema)
-    plan = spark.createDataFrame(endpoints, "ticket binary, location string").repartition(len(endpoints))
+    plan = spark.createDataFrame(endpoints, "ticket binary, locations array<string>").repartition(len(endpoints))
     return plan.mapInArrow(lambda it: read_endpoints(it, location, arrow_schema, token), schema)
 
 
@@ -128,10 +127,10 @@ except ImportError:  # pyspark < 4: the data source API is absent; mapInArrow st
 if DataSource is not None:
 
     class _Endpoint(InputPartition):
-        def __init__(self, ticket, location):
+        def __init__(self, ticket, locations):
             super().__init__(ticket)
             self.ticket = ticket
-            self.location = location
+            self.locations = locations
 
     class _Reader(DataSourceReader):
         def __init__(self, location, endpoints, arrow_schema, token):
@@ -141,10 +140,10 @@ if DataSource is not None:
             self.token = token
 
         def partitions(self):
-            return [_Endpoint(t, loc or self.location) for t, loc in self.endpoints]
+            return [_Endpoint(t, locs) for t, locs in self.endpoints]
 
         def read(self, partition):
-            yield from _stream(partition.ticket, partition.location, self.arrow_schema, self.token)
+            yield from _stream(partition.ticket, partition.locations, self.location, self.arrow_schema, self.token)
 
     class AstroflightDataSource(DataSource):
         """`spark.read.format("astroflight")`: options `location` (default
