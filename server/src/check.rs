@@ -59,6 +59,7 @@ pub fn summary(c: &Config) -> serde_json::Value {
         "grants": c.grants.iter().map(|g| serde_json::json!({"identity": g.identity, "datasets": g.datasets})).collect::<Vec<_>>(),
         "datasets": c.datasets.iter().map(|d| serde_json::json!({"name": d.name, "kind": d.kind.name(), "root": d.root, "index_root": d.index_root})).collect::<Vec<_>>(),
         "index_role": c.index_role.name(),
+        "advertise": c.advertise,
         "reindex_interval_secs": c.reindex_interval(),
         "index_retain_secs": c.index_retain_secs,
         "telemetry": {"otlp_endpoint": c.telemetry.otlp_endpoint, "prometheus_listen": c.telemetry.prometheus_listen},

@@ -2,8 +2,11 @@
 parsers: each astroflight.toml (the example, compose's, the Kubernetes ConfigMap's) through
 `astroflight check --offline`; the Secret's tokens and users files through a real `astroflight
 check` (which loads them); then the wiring: ports, probes, mounts and paths agree between the
-config, the Deployment, the Service, the compose file, the Dockerfile and the systemd unit.
-(No container is built or run here: this machine has no Docker engine.)"""
+config, the Deployment, the Service, the compose file, the Dockerfile and the systemd unit; the
+replicas: the builder publishes where the followers load, the followers' names are what
+`advertise` lists. Every Kubernetes object is validated against the Kubernetes API schemas
+(kubernetes-validate, strict), and the compose file against the Compose specification's JSON
+schema. (No container is built or run here: this machine has no Docker engine.)"""
 import configparser
 import json
 import pathlib
@@ -40,8 +43,9 @@ def test_every_deploy_file_parses():
     files = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
     names = {p.relative_to(DEPLOY).as_posix() for p in files}
     assert {"Dockerfile", "compose.yaml", "astroflight.service", "astroflight.toml", "compose/astroflight.toml",
-            "k8s/deployment.yaml", "k8s/service.yaml", "k8s/configmap.yaml", "k8s/secret.yaml",
-            "k8s/persistentvolume.yaml", "k8s/kustomization.yaml"} <= names, names
+            "compose/follower.toml", "compose/nginx.conf", "k8s/deployment.yaml", "k8s/follower.yaml",
+            "k8s/service.yaml", "k8s/configmap.yaml", "k8s/secret.yaml", "k8s/persistentvolume.yaml",
+            "k8s/kustomization.yaml"} <= names, names
     for p in files:
         if p.suffix == ".yaml":
             assert list(yaml.safe_load_all(p.read_text())), p
@@ -116,7 +120,7 @@ def test_kubernetes_manifests_agree_with_their_config(binary, tmp_path):
     # The Service reaches the named ports.
     svc = docs[("Service", "astroflight")]
     assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
-    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"].items() <= dep["spec"]["selector"]["matchLabels"].items()
     # S3 keys come from a Secret, as AWS_* variables.
     (ref,) = c["envFrom"]
     assert set(docs[("Secret", ref["secretRef"]["name"])]["stringData"]) == {"AWS_ACCESS_KEY_ID",
@@ -173,3 +177,102 @@ def test_systemd_unit(binary):
     assert cfg["index_dir"].startswith(unit["Service"]["ReadWritePaths"])
     assert int(unit["Service"]["TimeoutStopSec"]) > cfg["shutdown_grace_secs"]
     assert unit["Service"]["User"] != "root"
+
+
+def test_kubernetes_followers_load_what_the_builder_publishes(binary, tmp_path):
+    docs = k8s()
+
+    def config(name):
+        f = tmp_path / f"{name}.toml"
+        f.write_text(docs[("ConfigMap", name)]["data"]["astroflight.toml"])
+        return offline(binary, f)
+
+    builder, follower = config("astroflight-config"), config("astroflight-follower-config")
+    assert builder["index_role"] == "build" and follower["index_role"] == "follow"
+    roots = {d["name"]: d["index_root"] for d in builder["datasets"]}
+    assert all(roots.values()) and roots == {d["name"]: d["index_root"] for d in follower["datasets"]}
+    sts = docs[("StatefulSet", "astroflight-follower")]
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["podManagementPolicy"] == "Parallel"
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["readinessProbe"]["grpc"] == {"port": 8816, "service": ""}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cache = next(m for m in mounts if follower["index_dir"].startswith(m + "/"))
+    assert "emptyDir" in volumes[mounts[cache]], "the followers' index is a cache on an emptyDir"
+    assert volumes["config"]["configMap"]["name"] == "astroflight-follower-config"
+    # The session key from the same Secret as the builder's, so that tokens work on every replica.
+    key = follower["auth"]["session_key_file"]
+    assert key == builder["auth"]["session_key_file"]
+    assert volumes[mounts[str(pathlib.PurePosixPath(key).parent)]]["secret"]["secretName"] == "astroflight-auth"
+    # advertise names every follower pod through the headless Service.
+    headless = docs[("Service", sts["spec"]["serviceName"])]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"].items() <= sts["spec"]["selector"]["matchLabels"].items()
+    want = [f"grpc+tls://{sts['metadata']['name']}-{i}.{headless['metadata']['name']}:8815" for i in range(3)]
+    assert builder["advertise"] == follower["advertise"] == want
+    # The builder's pods and the followers' are told apart: no workload selects the other's pods.
+    dep = docs[("Deployment", "astroflight")]
+    assert not dep["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    assert not sts["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_kubernetes_manifests_validate_against_the_api_schemas():
+    import kubernetes_validate
+
+    checked = 0
+    for (kind, name), d in k8s().items():
+        if kind == "Kustomization":  # kustomize's own file, not an API object
+            continue
+        kubernetes_validate.validate(d, "1.33.0", strict=True)
+        checked += 1
+    assert checked >= 10
+    # The validation is real: a wrong field or type is refused.
+    bad = json.loads(json.dumps(k8s()[("StatefulSet", "astroflight-follower")]))
+    bad["spec"]["replicas"] = "three"
+    try:
+        kubernetes_validate.validate(bad, "1.33.0", strict=True)
+        raise AssertionError("a StatefulSet with replicas: 'three' passed")
+    except kubernetes_validate.ValidationError:
+        pass
+
+
+def compose_schema():
+    import sys
+    import zipfile
+
+    wheels = sorted((pathlib.Path(sys.prefix) / "schemas").glob("docker_compose-*.whl"))
+    assert wheels, f"the Compose schema's wheel is missing from {sys.prefix}/schemas: run tests/setup_python.sh"
+    return json.loads(zipfile.ZipFile(wheels[-1]).read("compose/config/compose_spec.json"))
+
+
+def test_compose_runs_a_builder_two_followers_and_a_load_balancer(binary):
+    import jsonschema
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    validator = jsonschema.Draft201909Validator(compose_schema())
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == [], errors
+    assert list(validator.iter_errors({"services": {"x": {"ports": 8815}}})), "the schema refuses a wrong type"
+    services = compose["services"]
+    assert {"astroflight", "follower-1", "follower-2", "lb", "minio"} <= set(services)
+
+    def cfg(svc):
+        mount = next(v for v in services[svc]["volumes"] if v.endswith(":/etc/astroflight/astroflight.toml:ro"))
+        return offline(binary, (DEPLOY / mount.split(":")[0]).resolve())
+
+    builder = cfg("astroflight")
+    followers = [cfg(f"follower-{i}") for i in (1, 2)]
+    roots = {d["name"]: d["index_root"] for d in builder["datasets"]}
+    assert all(roots.values())
+    for f in followers:
+        assert f["index_role"] == "follow" and {d["name"]: d["index_root"] for d in f["datasets"]} == roots
+    # advertise names the followers by their published ports.
+    published = sorted(services[f"follower-{i}"]["ports"][0].rsplit(":", 1)[0] for i in (1, 2))
+    assert sorted(a.removeprefix("grpc://") for a in builder["advertise"]) == published
+    # The load balancer reaches every astroflight process on its Flight port.
+    conf = (DEPLOY / "compose" / "nginx.conf").read_text()
+    upstream = re.findall(r"server\s+([\w-]+):(\d+);", conf)
+    assert sorted(h for h, _ in upstream) == ["astroflight", "follower-1", "follower-2"]
+    assert {int(p) for _, p in upstream} == {port(builder["listen"])}
+    assert "grpc_pass" in conf

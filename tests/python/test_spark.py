@@ -112,3 +112,39 @@ def test_spark_with_a_token(spark, plain_auth_server, auth_lake):
     with pytest.raises(Exception, match="may not read dataset"):
         (spark.read.format("astroflight").option("location", url).option("token", READER_TOKEN)
          .option("table", "ztf").load().count())
+
+
+def test_spark_spreads_endpoints_over_replicas_and_survives_a_dead_one(binary, spark, start_server, tmp_path):
+    """A builder and two followers advertising all three: the data source's partitions are
+    pulled from every replica; with a follower killed after planning, every row still arrives
+    exactly once (each partition moves on to its endpoint's next location)."""
+    from astroflight.spark import AstroflightDataSource
+    from storage_servers import free_port
+
+    lake = tmp_path / "ztf"
+    gen(binary, lake, "ztf", 3, 2, 60)
+    ports = [free_port() for _ in range(3)]
+    common = {"advertise": [f"grpc://127.0.0.1:{p}" for p in ports], "endpoint_bytes": 15_000,
+              "sql": {"endpoint_bytes": 20_000}}
+    opts = {"index_root": str(tmp_path / "published")}
+    servers = [start_server([("ztf", "ztf", lake, opts)], top={**common, "listen": f"127.0.0.1:{ports[0]}"})]
+    servers += [start_server([("ztf", "ztf", lake, opts)],
+                             top={**common, "listen": f"127.0.0.1:{p}", "index_role": "follow"}) for p in ports[1:]]
+    spark.dataSource.register(AstroflightDataSource)
+    sql = "SELECT objectId, candid, candidate.magpsf AS magpsf FROM ztf"
+    want = sorted(duck(lake, "true"))
+
+    def load():
+        return spark.read.format("astroflight").option("location", servers[1].url).option("sql", sql).load()
+
+    before = [len(s.action("stats")["requests"]) for s in servers]
+    got = sorted(r["candid"] for r in load().select("candid").collect())
+    assert len(got) == len(set(got)) == 3 * 2 * 60
+    after = [len(s.action("stats")["requests"]) for s in servers]
+    assert all(a > b for a, b in zip(after, before)), f"every replica served partitions: {before} -> {after}"
+    df = load()  # planned while all three serve
+    servers[2].proc.kill()
+    servers[2].proc.wait()
+    again = sorted(r["candid"] for r in df.select("candid").collect())
+    assert again == got, "every row exactly once with a replica gone"
+    assert got == want
