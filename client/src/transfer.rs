@@ -686,11 +686,16 @@ async fn pull_endpoint(
     let ticket = b64()
         .decode(&e.ticket)
         .map_err(|err| TransferError::Plan(format!("ticket of endpoint {index} is not base64: {err}")))?;
-    let listed: Vec<&str> = if e.locations.is_empty() {
-        vec![server]
-    } else {
-        e.locations.iter().map(String::as_str).collect()
-    };
+    // Flight's "reuse the connection" location means the server the plan came from.
+    let mut listed: Vec<&str> = e
+        .locations
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.is_empty() && !l.starts_with("arrow-flight-reuse-connection:"))
+        .collect();
+    if listed.is_empty() {
+        listed.push(server);
+    }
     let mut last = None;
     for at in busy.order(&listed) {
         busy.add(at, 1);

@@ -502,6 +502,7 @@ pub async fn follow(ix: &DatasetIndex, store: &dyn ObjectStore, repair: bool) ->
             ix.name()
         )));
     }
+    check_manifest(&m)?;
     let installed = ix.followed()?;
     let broken = ix.needs_repair();
     if !repair && !broken && installed.as_ref() == Some(&m.id()) {
@@ -579,6 +580,33 @@ pub async fn follow(ix: &DatasetIndex, store: &dyn ObjectStore, repair: bool) ->
     Ok(stats)
 }
 
+/// The names a manifest gives become local file names and store paths: they must be plain
+/// names (a manifest naming `../x` is refused, whoever wrote it).
+fn check_manifest(m: &PublishedManifest) -> Result<()> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    let bad = |what: String| IndexError::Corrupt(format!("the published manifest names {what}: refused"));
+    if m.lineage.len() != 16 || !m.lineage.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad(format!("lineage {:?}", m.lineage)));
+    }
+    if let Some(s) = m.segments.iter().find(|s| !plain(&s.name)) {
+        return Err(bad(format!("segment {:?}", s.name)));
+    }
+    let state_ok = m
+        .state
+        .path
+        .strip_prefix(&format!("state/{}/", m.lineage))
+        .is_some_and(plain);
+    if !state_ok {
+        return Err(bad(format!("state object {:?}", m.state.path)));
+    }
+    Ok(())
+}
+
 /// Download one published object to `to`, checking its size and CRC-32; a file that fails is
 /// removed.
 async fn download(store: &dyn ObjectStore, path: &str, to: &std::path::Path, bytes: u64, crc: u32) -> Result<()> {
@@ -615,6 +643,46 @@ async fn download(store: &dyn ObjectStore, path: &str, to: &std::path::Path, byt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_naming_paths_outside_its_folders_is_refused() {
+        let m = |name: &str, state: &str| PublishedManifest {
+            format: PUBLISHED_FORMAT,
+            layout: crate::layout().into(),
+            dataset: "ztf".into(),
+            lineage: "0123456789abcdef".into(),
+            generation: 1,
+            published_ms: 0,
+            next_ordinal: 0,
+            segments: vec![PublishedSegment {
+                name: name.into(),
+                bytes: 1,
+                alerts: 1,
+                level: 0,
+                first: 0,
+                end: 1,
+                crc32: 0,
+            }],
+            state: PublishedObject {
+                path: state.into(),
+                bytes: 1,
+                crc32: 0,
+            },
+        };
+        let ok = "state/0123456789abcdef/g000000000001.kv";
+        assert!(check_manifest(&m("g000000000001-0000.seg", ok)).is_ok());
+        for (name, state) in [
+            ("../../etc/x", ok),
+            ("a/b.seg", ok),
+            (".hidden", ok),
+            ("g1.seg", "../state/x.kv"),
+        ] {
+            assert!(check_manifest(&m(name, state)).is_err(), "{name} {state}");
+        }
+        let mut bad = m("g1.seg", ok);
+        bad.lineage = "../x".into();
+        assert!(check_manifest(&bad).is_err());
+    }
 
     #[test]
     fn state_round_trips_and_refuses_damage() {

@@ -72,7 +72,9 @@ def stream_endpoint(ticket, locations, default_location, call_options=None, conn
     location failed. `cast_to`: an Arrow schema each batch is cast to (Spark's)."""
     if not isinstance(ticket, flight.Ticket):
         ticket = flight.Ticket(ticket)
-    locations = [loc for loc in (locations or []) if loc] or [default_location]
+    # Flight's "reuse the connection" location means the server the plan came from.
+    locations = [loc for loc in (locations or []) if loc and not loc.startswith("arrow-flight-reuse-connection:")]
+    locations = locations or [default_location]
     if balancer is not None:
         locations = balancer.order(locations)
     delivered, last = 0, None
