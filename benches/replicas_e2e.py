@@ -94,6 +94,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
+    args.data = args.data.resolve()  # the configs name absolute paths (relative ones are the config's)
     lake = args.data / "replicas-lake"
     params = {"nights": args.nights, "files": args.files_per_night, "alerts": args.alerts_per_file, "stamp": 8}
     ensure(args.bin, lake, params, ["--nights", str(args.nights), "--files-per-night", str(args.files_per_night),
