@@ -555,3 +555,57 @@ async fn a_follower_answers_as_its_builder_from_the_published_index() {
     assert!(r["datasets"][0]["loaded"].is_object(), "{r}");
     follower.stop().await;
 }
+
+/// The DataFusion provider over advertised replicas: every partition lists both servers, and
+/// with one of them stopped after planning, the query still returns every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_datafusion_provider_moves_to_another_replica_when_one_is_gone() {
+    use astroflight_gen::{generate, GenOptions};
+    use astroflight_server::config::IndexRole;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    generate(&GenOptions {
+        out: lake.clone(),
+        nights: 2,
+        files_per_night: 2,
+        alerts_per_file: 30,
+        stamp_side: Some(8),
+        ..Default::default()
+    })
+    .unwrap();
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let mut bc = config(&[("ztf", DatasetKind::Ztf, &lake)], &dir.path().join("b"));
+    bc.datasets[0].index_root = Some(dir.path().join("published").to_string_lossy().into_owned());
+    bc.sql.endpoint_bytes = 20_000;
+    bc.advertise = ports.iter().map(|p| format!("grpc://127.0.0.1:{p}")).collect();
+    bc.listen = format!("127.0.0.1:{}", ports[0]);
+    let mut fc = bc.clone();
+    fc.index_role = IndexRole::Follow;
+    fc.index_dir = dir.path().join("f");
+    fc.listen = format!("127.0.0.1:{}", ports[1]);
+    let builder = Server::start_with(bc).await;
+    let follower = Server::start_with(fc).await;
+    let url = format!("grpc://{}", builder.addr);
+    let t = astroflight_client::datafusion::FlightSqlTable::try_new(&url, "SELECT candid FROM ztf")
+        .await
+        .unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("t", Arc::new(t)).unwrap();
+    let want = lines(&ctx.sql("SELECT candid FROM t").await.unwrap().collect().await.unwrap());
+    assert_eq!(want.len(), 2 * 2 * 30 + 1, "the rows and the header line");
+    // The follower goes; the endpoints still list it (advertise is the configuration), so some
+    // partitions try it first and move on.
+    let df = ctx.sql("SELECT candid FROM t").await.unwrap();
+    follower.stop().await;
+    let got = lines(&df.collect().await.unwrap());
+    assert_eq!(got, want, "every row once with a replica gone");
+    builder.stop().await;
+}
