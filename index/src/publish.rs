@@ -278,14 +278,22 @@ impl Publisher {
         let published_now = current
             .as_ref()
             .is_some_and(|c| c.lineage == lineage && c.generation == m.generation);
-        if !published_now {
+        // The newest published generation: the one uploaded now, or the one `latest.json` named.
+        let newest = if published_now {
+            current
+        } else {
             let manifest = self.upload(ix, &lineage, &m, &mut stats).await?;
             info!(dataset = %ix.name(), generation = manifest.generation, lineage = %manifest.lineage,
                   segments = manifest.segments.len(), uploaded = stats.segments_uploaded,
                   bytes = stats.bytes_uploaded, "index generation published");
             stats.published = Some(manifest.id());
-        }
-        if let Err(e) = self.expire(&mut stats).await {
+            Some(manifest)
+        };
+        let expired = match &newest {
+            Some(n) => self.expire(n, &mut stats).await,
+            None => Ok(()),
+        };
+        if let Err(e) = expired {
             warn!(dataset = %ix.name(), error = %e, "old published index generations could not be deleted; the next publication retries");
         }
         Ok(stats)
@@ -400,10 +408,8 @@ impl Publisher {
 
     /// Delete the generations replaced more than `retain` ago, and the segments that no
     /// remaining generation names and that were written more than `retain` ago.
-    async fn expire(&self, stats: &mut PublishStats) -> Result<()> {
-        let Some(newest) = latest(self.store.as_ref()).await? else {
-            return Ok(());
-        };
+    /// `newest` is the generation `latest.json` names (read or written by the caller).
+    async fn expire(&self, newest: &PublishedManifest, stats: &mut PublishStats) -> Result<()> {
         let listed: Vec<object_store::ObjectMeta> = self
             .store
             .list(Some(&store_path("manifests")?))
