@@ -10,7 +10,7 @@ per GB of each server process, and how many endpoints each process served (its r
 On 2 cores the total cannot triple: what must hold is that the work spreads (each replica about
 a third of the endpoints) with no loss (the same rows).
 
-    bash benches/run_replicas_e2e.sh [--nights 10] [--files-per-night 4] [--alerts-per-file 5000]
+    bash benches/run_replicas_e2e.sh [--nights 10] [--files-per-night 4] [--alerts-per-file 25000]
 """
 import argparse
 import json
@@ -88,7 +88,7 @@ def main():
     ap.add_argument("--data", type=pathlib.Path, default=pathlib.Path("bench-data"))
     ap.add_argument("--nights", type=int, default=10)
     ap.add_argument("--files-per-night", type=int, default=4)
-    ap.add_argument("--alerts-per-file", type=int, default=5000)
+    ap.add_argument("--alerts-per-file", type=int, default=25000)
     ap.add_argument("--endpoint-bytes", type=int, default=8 << 20)
     ap.add_argument("--parallel", type=int, default=6)
     ap.add_argument("--repeat", type=int, default=3)

@@ -146,6 +146,31 @@ def start_server(binary, tmp_path):
         s.stop()
 
 
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark (`local[4]`: four task slots, so partitions of one job run at once) for
+    every Spark test of the session, with the `astroflight` data source registered; the JVM
+    starts once."""
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    from astroflight.spark import AstroflightDataSource
+
+    # Workers run this interpreter (the venv with pyarrow and the astroflight package).
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    s = (SparkSession.builder.master("local[4]").appName("astroflight-test")
+         .config("spark.ui.enabled", "false")
+         .config("spark.driver.bindAddress", "127.0.0.1")
+         .config("spark.driver.host", "127.0.0.1")
+         .config("spark.sql.shuffle.partitions", "2")
+         .getOrCreate())
+    s.dataSource.register(AstroflightDataSource)
+    yield s
+    s.stop()
+
+
 # Storage servers, started once per session on first use and stopped at the end.
 
 @pytest.fixture(scope="session")

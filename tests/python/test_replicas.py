@@ -1,14 +1,17 @@
 """Replicas over one lake: a builder publishes its index to S3 (moto), followers load it and serve
 the same answers, never reading the lake to build; new data reaches them with no restart; they
 outlive the builder."""
+import json
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import pyarrow as pa
 from pyarrow import flight
 
-from helpers import alert_batch, gen, gen_small, get, parquet_alerts, wait_until
+import astroflight
+from helpers import alert_batch, duck, gen, gen_small, get, parquet_alerts, wait_until
 from storage_servers import FaultProxy
 
 BATCH = {"dataset": "ztf", "content": "lightcurve", "where": "candidate.magpsf > 15"}
@@ -17,6 +20,32 @@ SQL = "SELECT objectId, candid, candidate.magpsf AS magpsf FROM ztf WHERE candid
 
 def sorted_rows(t, keys):
     return sorted(zip(*(t.column(k).to_pylist() for k in keys)))
+
+
+def parallel_pull(url, q):
+    """pyarrow alone: GetFlightInfo of an alert batch, then every endpoint's DoGet at once on its
+    own connection. Returns (table, number of endpoints)."""
+    cmd = json.dumps({"alerts": q}).encode()
+    with flight.connect(url) as c:
+        info = c.get_flight_info(flight.FlightDescriptor.for_command(cmd))
+
+    def read(e):
+        with flight.connect(url) as c:
+            return c.do_get(e.ticket).read_all()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        tables = list(pool.map(read, info.endpoints))
+    return pa.concat_tables(tables), len(info.endpoints)
+
+
+def spark_job(spark, url):
+    """A PySpark job through the `astroflight` data source: the SQL query and the alert batch
+    command, each one Spark partition per endpoint."""
+    sql = spark.read.format("astroflight").option("location", url).option("sql", SQL).load()
+    q = {k: v for k, v in BATCH.items() if k != "dataset"}
+    batch = (spark.read.format("astroflight").option("location", url).option("dataset", "ztf")
+             .option("command", json.dumps(q)).load())
+    assert sql.rdd.getNumPartitions() > 1 and batch.rdd.getNumPartitions() > 1
+    return sql.toArrow(), batch.toArrow()
 
 
 def sql_partitions(url):
@@ -31,7 +60,7 @@ def sql_partitions(url):
     return pa.concat_tables(parts)
 
 
-def test_followers_on_s3_serve_the_builders_answers_and_catch_up(binary, s3_server, start_server, tmp_path):
+def test_followers_on_s3_serve_the_builders_answers_and_catch_up(binary, s3_server, spark, start_server, tmp_path):
     lake = tmp_path / "lake"
     gen_small(binary, lake, "ztf", 80)
     s3_server.upload_dir(lake, "lake", "rep")
@@ -41,8 +70,10 @@ def test_followers_on_s3_serve_the_builders_answers_and_catch_up(binary, s3_serv
     proxy = FaultProxy(tmp_path, s3_server.endpoint)
     try:
         via_proxy = s3_server.dataset_options(endpoint=proxy.endpoint, index_root=index_root)
-        builder = start_server([("ztf", "ztf", "s3://lake/rep", direct)])
-        follow = {"index_role": "follow", "reindex_interval_secs": 1}
+        # Small endpoints, so that every pull below is split over several.
+        split = {"endpoint_bytes": 15_000, "sql": {"endpoint_bytes": 20_000}}
+        builder = start_server([("ztf", "ztf", "s3://lake/rep", direct)], top=split)
+        follow = {**split, "index_role": "follow", "reindex_interval_secs": 1}
         followers = []
         for _ in range(2):
             t0 = time.monotonic()
@@ -58,21 +89,31 @@ def test_followers_on_s3_serve_the_builders_answers_and_catch_up(binary, s3_serv
         assert len({(x["generation"], x["lineage"], x["alerts"]) for x in stats}) == 1, stats
         assert [x["role"] for x in stats] == ["build", "follow", "follow"]
 
-        # Answers are identical: a cutout, an alert batch pulled endpoint by endpoint, Flight SQL
-        # with partitions.
+        # Answers are identical. The single-server answers are the builder's own: a cutout, the
+        # alert batch as one ticket, Flight SQL as one query. Then each of the three processes
+        # answers a pyarrow parallel pull, ADBC with partitions and a PySpark job (local[4],
+        # the astroflight data source), all compared row for row.
         alerts = parquet_alerts(lake)
         a = alerts[17]
         want_cutout = get(builder.client(), dataset="ztf", objectId=a["objectId"], all=True, format="gzip")
-        want_batch = alert_batch(builder.client(), BATCH)
-        want_sql = sql_partitions(builder.url)
+        want_batch = alert_batch(builder.client(), BATCH).sort_by("candid")
+        with astroflight.connect(builder.url) as af:
+            want_sql = af.sql(SQL)
+        sql_keys = ["objectId", "candid", "magpsf"]
+        want_sql_rows = sorted_rows(want_sql, sql_keys)
         assert want_batch.num_rows > 10 and want_sql.num_rows > 10
-        for f in followers:
-            assert get(f.client(), dataset="ztf", objectId=a["objectId"], all=True, format="gzip").equals(want_cutout)
-            got = alert_batch(f.client(), BATCH)
-            assert sorted_rows(got, ["candid"]) == sorted_rows(want_batch, ["candid"])
-            assert got.sort_by("candid").equals(want_batch.sort_by("candid"))
-            got = sql_partitions(f.url)
-            assert sorted_rows(got, ["objectId", "candid", "magpsf"]) == sorted_rows(want_sql, ["objectId", "candid", "magpsf"])
+        assert want_batch.column("candid").to_pylist() == sorted(duck(lake, "candidate.magpsf > 15"))
+        for s in [builder, *followers]:
+            if s is not builder:
+                assert get(s.client(), dataset="ztf", objectId=a["objectId"], all=True, format="gzip").equals(want_cutout)
+            got, n = parallel_pull(s.url, BATCH)
+            assert n > 1, "the batch was not split over endpoints"
+            assert got.sort_by("candid").equals(want_batch)
+            got = sql_partitions(s.url)
+            assert sorted_rows(got, sql_keys) == want_sql_rows
+            sql, batch = spark_job(spark, s.url)
+            assert sorted_rows(sql, sql_keys) == want_sql_rows
+            assert batch.cast(want_batch.schema).sort_by("candid").equals(want_batch)
 
         # New data: a night lands in the lake, the builder indexes and publishes it, and every
         # follower serves it within two of its refresh intervals (1 s each; the bound adds 1 s

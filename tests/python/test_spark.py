@@ -2,8 +2,6 @@
 Spark partition per endpoint, the same rows as the one-shot query; the data source on SQL tables
 and alert commands; and both with a token against a server with [auth]."""
 import json
-import os
-import sys
 
 import pyarrow as pa
 import pytest
@@ -12,23 +10,6 @@ from pyarrow import flight
 import astroflight
 from astroflight.spark import read_alerts
 from helpers import READER_TOKEN, SVC_TOKEN, duck, gen, rows_of
-
-
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    # Workers run this interpreter (the venv with pyarrow and the astroflight package).
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    s = (SparkSession.builder.master("local[2]").appName("astroflight-test")
-         .config("spark.ui.enabled", "false")
-         .config("spark.driver.bindAddress", "127.0.0.1")
-         .config("spark.driver.host", "127.0.0.1")
-         .config("spark.sql.shuffle.partitions", "2")
-         .getOrCreate())
-    yield s
-    s.stop()
 
 
 def test_spark_reads_every_endpoint_with_map_in_arrow(binary, spark, start_server, tmp_path):
@@ -64,12 +45,11 @@ def test_spark_data_source_reads_sql_tables_and_alert_commands(binary, spark, st
     """`spark.read.format("astroflight")` (Spark 4's Python data source): one partition per
     endpoint, the schema from GetFlightInfo, exactly the rows of the direct query; mapInArrow
     (`read_sql`) gives the same rows."""
-    from astroflight.spark import AstroflightDataSource, read_sql
+    from astroflight.spark import read_sql
 
     lake = tmp_path / "ztf"
     gen(binary, lake, "ztf", 3, 2, 60)
     s = start_server([("ztf", "ztf", lake)], top={"endpoint_bytes": 15_000, "sql": {"endpoint_bytes": 20_000}})
-    spark.dataSource.register(AstroflightDataSource)
     sql = "SELECT objectId, candid, candidate, prv_candidates, day FROM ztf WHERE candidate.magpsf > 18"
     with astroflight.connect(s.url) as af:
         info = af.plan_sql(sql)
@@ -100,12 +80,11 @@ def test_spark_data_source_reads_sql_tables_and_alert_commands(binary, spark, st
 def test_spark_with_a_token(spark, plain_auth_server, auth_lake):
     """Spark pulling from a server with [auth]: the driver plans with the token, and every
     executor's pull carries it."""
-    from astroflight.spark import AstroflightDataSource, read_sql
+    from astroflight.spark import read_sql
 
     url = plain_auth_server.url
     df = read_sql(spark, url, "SELECT candid FROM ztf", token=SVC_TOKEN)
     assert df.count() == len(auth_lake["ztf"])
-    spark.dataSource.register(AstroflightDataSource)
     df = (spark.read.format("astroflight").option("location", url).option("token", READER_TOKEN)
           .option("table", "lsst").load())
     assert df.count() == len(auth_lake["lsst"])
@@ -118,7 +97,6 @@ def test_spark_spreads_endpoints_over_replicas_and_survives_a_dead_one(binary, s
     """A builder and two followers advertising all three: the data source's partitions are
     pulled from every replica; with a follower killed after planning, every row still arrives
     exactly once (each partition moves on to its endpoint's next location)."""
-    from astroflight.spark import AstroflightDataSource
     from storage_servers import free_port
 
     lake = tmp_path / "ztf"
@@ -130,7 +108,6 @@ def test_spark_spreads_endpoints_over_replicas_and_survives_a_dead_one(binary, s
     servers = [start_server([("ztf", "ztf", lake, opts)], top={**common, "listen": f"127.0.0.1:{ports[0]}"})]
     servers += [start_server([("ztf", "ztf", lake, opts)],
                              top={**common, "listen": f"127.0.0.1:{p}", "index_role": "follow"}) for p in ports[1:]]
-    spark.dataSource.register(AstroflightDataSource)
     sql = "SELECT objectId, candid, candidate.magpsf AS magpsf FROM ztf"
     want = sorted(duck(lake, "true"))
 
