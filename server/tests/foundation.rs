@@ -492,6 +492,8 @@ async fn a_follower_answers_as_its_builder_from_the_published_index() {
             r#"{{"cutout": {{"dataset": "ztf", "candids": [{}, {}], "format": "gzip"}}}}"#,
             alerts[3].candid, alerts[100].candid
         ),
+        // The FITS headers of the object's stamps.
+        format!(r#"{{"headers": {{"dataset": "ztf", "objectId": "{oid}", "keys": ["JD", "CANDID"]}}}}"#),
     ];
     for t in &tickets {
         assert_eq!(
