@@ -2,13 +2,21 @@
 //! endpoint, in parallel, resumably.
 //!
 //! Layout of the output folder `DIR`:
-//! - `DIR/YYYY/MM/DD/part-NNNNN.parquet` (`--partition-by time`, as Fink's transfer client), or
-//!   `DIR/<class>/part-NNNNN.parquet` (`--partition-by class`), or `DIR/part-NNNNN.parquet`
+//! - `DIR/year=YYYY/month=MM/day=DD/part-NNNNN.parquet` (`--partition-by time`), or
+//!   `DIR/class=<class>/part-NNNNN.parquet` (`--partition-by class`), or `DIR/part-NNNNN.parquet`
 //!   (`none`); `NNNNN` is the endpoint's index in the plan, and one endpoint writes at most one
-//!   file per folder. The partition value is also a column of the files (`night`, a date, or
-//!   `class`, a string: the query's `annotate`), so `pandas.read_parquet(DIR)` has it without
-//!   Hive folder names, and every other column keeps its Arrow type (the Arrow schema is stored
-//!   in each file).
+//!   file per folder.
+//!
+//!   The folders are the Hive layout Fink's transfer client writes
+//!   (`pyarrow.parquet.write_to_dataset(partition_cols=["year", "month", "day"])` or
+//!   `["finkclass"]`), spelled as pyarrow spells them: zero-padded `month=01`, `day=03` (Fink's
+//!   values are the `%Y-%m-%d` parts of the alert's date, as strings), a class percent-encoded
+//!   except for `A-Z a-z 0-9 - . _ ~` (`class=EB%2A`), and `__HIVE_DEFAULT_PARTITION__` for a
+//!   null. So `pandas.read_parquet(DIR)`, `pyarrow.dataset(DIR, partitioning="hive")` and Spark
+//!   give back `year`, `month` and `day` (or `class`) columns. As in Fink's output, the `class`
+//!   column is in the folder name only, never also in the files (a reader would see it twice);
+//!   the `night` column (a date: the query's `annotate`) stays in the files. Every other column
+//!   keeps its Arrow type (the Arrow schema is stored in each file).
 //! - `DIR/.astroflight/plan.json`: the plan being pulled (the same format as `--plan-out`).
 //! - `DIR/.astroflight/done/NNNNN.json`: the commit record of a finished endpoint.
 //!
@@ -76,9 +84,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PartitionBy {
-    /// `YYYY/MM/DD/` of the alert's night (the `night` annotation).
+    /// `year=YYYY/month=MM/day=DD/` of the alert's night (the `night` annotation).
     Time,
-    /// One folder per class (the `class` annotation).
+    /// `class=<class>/`, one folder per class (the `class` annotation).
     Class,
     /// One folder.
     None,
@@ -91,6 +99,29 @@ impl PartitionBy {
             PartitionBy::Time => Some("night"),
             PartitionBy::Class => Some("class"),
             PartitionBy::None => None,
+        }
+    }
+
+    /// The column that is written in the folder names only (Hive style), not in the files.
+    fn folder_only(self) -> Option<&'static str> {
+        match self {
+            PartitionBy::Class => Some("class"),
+            PartitionBy::Time | PartitionBy::None => None,
+        }
+    }
+
+    /// The schema of the files: the stream's, less the folder-only column.
+    fn file_schema(self, schema: &SchemaRef) -> SchemaRef {
+        match self.folder_only().and_then(|c| schema.index_of(c).ok()) {
+            Some(i) => {
+                let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+                fields.remove(i);
+                Arc::new(arrow::datatypes::Schema::new_with_metadata(
+                    fields,
+                    schema.metadata().clone(),
+                ))
+            }
+            None => schema.clone(),
         }
     }
 }
@@ -743,7 +774,7 @@ async fn pull_from(
     let mut files = Files {
         index,
         out: out.to_path_buf(),
-        schema: schema.clone(),
+        schema: plan.partition_by.file_schema(schema),
         open: HashMap::new(),
     };
     while let Some(data) = stream.try_next().await.map_err(ClientError::from)? {
@@ -797,6 +828,14 @@ fn split_and_write(files: &mut Files, by: PartitionBy, batch: &RecordBatch) -> R
         return files.write("", batch);
     };
     let keys = folder_keys(batch, col)?;
+    let batch = &match by.folder_only().and_then(|c| batch.schema().index_of(c).ok()) {
+        Some(i) => {
+            let mut b = batch.clone();
+            b.remove_column(i);
+            b
+        }
+        None => batch.clone(),
+    };
     let mut distinct: Vec<&String> = keys.iter().collect();
     distinct.sort();
     distinct.dedup();
@@ -812,8 +851,11 @@ fn split_and_write(files: &mut Files, by: PartitionBy, batch: &RecordBatch) -> R
     Ok(())
 }
 
-/// The folder of each row: `YYYY/MM/DD` of the `night` column, or the `class` column's value
-/// made safe as one folder name.
+/// Hive's (and pyarrow's) folder value for a null.
+pub const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// The folder of each row, Hive style: `year=YYYY/month=MM/day=DD` of the `night` column, or
+/// `class=<the class column's value, percent-encoded>`.
 fn folder_keys(batch: &RecordBatch, col: &str) -> Result<Vec<String>, TransferError> {
     let a = batch
         .column_by_name(col)
@@ -824,10 +866,10 @@ fn folder_keys(batch: &RecordBatch, col: &str) -> Result<Vec<String>, TransferEr
             Ok((0..d.len())
                 .map(|i| {
                     if d.is_null(i) {
-                        "unknown-night".to_string()
+                        format!("year={HIVE_NULL}/month={HIVE_NULL}/day={HIVE_NULL}")
                     } else {
                         let (y, m, day) = astroflight_proto::alerts::civil_from_days(d.value(i) as i64);
-                        format!("{y:04}/{m:02}/{day:02}")
+                        format!("year={y:04}/month={m:02}/day={day:02}")
                     }
                 })
                 .collect())
@@ -842,27 +884,22 @@ fn folder_keys(batch: &RecordBatch, col: &str) -> Result<Vec<String>, TransferEr
 
 fn class_keys<O: arrow::array::OffsetSizeTrait>(s: &arrow::array::GenericStringArray<O>) -> Vec<String> {
     s.iter()
-        .map(|v| v.map(class_folder).unwrap_or_else(|| "(null)".to_string()))
+        .map(|v| format!("class={}", v.map(hive_value).unwrap_or_else(|| HIVE_NULL.to_string())))
         .collect()
 }
 
-/// A class name as one folder name: `%`, `/`, `\` and control characters are percent-encoded,
-/// and so is a leading `.` or `_` (parquet readers skip such names), or an empty name.
-pub fn class_folder(class: &str) -> String {
-    let mut out = String::with_capacity(class.len());
-    for (i, c) in class.chars().enumerate() {
-        let escape = matches!(c, '%' | '/' | '\\') || c.is_control() || (i == 0 && matches!(c, '.' | '_'));
-        if escape {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
+/// A partition value as pyarrow's `write_to_dataset` writes it into a folder name (its "uri"
+/// segment encoding, which Spark and Hive also decode): every byte of the UTF-8 text other than
+/// `A-Z a-z 0-9 - . _ ~` as `%XX`. The folder's `key=` prefix keeps a leading `.` or `_` of the
+/// value from hiding it from parquet readers.
+pub fn hive_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
         } else {
-            out.push(c);
+            out.push_str(&format!("%{b:02X}"));
         }
-    }
-    if out.is_empty() {
-        out.push_str("%00");
     }
     out
 }
@@ -943,14 +980,47 @@ mod tests {
     }
 
     #[test]
-    fn class_folders_are_one_safe_name() {
-        assert_eq!(class_folder("EB*"), "EB*");
-        assert_eq!(class_folder("SN candidate"), "SN candidate");
-        assert_eq!(class_folder("a/b"), "a%2Fb");
-        assert_eq!(class_folder("_x"), "%5Fx");
-        assert_eq!(class_folder(".."), "%2E.");
-        assert_eq!(class_folder("50%"), "50%25");
-        assert_eq!(class_folder(""), "%00");
+    fn folders_are_hive_partitions_with_nulls_as_hive_writes_them() {
+        use arrow::array::{Date32Array, StringArray};
+        let batch = RecordBatch::try_from_iter([
+            (
+                "night",
+                Arc::new(Date32Array::from(vec![Some(18_264), None])) as arrow::array::ArrayRef,
+            ),
+            (
+                "class",
+                Arc::new(StringArray::from(vec![Some("EB*"), None])) as arrow::array::ArrayRef,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            folder_keys(&batch, "night").unwrap(),
+            [
+                "year=2020/month=01/day=03".to_string(),
+                format!("year={HIVE_NULL}/month={HIVE_NULL}/day={HIVE_NULL}")
+            ]
+        );
+        assert_eq!(
+            folder_keys(&batch, "class").unwrap(),
+            ["class=EB%2A".to_string(), format!("class={HIVE_NULL}")]
+        );
+        // The class is written in the folder names only.
+        let schema = PartitionBy::Class.file_schema(&batch.schema());
+        assert_eq!(schema.fields().len(), 1);
+        assert_eq!(schema.field(0).name(), "night");
+        assert_eq!(PartitionBy::Time.file_schema(&batch.schema()).fields().len(), 2);
+    }
+
+    #[test]
+    fn hive_values_are_spelled_as_pyarrow_writes_them() {
+        // The folder names pyarrow 21's write_to_dataset gave for the same values.
+        assert_eq!(hive_value("EB*"), "EB%2A");
+        assert_eq!(hive_value("Early SN Ia candidate"), "Early%20SN%20Ia%20candidate");
+        assert_eq!(hive_value("a/b"), "a%2Fb");
+        assert_eq!(hive_value("_x"), "_x");
+        assert_eq!(hive_value("50%"), "50%25");
+        assert_eq!(hive_value(""), "");
+        assert_eq!(hive_value("é=:"), "%C3%A9%3D%3A");
     }
 
     #[test]

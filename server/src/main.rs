@@ -226,7 +226,8 @@ struct TransferArgs {
     /// Output folder.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Folders: time (YYYY/MM/DD/), class (one per class) or none.
+    /// Folders, Hive style as Fink's transfer client writes them: time
+    /// (year=YYYY/month=MM/day=DD/), class (class=<class>/) or none.
     #[arg(long, value_enum, default_value_t = PartitionArg::Time)]
     partition_by: PartitionArg,
     /// Plan only: write the plan to this file and pull nothing.

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import pandas as pd
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -36,7 +37,12 @@ def parts(out):
     return sorted(str(p.relative_to(out)) for p in pathlib.Path(out).rglob("*.parquet"))
 
 
-def test_time_partitions_read_back_with_exact_types(binary, start_server, lake, tmp_path):
+def hive_night(d):
+    """The folder of a night, as Fink's transfer client (pyarrow's write_to_dataset) names it."""
+    return f"year={d.year:04d}/month={d.month:02d}/day={d.day:02d}"
+
+
+def test_time_partitions_read_back_with_exact_types(binary, spark, start_server, lake, tmp_path):
     s = start_server([("ztf", "ztf", lake)], top={"endpoint_bytes": 30_000})
     out = tmp_path / "out"
     where = "candidate.magpsf > 18; candidate.fid = 1"
@@ -47,38 +53,56 @@ def test_time_partitions_read_back_with_exact_types(binary, start_server, lake, 
     assert summary["endpoints"] > 3 and summary["pulled"] == summary["endpoints"] and summary["failed"] == 0
     assert summary["rows"] == len(expect) and summary["bytes"] > 0
     files = parts(out)
-    assert {f.rsplit("/", 1)[0] for f in files} == {"2020/01/01", "2020/01/02", "2020/01/03"}, files
+    assert {f.rsplit("/", 1)[0] for f in files} == {f"year=2020/month=01/day=0{d}" for d in (1, 2, 3)}, files
     assert not list(out.rglob("*.tmp"))
     df = pd.read_parquet(out)
     assert sorted(df["candid"].tolist()) == sorted(expect)
     assert str(df["candid"].dtype) == "int64" and str(df["objectId"].dtype) == "object"
+    # pandas, pyarrow's Hive partitioning and Spark give back year, month and day, which agree with
+    # each row's night.
+    assert {(int(y), int(m), int(d)) for y, m, d in zip(df["year"], df["month"], df["day"])} == {(2020, 1, d) for d in (1, 2, 3)}
+    t = pads.dataset(out, format="parquet", partitioning="hive").to_table(columns=["candid", "night", "year", "month", "day"])
+    assert sorted(t.column("candid").to_pylist()) == sorted(expect)
+    for r in t.to_pylist():
+        assert (r["year"], r["month"], r["day"]) == (r["night"].year, r["night"].month, r["night"].day), r
+    rows = spark.read.parquet(str(out)).select("candid", "night", "year", "month", "day").collect()
+    assert sorted(r["candid"] for r in rows) == sorted(expect)
+    assert all((r["year"], r["month"], r["day"]) == (r["night"].year, r["night"].month, r["night"].day) for r in rows)
     first = df["candidate"].iloc[0]
     assert isinstance(first, dict) and isinstance(first["magpsf"], float) and isinstance(first["jd"], float)
     assert df["prv_candidates"].map(lambda v: v is None or len(v) >= 0).all()
     # Each file holds the alerts of its folder's night, and the night is a column too.
     for f in files:
         t = pq.read_table(out / f, columns=["night", "candidate"])
-        nights = {d.isoformat().replace("-", "/") for d in t.column("night").to_pylist()}
+        nights = {hive_night(d) for d in t.column("night").to_pylist()}
         assert nights == {f.rsplit("/", 1)[0]}, f
         jd = t.column("candidate").combine_chunks().field("jd").to_pylist()
         for j, n in zip(jd, t.column("night").to_pylist()):
             assert datetime.date(1970, 1, 1) + datetime.timedelta(days=int((j - 2440587.5) // 1)) == n
 
 
-def test_class_partitions(binary, start_server, lake, tmp_path):
+def test_class_partitions(binary, spark, start_server, lake, tmp_path):
     s = start_server([("ztf", "ztf", lake)], top={"endpoint_bytes": 30_000})
     out = tmp_path / "by-class"
     _, summary = transfer(binary, "--server", s.url, "--dataset", "ztf", "--class", "RRLyr", "--class", "EB*",
                           "--content", "cutouts", "--out", out, "--partition-by", "class")
     expect = duck(lake, "cdsxmatch IN ('RRLyr', 'EB*')")
     assert summary["rows"] == len(expect) > 0
-    assert {f.split("/")[0] for f in parts(out)} == {"RRLyr", "EB*"}
+    # Folder names as pyarrow's write_to_dataset spells them; the class is in the folder only.
+    folders = {"RRLyr": "class=RRLyr", "EB*": "class=EB%2A"}
+    assert {f.split("/")[0] for f in parts(out)} == set(folders.values())
     df = pd.read_parquet(out)
     assert sorted(df["candid"].tolist()) == sorted(expect)
-    for cls in ["RRLyr", "EB*"]:
-        t = pd.read_parquet(out / cls)
-        assert set(t["class"]) == {cls}
-        assert sorted(t["candid"]) == sorted(duck(lake, f"cdsxmatch = '{cls}'"))
+    hive = pads.dataset(out, format="parquet", partitioning="hive").to_table(columns=["candid", "class"]).to_pylist()
+    by_spark = spark.read.parquet(str(out)).select("candid", "class").collect()
+    for cls, folder in folders.items():
+        want = sorted(duck(lake, f"cdsxmatch = '{cls}'"))
+        t = pd.read_parquet(out / folder)
+        assert "class" not in t.columns
+        assert sorted(t["candid"]) == want
+        assert sorted(df[df["class"] == cls]["candid"]) == want
+        assert sorted(r["candid"] for r in hive if r["class"] == cls) == want
+        assert sorted(r["candid"] for r in by_spark if r["class"] == cls) == want
     assert isinstance(df["cutoutScience"].iloc[0]["stampData"], bytes)
 
 
