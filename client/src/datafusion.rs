@@ -185,15 +185,10 @@ impl ExecutionPlan for FlightSqlExec {
         };
         // The endpoint's locations in the server's order (it rotates them per endpoint, so the
         // partitions spread round robin over the replicas), or the server that planned it.
-        let mut urls: Vec<String> = endpoint
-            .location
-            .iter()
-            .map(|l| l.uri.clone())
-            .filter(|u| !u.is_empty() && u != "arrow-flight-reuse-connection://?")
+        let urls: Vec<String> = crate::endpoint_locations(endpoint.location.iter().map(|l| l.uri.as_str()), &self.url)
+            .into_iter()
+            .map(String::from)
             .collect();
-        if urls.is_empty() {
-            urls.push(self.url.clone());
-        }
         let ticket = endpoint
             .ticket
             .ok_or_else(|| DataFusionError::Execution("an endpoint without a ticket".into()))?;

@@ -29,6 +29,21 @@ pub mod transfer;
 #[cfg(feature = "datafusion")]
 pub mod datafusion;
 
+/// Where an endpoint can be pulled: its listed locations in the server's order (it rotates them
+/// per endpoint, so that clients spread over the replicas), or `planner` (the server that
+/// planned it) when it lists none. Empty locations and Flight's "reuse the connection" location
+/// (`arrow-flight-reuse-connection://?`) both mean the planner.
+pub fn endpoint_locations<'a>(listed: impl IntoIterator<Item = &'a str>, planner: &'a str) -> Vec<&'a str> {
+    let mut out: Vec<&str> = listed
+        .into_iter()
+        .filter(|l| !l.is_empty() && !l.starts_with("arrow-flight-reuse-connection:"))
+        .collect();
+    if out.is_empty() {
+        out.push(planner);
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid server address {0:?}: use grpc://host:port or grpc+tls://host:port")]

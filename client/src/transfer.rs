@@ -110,9 +110,14 @@ impl PartitionBy {
         }
     }
 
+    /// Where the folder-only column is in `schema`, if it is there.
+    fn folder_only_index(self, schema: &arrow::datatypes::Schema) -> Option<usize> {
+        self.folder_only().and_then(|c| schema.index_of(c).ok())
+    }
+
     /// The schema of the files: the stream's, less the folder-only column.
     fn file_schema(self, schema: &SchemaRef) -> SchemaRef {
-        match self.folder_only().and_then(|c| schema.index_of(c).ok()) {
+        match self.folder_only_index(schema) {
             Some(i) => {
                 let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
                 fields.remove(i);
@@ -717,16 +722,7 @@ async fn pull_endpoint(
     let ticket = b64()
         .decode(&e.ticket)
         .map_err(|err| TransferError::Plan(format!("ticket of endpoint {index} is not base64: {err}")))?;
-    // Flight's "reuse the connection" location means the server the plan came from.
-    let mut listed: Vec<&str> = e
-        .locations
-        .iter()
-        .map(String::as_str)
-        .filter(|l| !l.is_empty() && !l.starts_with("arrow-flight-reuse-connection:"))
-        .collect();
-    if listed.is_empty() {
-        listed.push(server);
-    }
+    let listed = crate::endpoint_locations(e.locations.iter().map(String::as_str), server);
     let mut last = None;
     for at in busy.order(&listed) {
         busy.add(at, 1);
@@ -828,7 +824,7 @@ fn split_and_write(files: &mut Files, by: PartitionBy, batch: &RecordBatch) -> R
         return files.write("", batch);
     };
     let keys = folder_keys(batch, col)?;
-    let batch = &match by.folder_only().and_then(|c| batch.schema().index_of(c).ok()) {
+    let batch = &match by.folder_only_index(batch.schema_ref()) {
         Some(i) => {
             let mut b = batch.clone();
             b.remove_column(i);
