@@ -15,25 +15,19 @@ a third of the endpoints) with no loss (the same rows).
 import argparse
 import json
 import pathlib
-import socket
+import shutil
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "python"))
 from alerts_e2e import cpu_seconds, ensure  # noqa: E402
 from cutout_e2e import serve  # noqa: E402
+from storage_servers import free_port  # noqa: E402
 
 import astroflight  # noqa: E402
 
 QUERY = {"content": "lightcurve", "where": "candidate.magpsf > 18"}
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start(args, name, lake, port, top):
@@ -100,8 +94,8 @@ def main():
     ensure(args.bin, lake, params, ["--nights", str(args.nights), "--files-per-night", str(args.files_per_night),
                                     "--alerts-per-file", str(args.alerts_per_file), "--stamp-side", "8"])
     for d in args.data.glob("replicas-index-*"):
-        subprocess_rm(d)
-    subprocess_rm(args.data / "replicas-published")
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(args.data / "replicas-published", ignore_errors=True)
 
     results = {}
     # One process.
@@ -140,11 +134,6 @@ def main():
         print(f"| {name} | {r['rows'] / r['s']:,.0f} | {r['bytes'] / 1e6 / r['s']:,.0f} | {cpu} | "
               f"{' / '.join(map(str, r['served']))} |")
     print(f"| ratio 3 / 1 | {three['rows'] / three['s'] / (one['rows'] / one['s']):.2f}x | | | |")
-
-
-def subprocess_rm(path):
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":
